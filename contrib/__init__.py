@@ -1,0 +1,1 @@
+"""Optional plugins behind extras; never loaded unless enabled."""

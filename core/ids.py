@@ -1,0 +1,40 @@
+"""ULIDs: 26-character, time-sortable identifiers (Crockford base32)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+__all__ = ["new_id"]
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_lock = threading.Lock()
+_last_ms = -1
+_last_random = 0
+
+
+def new_id() -> str:
+    """Return a new ULID.
+
+    Ids made in the same millisecond by this process increase monotonically, so sorting
+    ids sorts by creation order.
+    """
+    global _last_ms, _last_random
+    ms = time.time_ns() // 1_000_000
+    with _lock:
+        if ms <= _last_ms:
+            ms = _last_ms
+            random = _last_random + 1
+            if random >= 1 << 80:  # 2**80 ids in one millisecond: move to the next one
+                ms += 1
+                random = int.from_bytes(os.urandom(10), "big") >> 1
+        else:
+            random = int.from_bytes(os.urandom(10), "big") >> 1  # leave room to increment
+        _last_ms, _last_random = ms, random
+    value = (ms << 80) | random
+    chars = []
+    for _ in range(26):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))

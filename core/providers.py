@@ -1,0 +1,172 @@
+"""Model providers: the protocol, their specs, and the one accumulator of stream events.
+
+A provider translates an :class:`~wingspan.InferenceRequest` into a model API call and that
+API's stream back into kernel events. Whatever the API, the events form one shape: every
+step starts with ``message_start``, every ``content_block_start`` has its
+``content_block_stop``, a ``message_delta`` carries the stop reason and usage, and
+``message_stop`` ends the call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from .errors import ProviderError
+from .types import (
+    ContentBlock,
+    ContentBlockStart,
+    ContentBlockStop,
+    InferenceRequest,
+    InferenceResponse,
+    InputJsonDelta,
+    MessageDelta,
+    StreamEvent,
+    TextBlock,
+    TextDelta,
+    TextStart,
+    ToolUseBlock,
+    ToolUseStart,
+    Usage,
+)
+
+__all__ = [
+    "Accumulator",
+    "ModelInfo",
+    "Provider",
+    "ProviderSpec",
+    "complete",
+]
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A model API, seen through kernel types."""
+
+    def stream(self, request: InferenceRequest) -> AsyncIterator[StreamEvent]:
+        """Send ``request`` and yield the answer's events as they arrive.
+
+        :raises ProviderError: when the call fails; saying which provider, what happened and
+            what to do.
+        """
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class ModelInfo:
+    """One model of a provider's catalog."""
+
+    id: str
+    name: str
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ProviderSpec:
+    """What a plugin registers for a provider.
+
+    :ivar name: registry name (``"anthropic"``), unique across plugins.
+    :ivar display_name: the name shown to people (``"Anthropic"``).
+    :ivar factory: builds a provider from JSON-like options; raises
+        :class:`~wingspan.ConfigError` naming a bad option.
+    :ivar auth_types: how it authenticates (``("api_key",)``, or ``()`` for none).
+    :ivar models: the embedded model catalog, usable offline.
+    :ivar env_key: the environment variable read for the key when none is given.
+    """
+
+    name: str
+    display_name: str
+    factory: Callable[[Mapping[str, Any]], Provider]
+    auth_types: tuple[str, ...] = ()
+    models: tuple[ModelInfo, ...] = ()
+    env_key: str | None = None
+
+
+class Accumulator:
+    """Builds an :class:`~wingspan.InferenceResponse` from a call's stream events.
+
+    Feed every event to :meth:`add`; :meth:`response` gives the result. Tool input whose
+    JSON is broken becomes ``{}`` in the response and its error is kept in
+    :attr:`invalid_inputs`, so the loop can answer the call with an error the model can fix
+    instead of storing a broken call.
+    """
+
+    __slots__ = ("_blocks", "_parts", "invalid_inputs", "stop_reason", "usage")
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, TextStart | ToolUseStart] = {}
+        self._parts: dict[int, list[str]] = {}
+        self.stop_reason: str | None = None
+        self.usage = Usage()
+        #: tool-use id -> why its input could not be read.
+        self.invalid_inputs: dict[str, str] = {}
+
+    def add(self, event: StreamEvent) -> None:
+        kind = type(event)
+        if kind is TextDelta or kind is InputJsonDelta:
+            parts = self._parts.get(event.index)  # type: ignore[union-attr]
+            if parts is None:
+                raise ProviderError(
+                    f"malformed stream: delta for block {event.index} before its "  # type: ignore[union-attr]
+                    "content_block_start"
+                )
+            parts.append(event.text if kind is TextDelta else event.partial_json)  # type: ignore[union-attr]
+        elif kind is ContentBlockStart:
+            self._blocks[event.index] = event.content_block  # type: ignore[union-attr]
+            self._parts[event.index] = []  # type: ignore[union-attr]
+        elif kind is MessageDelta:
+            self.stop_reason = event.stop_reason  # type: ignore[union-attr]
+            self.usage = event.usage  # type: ignore[union-attr]
+        elif kind is ContentBlockStop and event.index not in self._blocks:  # type: ignore[union-attr]
+            raise ProviderError(
+                f"malformed stream: content_block_stop for unknown block {event.index}"  # type: ignore[union-attr]
+            )
+
+    def response(self) -> InferenceResponse:
+        """The response so far. ``stop_reason`` defaults from the content when the stream
+        gave none."""
+        content: list[ContentBlock] = []
+        for index in sorted(self._blocks):
+            head = self._blocks[index]
+            text = "".join(self._parts[index])
+            if type(head) is TextStart:
+                if text:
+                    content.append(TextBlock(text=text))
+                continue
+            assert isinstance(head, ToolUseStart)
+            content.append(ToolUseBlock(id=head.id, name=head.name, input=self._parse(head, text)))
+        stop_reason = self.stop_reason or (
+            "tool_use" if any(type(b) is ToolUseBlock for b in content) else "end_turn"
+        )
+        return InferenceResponse(content=tuple(content), stop_reason=stop_reason, usage=self.usage)
+
+    def _parse(self, head: ToolUseStart, text: str) -> dict[str, Any]:
+        if not text.strip():
+            return {}
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            self.invalid_inputs[head.id] = (
+                f"the input of this {head.name!r} call was not valid JSON ({exc}); "
+                "call the tool again with a JSON object"
+            )
+            return {}
+        if not isinstance(value, dict):
+            self.invalid_inputs[head.id] = (
+                f"the input of this {head.name!r} call was JSON but not an object; "
+                "call the tool again with a JSON object"
+            )
+            return {}
+        return value
+
+
+async def complete(provider: Provider, request: InferenceRequest) -> InferenceResponse:
+    """A non-streaming call: the stream drained into a response."""
+    accumulator = Accumulator()
+    async for event in provider.stream(request):
+        accumulator.add(event)
+    return accumulator.response()

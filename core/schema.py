@@ -1,0 +1,317 @@
+"""Tool-input validation against JSON Schema, compiled once per tool.
+
+The schemas tools declare use a small part of JSON Schema (types, properties, required,
+items, enums, bounds). :func:`compile_validator` turns such a schema into nested closures that
+validate an input in about a microsecond, where a general validator takes ten or more; the
+loop validates every tool call, so this is on its hot path. A schema using any other keyword
+(``$ref``, ``patternProperties``, ``if``...) is validated by the ``jsonschema`` library,
+imported only then. Both give the same verdicts (a property test checks it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["SchemaValidator", "compile_validator", "json_equal"]
+
+#: Errors found: (path, reason) pairs. Empty when the input is valid.
+Errors = list[tuple[str, str]]
+SchemaValidator = Callable[[Any], Errors]
+_Check = Callable[[Any, str, Errors], None]
+
+#: Keywords that only annotate a schema; validation ignores them.
+_ANNOTATIONS = frozenset(
+    {"title", "description", "default", "examples", "$comment", "$schema", "$id", "format",
+     "readOnly", "writeOnly", "deprecated"}
+)
+_COMPILED = frozenset(
+    {"type", "properties", "required", "additionalProperties", "items", "enum", "const",
+     "anyOf", "allOf", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+     "minLength", "maxLength", "minItems", "maxItems", "pattern"}
+)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _is_type(value: Any, name: str) -> bool:
+    kind = _json_type(value)
+    if name == "number":
+        return kind in ("integer", "number")
+    if name == "integer":
+        return kind == "integer" or (kind == "number" and float(value).is_integer())
+    return kind == name
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality as JSON Schema defines it: ``true`` is not ``1``, ``1`` is ``1.0``."""
+    ka, kb = _json_type(a), _json_type(b)
+    numeric = ("integer", "number")
+    if ka in numeric and kb in numeric:
+        return bool(a == b)
+    if ka != kb:
+        return False
+    if ka == "array":
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if ka == "object":
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _compilable(schema: Any) -> bool:
+    if isinstance(schema, bool):
+        return True
+    if not isinstance(schema, Mapping):
+        return False
+    for key, sub in schema.items():
+        if key in _ANNOTATIONS:
+            continue
+        if key not in _COMPILED:
+            return False
+        if key == "properties" and not (
+            isinstance(sub, Mapping) and all(_compilable(s) for s in sub.values())
+        ):
+            return False
+        if key in ("items", "additionalProperties") and not _compilable(sub):
+            return False
+        if key in ("anyOf", "allOf") and not (
+            isinstance(sub, list) and sub and all(_compilable(s) for s in sub)
+        ):
+            return False
+        if key == "type" and not (
+            isinstance(sub, str) or (isinstance(sub, list) and all(isinstance(x, str) for x in sub))
+        ):
+            return False
+        if key == "pattern":
+            try:
+                re.compile(sub)
+            except (re.error, TypeError):
+                return False
+    return True
+
+
+def _compile(schema: Any) -> _Check:
+    if schema is True or schema == {}:
+        return lambda value, path, errors: None
+    if schema is False:
+        return lambda value, path, errors: errors.append((path, "no value is allowed here"))
+    checks: list[_Check] = []
+
+    if "type" in schema:
+        names = [schema["type"]] if isinstance(schema["type"], str) else list(schema["type"])
+        wanted = " or ".join(names)
+
+        def check_type(value: Any, path: str, errors: Errors) -> None:
+            if not any(_is_type(value, n) for n in names):
+                errors.append((path, f"expected {wanted}, got {_json_type(value)}"))
+
+        checks.append(check_type)
+        # The type check decides alone whether the other keywords apply to this value.
+
+    if "enum" in schema:
+        options = list(schema["enum"])
+
+        def check_enum(value: Any, path: str, errors: Errors) -> None:
+            if not any(json_equal(value, o) for o in options):
+                shown = ", ".join(_short(o) for o in options)
+                errors.append((path, f"{_short(value)} is not one of {shown}"))
+
+        checks.append(check_enum)
+    if "const" in schema:
+        const = schema["const"]
+
+        def check_const(value: Any, path: str, errors: Errors) -> None:
+            if not json_equal(value, const):
+                errors.append((path, f"must be {_short(const)}"))
+
+        checks.append(check_const)
+
+    checks.extend(_numeric_checks(schema))
+    checks.extend(_string_checks(schema))
+    checks.extend(_array_checks(schema))
+    checks.extend(_object_checks(schema))
+
+    if "anyOf" in schema:
+        options_checks = [_compile(s) for s in schema["anyOf"]]
+
+        def check_any_of(value: Any, path: str, errors: Errors) -> None:
+            best: Errors | None = None
+            for option in options_checks:
+                found: Errors = []
+                option(value, path, found)
+                if not found:
+                    return
+                if best is None or len(found) < len(best):
+                    best = found
+            errors.extend(best or [(path, "matches none of the allowed forms")])
+
+        checks.append(check_any_of)
+    if "allOf" in schema:
+        all_checks = [_compile(s) for s in schema["allOf"]]
+
+        def check_all_of(value: Any, path: str, errors: Errors) -> None:
+            for check in all_checks:
+                check(value, path, errors)
+
+        checks.append(check_all_of)
+
+    if len(checks) == 1:
+        return checks[0]
+
+    def check_all(value: Any, path: str, errors: Errors) -> None:
+        for check in checks:
+            check(value, path, errors)
+
+    return check_all
+
+
+def _numeric_checks(schema: Mapping[str, Any]) -> list[_Check]:
+    checks: list[_Check] = []
+    bounds = [
+        ("minimum", lambda v, b: v >= b, "at least"),
+        ("maximum", lambda v, b: v <= b, "at most"),
+        ("exclusiveMinimum", lambda v, b: v > b, "greater than"),
+        ("exclusiveMaximum", lambda v, b: v < b, "less than"),
+    ]
+    for key, ok, words in bounds:
+        if key in schema:
+            bound = schema[key]
+
+            def check(value: Any, path: str, errors: Errors, bound: Any = bound, ok: Any = ok,
+                      words: str = words) -> None:
+                if _is_type(value, "number") and not (math.isnan(value) or ok(value, bound)):
+                    errors.append((path, f"must be {words} {bound}, got {value}"))
+                elif _is_type(value, "number") and math.isnan(value):
+                    errors.append((path, f"must be {words} {bound}, got NaN"))
+
+            checks.append(check)
+    return checks
+
+
+def _string_checks(schema: Mapping[str, Any]) -> list[_Check]:
+    checks: list[_Check] = []
+    if "minLength" in schema or "maxLength" in schema:
+        low, high = schema.get("minLength", 0), schema.get("maxLength", math.inf)
+
+        def check_length(value: Any, path: str, errors: Errors) -> None:
+            if isinstance(value, str) and not low <= len(value) <= high:
+                errors.append((path, f"length must be between {low} and {high}, got {len(value)}"))
+
+        checks.append(check_length)
+    if "pattern" in schema:
+        pattern = re.compile(schema["pattern"])
+
+        def check_pattern(value: Any, path: str, errors: Errors) -> None:
+            if isinstance(value, str) and not pattern.search(value):
+                errors.append((path, f"does not match the pattern {pattern.pattern!r}"))
+
+        checks.append(check_pattern)
+    return checks
+
+
+def _array_checks(schema: Mapping[str, Any]) -> list[_Check]:
+    checks: list[_Check] = []
+    if "items" in schema:
+        item_check = _compile(schema["items"])
+
+        def check_items(value: Any, path: str, errors: Errors) -> None:
+            if isinstance(value, list | tuple):
+                for i, item in enumerate(value):
+                    item_check(item, f"{path}[{i}]", errors)
+
+        checks.append(check_items)
+    if "minItems" in schema or "maxItems" in schema:
+        low, high = schema.get("minItems", 0), schema.get("maxItems", math.inf)
+
+        def check_count(value: Any, path: str, errors: Errors) -> None:
+            if isinstance(value, list | tuple) and not low <= len(value) <= high:
+                errors.append((path, f"must hold between {low} and {high} items, got {len(value)}"))
+
+        checks.append(check_count)
+    return checks
+
+
+def _object_checks(schema: Mapping[str, Any]) -> list[_Check]:
+    checks: list[_Check] = []
+    properties = {name: _compile(s) for name, s in schema.get("properties", {}).items()}
+    required = list(schema.get("required", ()))
+    extra = schema.get("additionalProperties", True)
+    extra_check = None if extra is True or extra is False else _compile(extra)
+    if not properties and not required and extra is True:
+        return checks
+
+    def check_object(value: Any, path: str, errors: Errors) -> None:
+        if not isinstance(value, dict):
+            return
+        for name in required:
+            if name not in value:
+                errors.append((f"{path}.{name}", "required field missing"))
+        for name, item in value.items():
+            check = properties.get(name)
+            if check is not None:
+                check(item, f"{path}.{name}", errors)
+            elif extra is False:
+                errors.append((f"{path}.{name}", "unknown field"))
+            elif extra_check is not None:
+                extra_check(item, f"{path}.{name}", errors)
+
+    checks.append(check_object)
+    return checks
+
+
+def _library_validator(schema: Mapping[str, Any]) -> SchemaValidator:
+    import jsonschema  # imported only for schemas beyond the compiled subset
+
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    validator = cls(schema)
+
+    def validate(value: Any) -> Errors:
+        errors: Errors = []
+        for error in validator.iter_errors(value):
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
+            errors.append((f"input{path}", error.message))
+        return errors
+
+    return validate
+
+
+def compile_validator(schema: Mapping[str, Any] | bool) -> SchemaValidator:
+    """Compile ``schema`` into a function returning the errors of an input.
+
+    Paths start at ``input`` (``input.files[2].name``).
+    """
+    if not _compilable(schema):
+        assert not isinstance(schema, bool)
+        return _library_validator(schema)
+    check = _compile(schema)
+
+    def validate(value: Any) -> Errors:
+        errors: Errors = []
+        check(value, "input", errors)
+        return errors
+
+    return validate

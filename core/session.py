@@ -1,0 +1,534 @@
+"""Sessions and the agent loop.
+
+There is one loop, :meth:`Session.stream`; :meth:`Session.run` drains it and
+:meth:`Session.run_sync` runs that without an event loop. The loop keeps the history valid
+whatever happens (see :mod:`wingspan.history`): a provider error, a tool exception,
+cancellation and the step limit all leave a history the next run accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .agent import Agent
+from .errors import ConfigError, ConflictError, NotFoundError, WingspanError
+from .history import repair_history
+from .ids import new_id
+from .providers import Accumulator
+from .store import RunRecord, SessionRecord, Store, utc_now
+from .tools import ToolContext, ToolInvocation, ToolOutcome, check_input, run_tool
+from .types import (
+    Done,
+    InferenceRequest,
+    Message,
+    MessageStart,
+    Result,
+    StreamEvent,
+    TextBlock,
+    ToolCall,
+    ToolResultBlock,
+    ToolResultEvent,
+    ToolUseBlock,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["RunStream", "Session"]
+
+CANCELLED = "the run was cancelled before this tool call finished"
+
+
+class Session:
+    """A conversation: an id, a work dir, an agent and the history.
+
+    :param agent: the agent that runs by default (each run may name another).
+    :param work_dir: the directory tools work in; ``None`` leaves file tools unavailable.
+    :param store: persist every message as soon as it exists; without one the session
+        lives in memory only.
+    :param id: the session's id (default: a new ULID).
+    :param history: messages to start from.
+    :param title: a title for people.
+    :param runtime: whose run-time hooks and tool settings apply (default: the default
+        runtime).
+    """
+
+    def __init__(
+        self,
+        *,
+        agent: Agent,
+        work_dir: str | os.PathLike[str] | None = None,
+        store: Store | None = None,
+        id: str | None = None,
+        history: Sequence[Message] = (),
+        title: str = "",
+        runtime: Runtime | None = None,
+    ) -> None:
+        if not isinstance(agent, Agent):
+            raise ConfigError(f"Session(agent=...) needs a wingspan.Agent, got {agent!r}")
+        self.id = id or new_id()
+        self.agent = agent
+        self.work_dir = _resolve_work_dir(work_dir)
+        self.title = title
+        self.store = store
+        self._history: list[Message] = list(history)
+        self._runtime = runtime
+        self._lock = asyncio.Lock()
+        self._stored = False
+        self._run: RunStream | None = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} agent={self.agent.name!r} messages={len(self._history)}>"
+
+    @property
+    def history(self) -> tuple[Message, ...]:
+        """The messages so far, in order."""
+        return tuple(self._history)
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            from .runtime import default_runtime
+
+            self._runtime = default_runtime()
+        return self._runtime
+
+    @classmethod
+    async def resume(
+        cls,
+        store: Store,
+        session_id: str,
+        *,
+        agent: Agent,
+        runtime: Runtime | None = None,
+    ) -> Session:
+        """Rebuild a session from its stored history.
+
+        A history cut short by a crash (tool calls without results) is repaired, in the
+        store too, so the next run is accepted by every provider.
+
+        :raises NotFoundError: when the store has no such session.
+        """
+        record = await store.get_session(session_id)
+        session = cls(
+            agent=agent,
+            work_dir=record.work_dir,
+            store=store,
+            id=record.id,
+            title=record.title,
+            runtime=runtime,
+        )
+        session._stored = True
+        session._history = await store.load_messages(session_id)
+        await session._repair()
+        return session
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def run(self, message: str | Message, *, agent: Agent | None = None) -> Result:
+        """Run the loop on ``message`` to its end.
+
+        :raises ProviderError: when the provider fails (the history stays valid).
+        """
+        stream = self.stream(message, agent=agent)
+        async for _ in stream._events:
+            pass
+        return stream.result
+
+    def run_sync(self, message: str | Message, *, agent: Agent | None = None) -> Result:
+        """:meth:`run` for code without an event loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run(message, agent=agent))
+        raise ConfigError("run_sync() cannot be called from a running event loop; use await run()")
+
+    def stream(self, message: str | Message, *, agent: Agent | None = None) -> RunStream:
+        """Run the loop on ``message``, yielding its events as they happen.
+
+        Iterate it with ``async for``; it ends with a :class:`~wingspan.Done` event, and
+        :attr:`RunStream.result` holds the :class:`~wingspan.Result` then. Use it as an
+        ``async with`` block (or call :meth:`RunStream.aclose`) to stop a run early.
+        """
+        if isinstance(message, str):
+            message = Message(role="user", content=(TextBlock(text=message),))
+        elif not isinstance(message, Message) or message.role != "user":
+            raise ConfigError("a run starts from a user message: pass a str or a user Message")
+        return RunStream(self._loop(message, agent or self.agent))
+
+    async def _loop(self, message: Message, agent: Agent) -> AsyncIterator[StreamEvent]:
+        run_id = new_id()
+        runtime = self.runtime
+        store = self.store
+        event_hook = runtime.hooks.wingspan_event if runtime.has_event_hook else None
+        prepare_hook = (
+            runtime.hooks.wingspan_prepare_request if runtime.has_prepare_request_hook else None
+        )
+        history = self._history
+        provider = agent.provider
+        tool_map = agent.tool_map
+        tool_settings = runtime.settings.tools
+        steps = 0
+        usage = Usage()
+        tool_calls: list[ToolCall] = []
+        response_text = ""
+        stop_reason = "end_turn"
+        status = "failed"
+        error: str | None = None
+
+        async with self._lock:
+            if store is not None:
+                await self._claim(store, run_id, agent)
+            try:
+                await self._append(message)
+                while True:
+                    steps += 1
+                    request = InferenceRequest(
+                        messages=tuple(history),
+                        tools=agent.tool_definitions,
+                        instructions=agent.instructions or None,
+                        output_schema=agent.output_schema,
+                        options=agent.options,
+                    )
+                    if prepare_hook is not None:
+                        request = prepare_hook(request=request, session=self) or request
+                    accumulator = Accumulator()
+                    add = accumulator.add
+                    events = provider.stream(request)
+                    async with _closing(events):
+                        async for event in events:
+                            add(event)
+                            if type(event) is MessageStart:
+                                event = MessageStart(step=steps)
+                            if event_hook is not None:
+                                event_hook(event=event, session=self)
+                            yield event
+                    response = accumulator.response()
+                    usage = usage + response.usage
+                    stop_reason = response.stop_reason
+                    assistant = response.message
+                    await self._append(assistant)
+                    pending = assistant.tool_uses
+                    text = assistant.text
+                    if text or not pending:
+                        response_text = text
+                    if not pending:
+                        break
+                    context = _ContextFactory(self, run_id, tool_settings)
+                    outcomes: list[ToolOutcome | None] = [None] * len(pending)
+                    results = self._call_tools(
+                        runtime, tool_map, pending, accumulator.invalid_inputs, context, outcomes
+                    )
+                    async with contextlib.aclosing(results):
+                        async for position, outcome in results:
+                            use = pending[position]
+                            tool_calls.append(
+                                ToolCall(
+                                    id=use.id,
+                                    tool_name=use.name,
+                                    input=use.input,
+                                    output=outcome.content,
+                                    is_error=outcome.is_error,
+                                )
+                            )
+                            event = ToolResultEvent(
+                                tool_use_id=use.id,
+                                tool_name=use.name,
+                                content=outcome.content,
+                                is_error=outcome.is_error,
+                            )
+                            if event_hook is not None:
+                                event_hook(event=event, session=self)
+                            yield event
+                    await self._append(_results_message(pending, outcomes))
+                    if steps >= agent.max_steps:
+                        stop_reason = "max_steps"
+                        break
+                status = "completed"
+            except asyncio.CancelledError:
+                status, error = "aborted", "cancelled"
+                raise
+            except GeneratorExit:
+                status, error = "aborted", "the caller stopped reading the run"
+                raise
+            except WingspanError as exc:
+                error = str(exc)
+                raise
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                # Whatever ended the run, leave a history the next run accepts.
+                if status != "completed":
+                    reason = CANCELLED if status == "aborted" else f"the run failed: {error}"
+                    for repair in repair_history(history, reason=reason):
+                        await _shielded(self._append(repair))
+                if store is not None:
+                    await _shielded(
+                        self._finish(store, run_id, agent, status, steps, usage, stop_reason, error)
+                    )
+
+        done = Done(
+            usage=usage,
+            steps=steps,
+            response=response_text,
+            tool_calls=tuple(tool_calls),
+            stop_reason=stop_reason,
+            run_id=run_id,
+        )
+        if event_hook is not None:
+            event_hook(event=done, session=self)
+        yield done
+
+    async def _call_tools(
+        self,
+        runtime: Runtime,
+        tool_map: Any,
+        uses: tuple[ToolUseBlock, ...],
+        invalid_inputs: dict[str, str],
+        context: _ContextFactory,
+        outcomes: list[ToolOutcome | None],
+    ) -> AsyncIterator[tuple[int, ToolOutcome]]:
+        """Run the calls concurrently, yielding each outcome as it completes."""
+        if len(uses) == 1:
+            outcome = await _call_one(runtime, tool_map, uses[0], invalid_inputs, context)
+            outcomes[0] = outcome
+            yield 0, outcome
+            return
+        tasks = {
+            asyncio.ensure_future(_call_one(runtime, tool_map, use, invalid_inputs, context)): i
+            for i, use in enumerate(uses)
+        }
+        try:
+            waiting = set(tasks)
+            while waiting:
+                finished, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(finished, key=tasks.__getitem__):
+                    outcomes[tasks[task]] = task.result()
+                    yield tasks[task], task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- persistence ------------------------------------------------------------------------
+
+    async def _append(self, message: Message) -> None:
+        if self.store is not None:
+            try:
+                await _shielded(self.store.append_messages(self.id, (message,)))
+            except asyncio.CancelledError:
+                # The write completed (a failed one raises its own error): mirror it here.
+                self._history.append(message)
+                raise
+        self._history.append(message)
+
+    async def _repair(self) -> None:
+        for message in repair_history(self._history):
+            await self._append(message)
+
+    async def _claim(self, store: Store, run_id: str, agent: Agent) -> None:
+        if not self._stored:
+            try:
+                await store.get_session(self.id)
+            except NotFoundError:
+                work_dir = str(self.work_dir) if self.work_dir else None
+                await store.create_session(
+                    SessionRecord(id=self.id, title=self.title, work_dir=work_dir)
+                )
+            self._stored = True
+        if not await store.claim_session(self.id, run_id):
+            raise ConflictError(f"session {self.id} is busy with another run")
+        try:
+            record = await store.get_session(self.id)
+            if record.message_count != len(self._history):
+                # Another process ran on this session since we loaded it.
+                self._history[:] = await store.load_messages(self.id)
+            await self._repair()
+            await store.save_run(RunRecord(id=run_id, session_id=self.id, agent_id=agent.id))
+        except BaseException:
+            await _shielded(store.release_session(self.id, run_id))
+            raise
+
+    async def _finish(
+        self,
+        store: Store,
+        run_id: str,
+        agent: Agent,
+        status: Any,
+        steps: int,
+        usage: Usage,
+        stop_reason: str,
+        error: str | None,
+    ) -> None:
+        try:
+            record = await store.get_run(run_id)
+            await store.save_run(
+                RunRecord(
+                    id=run_id,
+                    session_id=self.id,
+                    agent_id=agent.id,
+                    status=status,
+                    started_at=record.started_at,
+                    finished_at=utc_now(),
+                    steps=steps,
+                    usage=usage,
+                    stop_reason=stop_reason if status == "completed" else None,
+                    error=error,
+                )
+            )
+        finally:
+            await store.release_session(self.id, run_id)
+
+
+class RunStream:
+    """The events of one run, as an async iterator; :attr:`result` once it is done."""
+
+    def __init__(self, events: AsyncIterator[StreamEvent]) -> None:
+        self._events = _capture(self, events)
+        self._result: Result | None = None
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._events
+
+    async def __aenter__(self) -> RunStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the run if it is still going (running tools are cancelled)."""
+        await self._events.aclose()  # type: ignore[attr-defined]
+
+    @property
+    def result(self) -> Result:
+        """The run's result. :raises RuntimeError: before the run is done."""
+        if self._result is None:
+            raise RuntimeError("the run is not done yet: iterate the stream to its end first")
+        return self._result
+
+
+async def _capture(owner: RunStream, events: AsyncIterator[StreamEvent]) -> Any:
+    try:
+        async for event in events:
+            if type(event) is Done:
+                owner._result = event.result
+            yield event
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+class _ContextFactory:
+    __slots__ = ("run_id", "session", "settings")
+
+    def __init__(self, session: Session, run_id: str, settings: Any) -> None:
+        self.session, self.run_id, self.settings = session, run_id, settings
+
+    def __call__(self, tool_use_id: str) -> ToolContext:
+        return ToolContext(
+            work_dir=self.session.work_dir,
+            session_id=self.session.id,
+            run_id=self.run_id,
+            tool_use_id=tool_use_id,
+            settings=self.settings,
+        )
+
+
+async def _call_one(
+    runtime: Runtime,
+    tool_map: Any,
+    use: ToolUseBlock,
+    invalid_inputs: dict[str, str],
+    make_context: _ContextFactory,
+) -> ToolOutcome:
+    if use.id in invalid_inputs:
+        return ToolOutcome(content=invalid_inputs[use.id], is_error=True)
+    tool = tool_map.get(use.name)
+    if tool is None:
+        available = ", ".join(sorted(tool_map)) or "none"
+        return ToolOutcome(
+            content=f"unknown tool {use.name!r}; the tools available are: {available}",
+            is_error=True,
+        )
+    problem = check_input(tool, use.input)
+    if problem is not None:
+        return ToolOutcome(content=problem, is_error=True)
+    context = make_context(use.id)
+    if not runtime.has_tool_call_hook:
+        return await run_tool(tool, dict(use.input), context)
+    try:
+        awaitable = runtime.hooks.wingspan_tool_call(
+            invocation=ToolInvocation(tool=tool, tool_use_id=use.id, input=use.input),
+            context=context,
+        )
+        outcome = await awaitable
+    except WingspanError as exc:
+        return ToolOutcome(content=str(exc), is_error=True)
+    except Exception as exc:
+        return ToolOutcome(
+            content=f"tool {use.name!r} failed in a plugin hook: {type(exc).__name__}: {exc}",
+            is_error=True,
+        )
+    if not isinstance(outcome, ToolOutcome):
+        return ToolOutcome(content=str(outcome))
+    return outcome
+
+
+def _results_message(
+    uses: tuple[ToolUseBlock, ...], outcomes: list[ToolOutcome | None]
+) -> Message:
+    blocks = []
+    for use, outcome in zip(uses, outcomes, strict=True):
+        assert outcome is not None
+        blocks.append(
+            ToolResultBlock(tool_use_id=use.id, content=outcome.content, is_error=outcome.is_error)
+        )
+    return Message(role="user", content=tuple(blocks))
+
+
+async def _shielded(coro: Any) -> Any:
+    """Finish ``coro`` even if the surrounding task is cancelled again meanwhile, so that
+    clean-up (the history's repair, the run's record) is never half done."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+@contextlib.asynccontextmanager
+async def _closing(events: Any) -> AsyncIterator[None]:
+    """Close a provider's stream as soon as the loop leaves it (its HTTP connection too)."""
+    try:
+        yield
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _resolve_work_dir(work_dir: str | os.PathLike[str] | None) -> Path | None:
+    if work_dir is None:
+        return None
+    path = Path(work_dir).expanduser()
+    try:
+        path = path.resolve(strict=True)
+    except OSError:
+        raise ConfigError(f"work_dir {str(work_dir)!r} does not exist") from None
+    if not path.is_dir():
+        raise ConfigError(f"work_dir {str(work_dir)!r} is not a directory")
+    return path

@@ -1,0 +1,341 @@
+"""Wire types: the values that travel between sessions, providers, stores and clients.
+
+All are frozen attrs classes. Their JSON shapes are defined in one place only, the
+converter in :mod:`wingspan.wire`; these classes have no ``to_dict``/``from_dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, TypeAlias
+
+import attrs
+
+__all__ = [
+    "ContentBlock",
+    "ContentBlockStart",
+    "ContentBlockStop",
+    "Done",
+    "ErrorEvent",
+    "ErrorInfo",
+    "InferenceRequest",
+    "InferenceResponse",
+    "InputJsonDelta",
+    "Message",
+    "MessageDelta",
+    "MessageStart",
+    "MessageStop",
+    "Ping",
+    "Result",
+    "Role",
+    "StopReason",
+    "StreamEvent",
+    "TextBlock",
+    "TextDelta",
+    "TextStart",
+    "ToolCall",
+    "ToolDefinition",
+    "ToolResultBlock",
+    "ToolResultEvent",
+    "ToolUseBlock",
+    "ToolUseStart",
+    "Usage",
+]
+
+Role: TypeAlias = Literal["user", "assistant"]
+#: ``end_turn``, ``tool_use``, ``max_tokens``, ``stop_sequence`` come from providers;
+#: ``max_steps`` is the loop's own. Providers may pass through others.
+StopReason: TypeAlias = str
+
+JSONObject: TypeAlias = Mapping[str, Any]
+
+
+# --- content blocks ---------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class TextBlock:
+    """Text written by the user or the model."""
+
+    type: ClassVar[str] = "text"
+
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class ToolUseBlock:
+    """The model asks for a tool call. ``input`` is a JSON object."""
+
+    type: ClassVar[str] = "tool_use"
+
+    id: str
+    name: str
+    input: JSONObject
+
+
+@attrs.frozen(kw_only=True)
+class ToolResultBlock:
+    """The answer to the :class:`ToolUseBlock` whose id is ``tool_use_id``."""
+
+    type: ClassVar[str] = "tool_result"
+
+    tool_use_id: str
+    content: str
+    is_error: bool = False
+
+
+ContentBlock: TypeAlias = TextBlock | ToolUseBlock | ToolResultBlock
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    """One turn of a conversation.
+
+    Tool results are user-role messages holding :class:`ToolResultBlock` s, paired with the
+    :class:`ToolUseBlock` ids of the assistant turn before them.
+    """
+
+    role: Role
+    content: tuple[ContentBlock, ...]
+
+    @property
+    def text(self) -> str:
+        """The concatenated text blocks of this message."""
+        return "".join(b.text for b in self.content if type(b) is TextBlock)
+
+    @property
+    def tool_uses(self) -> tuple[ToolUseBlock, ...]:
+        """The tool calls this message asks for, in order."""
+        return tuple(b for b in self.content if type(b) is ToolUseBlock)
+
+
+@attrs.frozen(kw_only=True)
+class Usage:
+    """Token counts. Adding two gives their sum."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ToolDefinition:
+    """What a provider tells the model about one tool."""
+
+    name: str
+    description: str
+    input_schema: JSONObject
+
+
+@attrs.frozen(kw_only=True)
+class InferenceRequest:
+    """One model call: the history so far and what the model may use."""
+
+    messages: tuple[Message, ...]
+    tools: tuple[ToolDefinition, ...] = ()
+    instructions: str | None = None
+    output_schema: JSONObject | None = None
+    options: JSONObject = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class InferenceResponse:
+    """One model call's answer, assembled from its stream events."""
+
+    content: tuple[ContentBlock, ...]
+    stop_reason: StopReason
+    usage: Usage = Usage()
+
+    @property
+    def message(self) -> Message:
+        """The assistant message this response appends to history."""
+        return Message(role="assistant", content=self.content)
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ToolCall:
+    """One tool call of a run, with its outcome."""
+
+    id: str
+    tool_name: str
+    input: JSONObject
+    output: str
+    is_error: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Result:
+    """What a run gives back.
+
+    :ivar response: the final assistant text.
+    :ivar tool_calls: every tool call of the run, in order.
+    :ivar usage: token usage summed over every model call.
+    :ivar steps: the number of model calls.
+    :ivar stop_reason: why the run ended (``end_turn``, ``max_steps``, ``max_tokens``...).
+    :ivar run_id: the run's ULID.
+    """
+
+    response: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: Usage = Usage()
+    steps: int = 0
+    stop_reason: StopReason = "end_turn"
+    run_id: str | None = None
+
+
+# --- stream events --------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class TextStart:
+    """The head of a text block, as announced by ``content_block_start``."""
+
+    type: ClassVar[str] = "text"
+
+
+@attrs.frozen(kw_only=True)
+class ToolUseStart:
+    """The head of a tool-use block, as announced by ``content_block_start``."""
+
+    type: ClassVar[str] = "tool_use"
+
+    id: str
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class MessageStart:
+    """A model call begins. ``step`` counts model calls within the run, from 1."""
+
+    type: ClassVar[str] = "message_start"
+
+    step: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class ContentBlockStart:
+    type: ClassVar[str] = "content_block_start"
+    index: int
+    content_block: TextStart | ToolUseStart
+
+
+@attrs.frozen(kw_only=True)
+class TextDelta:
+    type: ClassVar[str] = "text_delta"
+    text: str
+    index: int
+
+
+@attrs.frozen(kw_only=True)
+class InputJsonDelta:
+    """A fragment of a tool call's input JSON; the fragments of a block concatenate."""
+
+    type: ClassVar[str] = "input_json_delta"
+
+    partial_json: str
+    index: int
+
+
+@attrs.frozen(kw_only=True)
+class ContentBlockStop:
+    type: ClassVar[str] = "content_block_stop"
+    index: int
+
+
+@attrs.frozen(kw_only=True)
+class MessageDelta:
+    """End-of-call facts: the stop reason and the call's total token usage."""
+
+    type: ClassVar[str] = "message_delta"
+
+    stop_reason: StopReason
+    usage: Usage = Usage()
+
+
+@attrs.frozen(kw_only=True)
+class MessageStop:
+    """A model call is complete."""
+
+    type: ClassVar[str] = "message_stop"
+
+
+@attrs.frozen(kw_only=True)
+class Ping:
+    """Keep-alive; carries nothing."""
+
+    type: ClassVar[str] = "ping"
+
+
+@attrs.frozen(kw_only=True)
+class ErrorInfo:
+    code: str
+    message: str
+
+
+@attrs.frozen(kw_only=True)
+class ErrorEvent:
+    """Terminal: the run failed."""
+
+    type: ClassVar[str] = "error"
+
+    error: ErrorInfo
+
+
+@attrs.frozen(kw_only=True)
+class ToolResultEvent:
+    """A tool finished (wingspan's addition to the seed's vocabulary)."""
+
+    type: ClassVar[str] = "tool_result"
+
+    tool_use_id: str
+    tool_name: str
+    content: str
+    is_error: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Done:
+    """Terminal: the run completed. Carries the same facts as :class:`Result`."""
+
+    type: ClassVar[str] = "done"
+
+    usage: Usage
+    steps: int
+    response: str
+    tool_calls: tuple[ToolCall, ...]
+    stop_reason: StopReason
+    run_id: str | None = None
+
+    @property
+    def result(self) -> Result:
+        return Result(
+            response=self.response,
+            tool_calls=self.tool_calls,
+            usage=self.usage,
+            steps=self.steps,
+            stop_reason=self.stop_reason,
+            run_id=self.run_id,
+        )
+
+
+StreamEvent: TypeAlias = (
+    MessageStart
+    | ContentBlockStart
+    | TextDelta
+    | InputJsonDelta
+    | ContentBlockStop
+    | MessageDelta
+    | MessageStop
+    | Ping
+    | ErrorEvent
+    | ToolResultEvent
+    | Done
+)

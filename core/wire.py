@@ -1,0 +1,302 @@
+"""The one place where JSON shapes are defined.
+
+:func:`make_converter` builds a strict cattrs converter: no silent coercion (``1`` never
+becomes ``"1"``, ``true`` is not an integer), unknown keys rejected, tagged unions on
+``"type"``, and failures reported as :class:`~wingspan.errors.ValidationError` naming the
+failing field. Types defined by plugins are registered on the same converter.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar, cast, get_args
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
+from cattrs.preconf.json import make_converter as _make_json_converter
+
+from . import types as t
+from .errors import ValidationError
+
+__all__ = [
+    "dumps",
+    "loads",
+    "make_converter",
+    "register_tagged",
+    "structure",
+    "unstructure",
+]
+
+T = TypeVar("T")
+
+#: The classes whose JSON carries a ``"type"`` tag.
+TAGGED: tuple[type, ...] = (
+    t.TextBlock,
+    t.ToolUseBlock,
+    t.ToolResultBlock,
+    t.TextStart,
+    t.ToolUseStart,
+    t.MessageStart,
+    t.ContentBlockStart,
+    t.TextDelta,
+    t.InputJsonDelta,
+    t.ContentBlockStop,
+    t.MessageDelta,
+    t.MessageStop,
+    t.Ping,
+    t.ErrorEvent,
+    t.ToolResultEvent,
+    t.Done,
+)
+#: Unions dispatched on their members' ``"type"`` tags.
+UNIONS: tuple[Any, ...] = (t.ContentBlock, t.StreamEvent, t.TextStart | t.ToolUseStart)
+
+
+class _WireError(ValueError):
+    """Raised inside hooks: its message is the reason shown to the user as is."""
+
+
+def _type_name(tp: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(
+        tp, getattr(tp, "__name__", repr(tp))
+    )
+
+
+def _strict_primitive(tp: type) -> Callable[[Any, Any], Any]:
+    def check(value: Any, _: Any) -> Any:
+        # bool is a subclass of int; JSON true is never an integer.
+        if type(value) is tp or (tp is float and type(value) is int):
+            return value
+        raise _WireError(f"expected {_type_name(tp)}, got {_json_type(value)}")
+
+    return check
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _structure_json_object(value: Any, _: Any) -> Any:
+    if isinstance(value, dict):
+        return value
+    raise _WireError(f"expected an object, got {_json_type(value)}")
+
+
+def _is_json_object(tp: Any) -> bool:
+    return tp == t.JSONObject or tp == (t.JSONObject | None)
+
+
+def register_tagged(converter: cattrs.Converter, cls: type, tag: str | None = None) -> None:
+    """Give ``cls`` a JSON shape carrying ``"type": tag`` (default: ``cls.type``).
+
+    Plugins that add their own tagged types call this on the runtime's converter.
+    """
+    tag = tag or cls.type  # type: ignore[attr-defined]
+    unstructure_fields = make_dict_unstructure_fn(cls, converter)
+    structure_fields = make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True)
+
+    def unstructure_tagged(obj: Any) -> dict[str, Any]:
+        return {"type": tag, **unstructure_fields(obj)}
+
+    def structure_tagged(value: Any, _: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _WireError(f"expected an object, got {_json_type(value)}")
+        found = value.get("type", tag)
+        if found != tag:
+            raise _WireError(f'"type" must be "{tag}", got {json.dumps(found)}')
+        return structure_fields({k: v for k, v in value.items() if k != "type"}, cls)
+
+    converter.register_unstructure_hook(cls, unstructure_tagged)
+    converter.register_structure_hook(cls, structure_tagged)
+
+
+def _register_union(converter: cattrs.Converter, union: Any) -> None:
+    members: dict[str, type] = {m.type: m for m in get_args(union)}
+    allowed = ", ".join(f'"{tag}"' for tag in members)
+
+    def structure_union(value: Any, _: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _WireError(f"expected an object, got {_json_type(value)}")
+        tag = value.get("type")
+        cls = members.get(tag) if isinstance(tag, str) else None
+        if cls is None:
+            raise _WireError(f'"type" must be one of {allowed}, got {json.dumps(tag)}')
+        return converter.structure(value, cls)
+
+    converter.register_structure_hook(union, structure_union)
+    converter.register_unstructure_hook(union, lambda obj: converter.unstructure(obj, type(obj)))
+
+
+def _strict_tuple(converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    def structure_tuple(value: Any, tp: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise _WireError(f"expected an array, got {_json_type(value)}")
+        (item_type, *_) = get_args(tp) or (Any,)
+        items, errors = [], []
+        for i, item in enumerate(value):
+            try:
+                items.append(converter.structure(item, item_type))
+            except Exception as exc:
+                exc.__notes__ = [*getattr(exc, "__notes__", []), f"Structuring index {i}"]
+                errors.append(_indexed(exc, i, item_type))
+        if errors:
+            raise IterableValidationError("while structuring an array", errors, tp)
+        return tuple(items)
+
+    return structure_tuple
+
+
+def _indexed(exc: Exception, index: int, item_type: Any) -> Exception:
+    from cattrs._compat import ExceptionGroup  # noqa: F401  (py3.11 builtin; kept for clarity)
+    from cattrs.errors import IterableValidationNote
+
+    exc.__notes__ = [
+        *[n for n in getattr(exc, "__notes__", []) if not n.startswith("Structuring index")],
+        IterableValidationNote(f"Structuring index {index}", index, item_type),
+    ]
+    return exc
+
+
+def _literal_hook(value: Any, tp: Any) -> Any:
+    allowed = get_args(tp)
+    # ``type(value) is type(a)`` keeps True from matching 1.
+    if any(value == a and type(value) is type(a) for a in allowed):
+        return value
+    shown = ", ".join(json.dumps(a) for a in allowed)
+    raise _WireError(f"must be one of {shown}, got {_json_dump_short(value)}")
+
+
+def _json_dump_short(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _attrs_structure_factory(cls: Any, converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    structure_fields = make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True)
+
+    def structure_attrs(value: Any, tp: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _WireError(f"expected an object, got {_json_type(value)}")
+        return structure_fields(value, tp)
+
+    return structure_attrs
+
+
+def make_converter() -> cattrs.Converter:
+    """Build a new strict JSON converter knowing every kernel wire type."""
+    converter = _make_json_converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_structure_hook_factory(
+        attrs.has, lambda cls: _attrs_structure_factory(cls, converter)
+    )
+    converter.register_structure_hook_func(
+        lambda tp: getattr(tp, "__origin__", None) is Literal, _literal_hook
+    )
+    for primitive in (str, int, float, bool):
+        converter.register_structure_hook(primitive, _strict_primitive(primitive))
+    converter.register_structure_hook_func(_is_json_object, _structure_json_object)
+    converter.register_structure_hook_func(
+        lambda tp: getattr(tp, "__origin__", None) is tuple, _strict_tuple(converter)
+    )
+    for cls in TAGGED:
+        register_tagged(converter, cls)
+    for union in UNIONS:
+        _register_union(converter, union)
+    return converter
+
+
+@functools.cache
+def default_converter() -> cattrs.Converter:
+    """The converter of the kernel's own types, built once (it is never modified)."""
+    return make_converter()
+
+
+def _format(exc: BaseException, tp: type | None) -> str:
+    if isinstance(exc, _WireError):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return f"unknown field{'s' if len(exc.extra_fields) > 1 else ''}: " + ", ".join(
+            sorted(exc.extra_fields)
+        )
+    if isinstance(exc, ValueError | TypeError) and tp is not None:
+        return f"invalid value, expected {_type_name(tp)}"
+    return str(exc) or type(exc).__name__
+
+
+def _details(exc: BaseException) -> list[tuple[str, str]]:
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        messages = cattrs.transform_error(exc, "$", _format)
+    else:
+        messages = [f"{_format(exc, None)} @ $"]
+    details = []
+    for message in messages:
+        reason, _, path = message.rpartition(" @ ")
+        details.append((path or "$", reason or message))
+    return details
+
+
+def structure(
+    data: Any, cls: type[T], converter: cattrs.Converter | None = None, *, what: str = ""
+) -> T:
+    """Build a ``cls`` from JSON data, strictly.
+
+    :raises ValidationError: naming every failing field.
+    """
+    try:
+        return cast(T, (converter or default_converter()).structure(data, cls))
+    except (
+        ClassValidationError,
+        IterableValidationError,
+        ForbiddenExtraKeysError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+    ) as exc:
+        details = _details(exc)
+        shown = "; ".join(f"{field}: {reason}" for field, reason in details)
+        name = what or getattr(cls, "__name__", str(cls))
+        raise ValidationError(f"invalid {name}: {shown}", details) from None
+
+
+def unstructure(obj: Any, converter: cattrs.Converter | None = None) -> Any:
+    """The JSON-ready form of ``obj`` (dicts, lists, strings, numbers, booleans, null)."""
+    return (converter or default_converter()).unstructure(obj)
+
+
+def dumps(obj: Any, converter: cattrs.Converter | None = None) -> str:
+    """``obj`` as compact JSON text."""
+    return json.dumps(unstructure(obj, converter), separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(text: str | bytes, cls: type[T], converter: cattrs.Converter | None = None) -> T:
+    """Parse JSON text into a ``cls``.
+
+    :raises ValidationError: when the text is not JSON or does not match ``cls``.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValidationError(f"malformed JSON: {exc}", [("$", f"malformed JSON: {exc}")]) from None
+    return structure(data, cls, converter)
+
