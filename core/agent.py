@@ -29,7 +29,7 @@ def _check_provider(instance: Agent, attribute: Any, value: Any) -> None:
         )
 
 
-def _to_tools(value: Sequence[Tool] | None) -> tuple[Tool, ...]:
+def _to_tools(value: Any) -> tuple[Tool, ...]:
     if value is None:
         return ()
     if isinstance(value, str | bytes) or not isinstance(value, Sequence | set | frozenset):

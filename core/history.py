@@ -30,12 +30,12 @@ def check_history(messages: Sequence[Message]) -> list[str]:
             pending = []
         elif results:
             problems.append(f"message {position}: tool_result without a preceding tool_use")
+        if position == 0 and message.role != "user":
+            problems.append("message 0: a history starts with a user message")
         if message.role == "assistant":
             if results:
                 problems.append(f"message {position}: an assistant message holds tool results")
             pending = [b.id for b in message.content if type(b) is ToolUseBlock]
-        elif position == 0 and message.role != "user":
-            problems.append("message 0: a history starts with a user message")
     if pending:
         problems.append(f"the last message's tool calls {pending} have no results")
     return problems

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -163,7 +163,7 @@ class Session:
             raise ConfigError("a run starts from a user message: pass a str or a user Message")
         return RunStream(self._loop(message, agent or self.agent))
 
-    async def _loop(self, message: Message, agent: Agent) -> AsyncIterator[StreamEvent]:
+    async def _loop(self, message: Message, agent: Agent) -> AsyncGenerator[StreamEvent, None]:
         run_id = new_id()
         runtime = self.runtime
         store = self.store
@@ -295,7 +295,7 @@ class Session:
         invalid_inputs: dict[str, str],
         context: _ContextFactory,
         outcomes: list[ToolOutcome | None],
-    ) -> AsyncIterator[tuple[int, ToolOutcome]]:
+    ) -> AsyncGenerator[tuple[int, ToolOutcome], None]:
         """Run the calls concurrently, yielding each outcome as it completes."""
         if len(uses) == 1:
             outcome = await _call_one(runtime, tool_map, uses[0], invalid_inputs, context)
@@ -391,7 +391,7 @@ class Session:
 class RunStream:
     """The events of one run, as an async iterator; :attr:`result` once it is done."""
 
-    def __init__(self, events: AsyncIterator[StreamEvent]) -> None:
+    def __init__(self, events: AsyncGenerator[StreamEvent, None]) -> None:
         self._events = _capture(self, events)
         self._result: Result | None = None
 
@@ -411,7 +411,7 @@ class RunStream:
 
     async def aclose(self) -> None:
         """Stop the run if it is still going (running tools are cancelled)."""
-        await self._events.aclose()  # type: ignore[attr-defined]
+        await self._events.aclose()
 
     @property
     def result(self) -> Result:
@@ -421,14 +421,16 @@ class RunStream:
         return self._result
 
 
-async def _capture(owner: RunStream, events: AsyncIterator[StreamEvent]) -> Any:
+async def _capture(
+    owner: RunStream, events: AsyncGenerator[StreamEvent, None]
+) -> AsyncGenerator[StreamEvent, None]:
     try:
         async for event in events:
             if type(event) is Done:
                 owner._result = event.result
             yield event
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
 
 
 class _ContextFactory:

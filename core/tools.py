@@ -166,7 +166,8 @@ async def run_tool(tool: Tool, input: dict[str, Any], context: ToolContext) -> T
         return output
     if isinstance(output, str):
         return ToolOutcome(content=output)
-    return ToolOutcome(
+    # A third-party tool may break its protocol; tell the model rather than crash.
+    return ToolOutcome(  # type: ignore[unreachable]
         content=f"tool {tool.name!r} returned {type(output).__name__}, not text", is_error=True
     )
 
@@ -459,7 +460,7 @@ def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     params: dict[str, str] = {}
     current: str | None = None
     in_google = False
-    google_indent = 0
+    google_indent = entry_indent = 0
     for raw in doc.splitlines():
         line = raw.strip()
         indent = len(raw) - len(raw.lstrip())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,5 +24,5 @@ class TransportSpec:
     """
 
     name: str
-    serve: Callable[[Runtime, Mapping[str, Any]], Awaitable[None]]
+    serve: Callable[[Runtime, Mapping[str, Any]], Coroutine[Any, Any, None]]
     description: str = ""

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import functools
 import json
+from datetime import UTC, datetime
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar, cast, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
 from cattrs.preconf.json import make_converter as _make_json_converter
 
@@ -24,6 +30,7 @@ from .errors import ValidationError
 
 __all__ = [
     "dumps",
+    "format_timestamp",
     "loads",
     "make_converter",
     "register_tagged",
@@ -98,8 +105,8 @@ def _structure_json_object(value: Any, _: Any) -> Any:
     raise _WireError(f"expected an object, got {_json_type(value)}")
 
 
-def _is_json_object(tp: Any) -> bool:
-    return tp == t.JSONObject or tp == (t.JSONObject | None)
+def _structure_optional_json_object(value: Any, _: Any) -> Any:
+    return None if value is None else _structure_json_object(value, _)
 
 
 def register_tagged(converter: cattrs.Converter, cls: type, tag: str | None = None) -> None:
@@ -108,8 +115,10 @@ def register_tagged(converter: cattrs.Converter, cls: type, tag: str | None = No
     Plugins that add their own tagged types call this on the runtime's converter.
     """
     tag = tag or cls.type  # type: ignore[attr-defined]
-    unstructure_fields = make_dict_unstructure_fn(cls, converter)
-    structure_fields = make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True)
+    unstructure_fields: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(cls, converter)
+    structure_fields: Callable[[Any, Any], Any] = make_dict_structure_fn(
+        cls, converter, _cattrs_forbid_extra_keys=True
+    )
 
     def unstructure_tagged(obj: Any) -> dict[str, Any]:
         return {"type": tag, **unstructure_fields(obj)}
@@ -153,24 +162,16 @@ def _strict_tuple(converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
             try:
                 items.append(converter.structure(item, item_type))
             except Exception as exc:
-                exc.__notes__ = [*getattr(exc, "__notes__", []), f"Structuring index {i}"]
-                errors.append(_indexed(exc, i, item_type))
+                exc.__notes__ = [
+                    *getattr(exc, "__notes__", []),
+                    IterableValidationNote(f"Structuring index {i}", i, item_type),
+                ]
+                errors.append(exc)
         if errors:
             raise IterableValidationError("while structuring an array", errors, tp)
         return tuple(items)
 
     return structure_tuple
-
-
-def _indexed(exc: Exception, index: int, item_type: Any) -> Exception:
-    from cattrs._compat import ExceptionGroup  # noqa: F401  (py3.11 builtin; kept for clarity)
-    from cattrs.errors import IterableValidationNote
-
-    exc.__notes__ = [
-        *[n for n in getattr(exc, "__notes__", []) if not n.startswith("Structuring index")],
-        IterableValidationNote(f"Structuring index {index}", index, item_type),
-    ]
-    return exc
 
 
 def _literal_hook(value: Any, tp: Any) -> Any:
@@ -201,9 +202,30 @@ def _attrs_structure_factory(cls: Any, converter: cattrs.Converter) -> Callable[
     return structure_attrs
 
 
+def format_timestamp(value: datetime) -> str:
+    """RFC 3339, UTC, milliseconds: ``2026-11-24T13:11:02.123Z``."""
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _structure_timestamp(value: Any, _: Any) -> datetime:
+    if not isinstance(value, str):
+        raise _WireError(f"expected an RFC 3339 timestamp string, got {_json_type(value)}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _WireError(f"expected an RFC 3339 timestamp, got {_json_dump_short(value)}") from None
+    if parsed.tzinfo is None:
+        raise _WireError(f"timestamp {value!r} has no time zone; add 'Z' for UTC")
+    return parsed.astimezone(UTC)
+
+
 def make_converter() -> cattrs.Converter:
     """Build a new strict JSON converter knowing every kernel wire type."""
     converter = _make_json_converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_unstructure_hook(datetime, format_timestamp)
+    converter.register_structure_hook(datetime, _structure_timestamp)
     converter.register_structure_hook_factory(
         attrs.has, lambda cls: _attrs_structure_factory(cls, converter)
     )
@@ -212,7 +234,12 @@ def make_converter() -> cattrs.Converter:
     )
     for primitive in (str, int, float, bool):
         converter.register_structure_hook(primitive, _strict_primitive(primitive))
-    converter.register_structure_hook_func(_is_json_object, _structure_json_object)
+    converter.register_structure_hook_func(
+        lambda tp: tp == t.JSONObject, _structure_json_object
+    )
+    converter.register_structure_hook_func(
+        lambda tp: tp == (t.JSONObject | None), _structure_optional_json_object
+    )
     converter.register_structure_hook_func(
         lambda tp: getattr(tp, "__origin__", None) is tuple, _strict_tuple(converter)
     )
@@ -263,7 +290,7 @@ def structure(
     :raises ValidationError: naming every failing field.
     """
     try:
-        return cast(T, (converter or default_converter()).structure(data, cls))
+        return (converter or default_converter()).structure(data, cls)
     except (
         ClassValidationError,
         IterableValidationError,
