@@ -271,6 +271,7 @@ class _TerminalPrinter:
             if self._wrote_text and not self._at_line_start:
                 sys.stdout.write("\n")
                 sys.stdout.flush()
+                self._at_line_start = True
             usage = event.usage  # type: ignore[union-attr]
             self._line(
                 f"[{event.steps} step{'s' if event.steps != 1 else ''} · "  # type: ignore[union-attr]

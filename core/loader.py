@@ -25,6 +25,8 @@ __all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "load_plugins", "make_plugin_manag
 
 ENTRY_POINT_GROUP = "wingspan"
 BUILTIN_PREFIX = "wingspan.plugins."
+#: The kernel's own hook implementations (not listed as a plugin).
+KERNEL = "wingspan.kernel"
 CONTRIB_PREFIX = "wingspan.contrib."
 
 
@@ -39,8 +41,11 @@ class PluginInfo:
 
 
 def make_plugin_manager() -> pluggy.PluginManager:
+    from .tools import KernelToolCall
+
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    pm.register(KernelToolCall(), name=KERNEL)
     return pm
 
 
@@ -151,7 +156,7 @@ def _describe(
 ) -> list[PluginInfo]:
     infos = []
     for name, plugin in pm.list_name_plugin():
-        if plugin is None:  # blocked
+        if plugin is None or name == KERNEL:  # blocked, or the kernel itself
             continue
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
         distribution, version = origins.get(name, (None, None))

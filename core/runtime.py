@@ -129,7 +129,8 @@ class Runtime:
             tool_plugins={k: plugin for k, (_, plugin) in tools.items()},
             has_event_hook=bool(pm.hook.wingspan_event.get_hookimpls()),
             has_prepare_request_hook=bool(pm.hook.wingspan_prepare_request.get_hookimpls()),
-            has_tool_call_hook=bool(pm.hook.wingspan_tool_call.get_hookimpls()),
+            # The kernel implements the innermost call; only plugins' wrappers cost a hook call.
+            has_tool_call_hook=len(pm.hook.wingspan_tool_call.get_hookimpls()) > 1,
         )
         pm.hook.wingspan_configure.call_historic(kwargs={"runtime": runtime})
         return runtime
@@ -196,7 +197,7 @@ def _collect(
     """Call a registration hook plugin by plugin, so that a duplicate names both plugins
     and a plugin whose hook raises is reported as that plugin's failure."""
     found: dict[str, tuple[Any, str]] = {}
-    for impl in reversed(hook.get_hookimpls()):  # registration order
+    for impl in hook.get_hookimpls():  # registration order
         try:
             items = list(impl.function() or ())
         except Exception as exc:

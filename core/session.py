@@ -182,6 +182,8 @@ class Session:
         stop_reason = "end_turn"
         status = "failed"
         error: str | None = None
+        #: outcomes of the tool calls in flight, by call position
+        outcomes: list[ToolOutcome | None] = []
 
         async with self._lock:
             if store is not None:
@@ -222,22 +224,13 @@ class Session:
                     if not pending:
                         break
                     context = _ContextFactory(self, run_id, tool_settings)
-                    outcomes: list[ToolOutcome | None] = [None] * len(pending)
+                    outcomes = [None] * len(pending)
                     results = self._call_tools(
                         runtime, tool_map, pending, accumulator.invalid_inputs, context, outcomes
                     )
                     async with contextlib.aclosing(results):
                         async for position, outcome in results:
                             use = pending[position]
-                            tool_calls.append(
-                                ToolCall(
-                                    id=use.id,
-                                    tool_name=use.name,
-                                    input=use.input,
-                                    output=outcome.content,
-                                    is_error=outcome.is_error,
-                                )
-                            )
                             event = ToolResultEvent(
                                 tool_use_id=use.id,
                                 tool_name=use.name,
@@ -247,7 +240,19 @@ class Session:
                             if event_hook is not None:
                                 event_hook(event=event, session=self)
                             yield event
-                    await self._append(_results_message(pending, outcomes))
+                    await self._append(_results_message(pending, outcomes, ""))
+                    tool_calls.extend(  # in call order, whatever order they finished in
+                        ToolCall(
+                            id=use.id,
+                            tool_name=use.name,
+                            input=use.input,
+                            output=outcome.content,
+                            is_error=outcome.is_error,
+                        )
+                        for use, outcome in zip(pending, outcomes, strict=True)
+                        if outcome is not None
+                    )
+                    outcomes = []
                     if steps >= agent.max_steps:
                         stop_reason = "max_steps"
                         break
@@ -266,10 +271,14 @@ class Session:
                 raise
             finally:
                 # Whatever ended the run, leave a history the next run accepts.
-                if status != "completed":
+                if status != "completed" and repair_history(history):
+                    # Calls that finished keep their results; the others get an error result.
                     reason = CANCELLED if status == "aborted" else f"the run failed: {error}"
-                    for repair in repair_history(history, reason=reason):
-                        await _shielded(self._append(repair))
+                    uses = history[-1].tool_uses
+                    known: list[ToolOutcome | None] = (
+                        outcomes if len(outcomes) == len(uses) else [None] * len(uses)
+                    )
+                    await _shielded(self._append(_results_message(uses, known, reason)))
                 if store is not None:
                     await _shielded(
                         self._finish(store, run_id, agent, status, steps, usage, stop_reason, error)
@@ -490,14 +499,19 @@ async def _call_one(
 
 
 def _results_message(
-    uses: tuple[ToolUseBlock, ...], outcomes: list[ToolOutcome | None]
+    uses: tuple[ToolUseBlock, ...], outcomes: list[ToolOutcome | None], missing: str
 ) -> Message:
+    """The tool results of a batch; a call without an outcome gets ``missing`` as an error."""
     blocks = []
     for use, outcome in zip(uses, outcomes, strict=True):
-        assert outcome is not None
-        blocks.append(
-            ToolResultBlock(tool_use_id=use.id, content=outcome.content, is_error=outcome.is_error)
-        )
+        if outcome is None:
+            blocks.append(ToolResultBlock(tool_use_id=use.id, content=missing, is_error=True))
+        else:
+            blocks.append(
+                ToolResultBlock(
+                    tool_use_id=use.id, content=outcome.content, is_error=outcome.is_error
+                )
+            )
     return Message(role="user", content=tuple(blocks))
 
 

@@ -77,7 +77,7 @@ class RunRecord:
     started_at: datetime = attrs.field(factory=utc_now)
     finished_at: datetime | None = None
     steps: int = 0
-    usage: Usage = Usage()
+    usage: Usage = Usage()  # noqa: RUF009 (frozen, so sharing one default is safe)
     stop_reason: str | None = None
     error: str | None = None
 

@@ -23,6 +23,7 @@ import attrs
 import cattrs
 
 from .errors import ConfigError, ToolError
+from .hookspecs import hookimpl
 from .schema import SchemaValidator, compile_validator
 
 if TYPE_CHECKING:
@@ -172,11 +173,22 @@ async def run_tool(tool: Tool, input: dict[str, Any], context: ToolContext) -> T
     )
 
 
+class KernelToolCall:
+    """The innermost ``wingspan_tool_call``: what the wrappers of plugins wrap."""
+
+    @hookimpl(trylast=True)
+    def wingspan_tool_call(
+        self, invocation: ToolInvocation, context: ToolContext
+    ) -> Awaitable[ToolOutcome]:
+        return run_tool(invocation.tool, dict(invocation.input), context)
+
+
 # -------------------------------------------------------------------------------------------
 # @wingspan.tool
 # -------------------------------------------------------------------------------------------
 
-_plain_converter = cattrs.Converter()
+# Field aliases are the JSON names (an attrs field `_x` is `x`), as in the schemas built here.
+_plain_converter = cattrs.Converter(use_alias=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -269,8 +281,8 @@ def tool(
 def _make_function_tool(
     fn: Callable[..., Any], *, name: str | None, description: str | None
 ) -> FunctionTool:
-    tool_name = name or fn.__name__
-    if not _NAME.match(tool_name):
+    tool_name = fn.__name__ if name is None else name
+    if not _NAME.fullmatch(tool_name):
         raise ConfigError(
             f"tool name {tool_name!r} is invalid: use 1-64 letters, digits, '_' or '-'"
         )
@@ -428,11 +440,12 @@ def _attrs_schema(cls: type, where: str) -> dict[str, Any]:
         prop = schema_of(hints.get(field.name, Any), f"{where}, field {field.name!r}")
         if field.name in field_docs and "description" not in prop:
             prop = {**prop, "description": field_docs[field.name]}
+        key = field.alias or field.name
         if field.default is attrs.NOTHING:
-            required.append(field.name)
+            required.append(key)
         elif not isinstance(field.default, attrs.Factory) and _jsonable(field.default):  # type: ignore[arg-type]
             prop = {**prop, "default": _plain_converter.unstructure(field.default)}
-        properties[field.alias or field.name] = prop
+        properties[key] = prop
     schema: dict[str, Any] = {
         "type": "object",
         "properties": properties,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, get_args
 
 import attrs
@@ -243,10 +243,11 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook_func(
         lambda tp: getattr(tp, "__origin__", None) is tuple, _strict_tuple(converter)
     )
-    for cls in TAGGED:
-        register_tagged(converter, cls)
+    # Unions first: a class's structure function binds its fields' hooks when it is made.
     for union in UNIONS:
         _register_union(converter, union)
+    for cls in TAGGED:
+        register_tagged(converter, cls)
     return converter
 
 
@@ -256,15 +257,16 @@ def default_converter() -> cattrs.Converter:
     return make_converter()
 
 
+_UNKNOWN_FIELDS = "unknown fields: "
+
+
 def _format(exc: BaseException, tp: type | None) -> str:
     if isinstance(exc, _WireError):
         return str(exc)
     if isinstance(exc, KeyError):
         return "required field missing"
     if isinstance(exc, ForbiddenExtraKeysError):
-        return f"unknown field{'s' if len(exc.extra_fields) > 1 else ''}: " + ", ".join(
-            sorted(exc.extra_fields)
-        )
+        return _UNKNOWN_FIELDS + ", ".join(sorted(exc.extra_fields))
     if isinstance(exc, ValueError | TypeError) and tp is not None:
         return f"invalid value, expected {_type_name(tp)}"
     return str(exc) or type(exc).__name__
@@ -278,7 +280,13 @@ def _details(exc: BaseException) -> list[tuple[str, str]]:
     details = []
     for message in messages:
         reason, _, path = message.rpartition(" @ ")
-        details.append((path or "$", reason or message))
+        path, reason = path or "$", reason or message
+        if reason.startswith(_UNKNOWN_FIELDS):
+            # Name each unknown field by its own path.
+            for name in reason.partition(": ")[2].split(", "):
+                details.append((f"{path}.{name}", "unknown field"))
+        else:
+            details.append((path, reason))
     return details
 
 

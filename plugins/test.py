@@ -126,7 +126,10 @@ class TestProvider:
                     f"test: the script function raised {type(exc).__name__}: {exc}",
                     provider=NAME,
                 ) from exc
-            return _parse_turn(value, "the script function's turn")
+            try:
+                return _parse_turn(value, "the script function's turn")
+            except ConfigError as exc:
+                raise ProviderError(str(exc), provider=NAME) from None
         return self.script[min(step, len(self.script) - 1)]
 
 
@@ -150,11 +153,17 @@ def _default_turn(request: InferenceRequest, step: int, user_text: str) -> Turn:
     last = request.messages[-1] if request.messages else None
     results = [b for b in last.content if type(b) is ToolResultBlock] if last else []
     if results:
+        names = {
+            use.id: use.name
+            for message in request.messages[-2:-1]
+            for use in message.tool_uses
+        }
         lines = [f"I called {len(results)} tool{'s' if len(results) > 1 else ''}:"]
         for block in results:
             outcome = "error" if block.is_error else "ok"
             first_line = block.content.strip().splitlines()[0] if block.content.strip() else ""
-            lines.append(f"- {block.tool_use_id}: {outcome}: {first_line[:80]}")
+            name = names.get(block.tool_use_id, block.tool_use_id)
+            lines.append(f"- {name}: {outcome}: {first_line[:80]}")
         return Turn(text="\n".join(lines))
     return Turn(text=f"This is the test provider answering: {user_text}")
 
@@ -265,7 +274,9 @@ def _parse_calls(calls: list[Any], where: str) -> tuple[tuple[str, Mapping[str, 
     parsed = []
     for i, call in enumerate(calls):
         if not (isinstance(call, Mapping) and isinstance(call.get("name"), str)):
-            raise ConfigError(f'test provider: {where}[{i}] must be {{"name": ..., "input": {{...}}}}')
+            raise ConfigError(
+                f'test provider: {where}[{i}] must be {{"name": ..., "input": {{...}}}}'
+            )
         unknown = set(call) - {"name", "input"}
         if unknown:
             raise ConfigError(f"test provider: {where}[{i}] has unknown keys {sorted(unknown)}")
