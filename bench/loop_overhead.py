@@ -157,6 +157,13 @@ async def add(a: int, b: int) -> int:
     return a + b
 
 
+# Events that carry nothing specific to a call are immutable values: a provider, like this
+# one, can build them once. Everything that depends on the call is built per call.
+MESSAGE_START = wingspan.MessageStart()
+MESSAGE_STOP = wingspan.MessageStop()
+BLOCK_STOP = wingspan.ContentBlockStop(index=0)
+
+
 class ScriptedProvider:
     """A zero-latency wingspan provider streaming the script's turns as kernel events."""
 
@@ -168,19 +175,19 @@ class ScriptedProvider:
     ) -> AsyncIterator[wingspan.StreamEvent]:
         call = self._script.next_call()
         usage = wingspan.Usage(input_tokens=INPUT_TOKENS, output_tokens=OUTPUT_TOKENS)
-        yield wingspan.MessageStart()
+        yield MESSAGE_START
         if call is None:
             yield wingspan.ContentBlockStart(index=0, content_block=wingspan.TextStart())
             yield wingspan.TextDelta(text=FINAL_TEXT, index=0)
-            yield wingspan.ContentBlockStop(index=0)
+            yield BLOCK_STOP
             yield wingspan.MessageDelta(stop_reason="end_turn", usage=usage)
         else:
             head = wingspan.ToolUseStart(id=call.id, name="add")
             yield wingspan.ContentBlockStart(index=0, content_block=head)
             yield wingspan.InputJsonDelta(partial_json=call.arguments, index=0)
-            yield wingspan.ContentBlockStop(index=0)
+            yield BLOCK_STOP
             yield wingspan.MessageDelta(stop_reason="tool_use", usage=usage)
-        yield wingspan.MessageStop()
+        yield MESSAGE_STOP
 
 
 def build_wingspan(script: Script) -> Adapter:

@@ -1,7 +1,8 @@
 """wingspan: a small, pluggable kernel for running LLM agents.
 
-The public API is this module's ``__all__``; plugin authors and users import only from here
-(and :mod:`wingspan.testing`).
+The public API is this module's ``__all__``, plus two public modules: :mod:`wingspan.wire`
+(the JSON converter: ``dumps``, ``loads``, ``structure``, ``unstructure``) and
+:mod:`wingspan.testing` (the kit for tests and plugin authors).
 """
 
 from __future__ import annotations

@@ -95,7 +95,9 @@ class Accumulator:
     instead of storing a broken call.
     """
 
-    __slots__ = ("_blocks", "_parts", "invalid_inputs", "stop_reason", "usage")
+    __slots__ = (
+        "_blocks", "_parts", "invalid_inputs", "stop_reason", "text", "tool_uses", "usage"
+    )
 
     def __init__(self) -> None:
         self._blocks: dict[int, TextStart | ToolUseStart] = {}
@@ -104,6 +106,9 @@ class Accumulator:
         self.usage = Usage()
         #: tool-use id -> why its input could not be read.
         self.invalid_inputs: dict[str, str] = {}
+        #: Set by :meth:`response`: the tool calls asked for, and the text, of the answer.
+        self.tool_uses: tuple[ToolUseBlock, ...] = ()
+        self.text = ""
 
     def add(self, event: StreamEvent) -> None:
         kind = type(event)
@@ -130,18 +135,28 @@ class Accumulator:
         """The response so far. ``stop_reason`` defaults from the content when the stream
         gave none."""
         content: list[ContentBlock] = []
-        for index in sorted(self._blocks):
-            head = self._blocks[index]
+        uses: list[ToolUseBlock] = []
+        texts: list[str] = []
+        blocks = self._blocks
+        # Blocks arrive in index order from every provider; sort only when they did not.
+        indexes = list(blocks)
+        if indexes != sorted(indexes):
+            indexes.sort()
+        for index in indexes:
+            head = blocks[index]
             text = "".join(self._parts[index])
             if type(head) is TextStart:
                 if text:
                     content.append(TextBlock(text=text))
+                    texts.append(text)
                 continue
             assert isinstance(head, ToolUseStart)
-            content.append(ToolUseBlock(id=head.id, name=head.name, input=self._parse(head, text)))
-        stop_reason = self.stop_reason or (
-            "tool_use" if any(type(b) is ToolUseBlock for b in content) else "end_turn"
-        )
+            use = ToolUseBlock(id=head.id, name=head.name, input=self._parse(head, text))
+            content.append(use)
+            uses.append(use)
+        self.tool_uses = tuple(uses)
+        self.text = "".join(texts)
+        stop_reason = self.stop_reason or ("tool_use" if uses else "end_turn")
         return InferenceResponse(content=tuple(content), stop_reason=stop_reason, usage=self.usage)
 
     def _parse(self, head: ToolUseStart, text: str) -> dict[str, Any]:

@@ -299,6 +299,112 @@ def _library_validator(schema: Mapping[str, Any]) -> SchemaValidator:
     return validate
 
 
+# --- the fast path: a yes/no answer, with no paths or messages built -----------------------
+
+_Test = Callable[[Any], bool]
+
+
+def _is_integer(value: Any) -> bool:
+    kind = type(value)
+    return kind is int or (kind is float and value.is_integer()) or (
+        isinstance(value, int) and kind is not bool
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and type(value) is not bool
+
+
+_TYPE_TESTS: dict[str, _Test] = {
+    "string": lambda v: isinstance(v, str),
+    "integer": _is_integer,
+    "number": _is_number,
+    "boolean": lambda v: v is True or v is False,
+    "null": lambda v: v is None,
+    "array": lambda v: isinstance(v, list | tuple),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+def _all(tests: list[_Test]) -> _Test:
+    if not tests:
+        return lambda value: True
+    if len(tests) == 1:
+        return tests[0]
+
+    def test_all(value: Any) -> bool:
+        for test in tests:
+            if not test(value):
+                return False
+        return True
+
+    return test_all
+
+
+def _fast(schema: Any) -> _Test:
+    """A yes/no test agreeing with :func:`_compile` (the property tests hold both to the
+    ``jsonschema`` library's verdicts)."""
+    if schema is True or schema == {}:
+        return lambda value: True
+    if schema is False:
+        return lambda value: False
+    # Cheap checks first: the type, then everything else.
+    tests: list[_Test] = []
+    if "type" in schema:
+        names = [schema["type"]] if isinstance(schema["type"], str) else list(schema["type"])
+        type_tests = [_TYPE_TESTS[n] for n in names if n in _TYPE_TESTS]
+        if len(type_tests) == 1:
+            tests.append(type_tests[0])
+        else:
+            tests.append(lambda value: any(test(value) for test in type_tests))
+    # The remaining keywords reuse the error-collecting checks: they only run on the rare
+    # schemas that have them, while objects and arrays (every tool input) get their own.
+    rest = {k: v for k, v in schema.items()
+            if k not in ("type", "properties", "required", "additionalProperties", "items")}
+    if any(k not in _ANNOTATIONS for k in rest):
+        check = _compile(rest)
+
+        def test_rest(value: Any) -> bool:
+            errors: Errors = []
+            check(value, "", errors)
+            return not errors
+
+        tests.append(test_rest)
+    if "items" in schema:
+        item_test = _fast(schema["items"])
+        tests.append(
+            lambda value: not isinstance(value, list | tuple) or all(map(item_test, value))
+        )
+    if {"properties", "required", "additionalProperties"} & schema.keys():
+        tests.append(_fast_object(schema))
+    return _all(tests)
+
+
+def _fast_object(schema: Mapping[str, Any]) -> _Test:
+    properties = {name: _fast(s) for name, s in schema.get("properties", {}).items()}
+    required = tuple(schema.get("required", ()))
+    extra = schema.get("additionalProperties", True)
+    extra_test = None if extra is True or extra is False else _fast(extra)
+    closed = extra is False
+
+    def test_object(value: Any) -> bool:
+        if not isinstance(value, dict):
+            return True
+        for name in required:
+            if name not in value:
+                return False
+        for name, item in value.items():
+            test = properties.get(name)
+            if test is not None:
+                if not test(item):
+                    return False
+            elif closed or (extra_test is not None and not extra_test(item)):
+                return False
+        return True
+
+    return test_object
+
+
 def compile_validator(schema: Mapping[str, Any] | bool) -> SchemaValidator:
     """Compile ``schema`` into a function returning the errors of an input.
 
@@ -307,11 +413,16 @@ def compile_validator(schema: Mapping[str, Any] | bool) -> SchemaValidator:
     if not _compilable(schema):
         assert not isinstance(schema, bool)
         return _library_validator(schema)
+    fast = _fast(schema)
     check = _compile(schema)
 
     def validate(value: Any) -> Errors:
         errors: Errors = []
-        check(value, "input", errors)
+        if not fast(value):
+            # Only now build the paths and messages.
+            check(value, "input", errors)
+            if not errors:  # the two paths disagree: never let the input through
+                errors.append(("input", "does not match the tool's input schema"))
         return errors
 
     return validate

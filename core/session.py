@@ -137,10 +137,15 @@ class Session:
 
         :raises ProviderError: when the provider fails (the history stays valid).
         """
-        stream = self.stream(message, agent=agent)
-        async for _ in stream._events:
-            pass
-        return stream.result
+        events = self.stream(message, agent=agent)._loop_events
+        event: StreamEvent | None = None
+        try:
+            async for event in events:
+                pass
+        finally:
+            await events.aclose()
+        assert type(event) is Done  # the loop ends with Done or raises
+        return event.result
 
     def run_sync(self, message: str | Message, *, agent: Agent | None = None) -> Result:
         """:meth:`run` for code without an event loop."""
@@ -163,6 +168,7 @@ class Session:
             raise ConfigError("a run starts from a user message: pass a str or a user Message")
         return RunStream(self._loop(message, agent or self.agent))
 
+
     async def _loop(self, message: Message, agent: Agent) -> AsyncGenerator[StreamEvent, None]:
         run_id = new_id()
         runtime = self.runtime
@@ -175,8 +181,7 @@ class Session:
         provider = agent.provider
         tool_map = agent.tool_map
         tool_settings = runtime.settings.tools
-        steps = 0
-        usage = Usage()
+        steps = input_tokens = output_tokens = 0
         tool_calls: list[ToolCall] = []
         response_text = ""
         stop_reason = "end_turn"
@@ -185,6 +190,7 @@ class Session:
         #: outcomes of the tool calls in flight, by call position
         outcomes: list[ToolOutcome | None] = []
 
+        context = _ContextFactory(self, run_id, tool_settings)
         async with self._lock:
             if store is not None:
                 await self._claim(store, run_id, agent)
@@ -204,7 +210,7 @@ class Session:
                     accumulator = Accumulator()
                     add = accumulator.add
                     events = provider.stream(request)
-                    async with _closing(events):
+                    try:
                         async for event in events:
                             add(event)
                             if type(event) is MessageStart:
@@ -212,46 +218,53 @@ class Session:
                             if event_hook is not None:
                                 event_hook(event=event, session=self)
                             yield event
+                    finally:
+                        # Close the provider's stream (its HTTP response too) at once.
+                        aclose = getattr(events, "aclose", None)
+                        if aclose is not None:
+                            await aclose()
                     response = accumulator.response()
-                    usage = usage + response.usage
+                    input_tokens += response.usage.input_tokens
+                    output_tokens += response.usage.output_tokens
                     stop_reason = response.stop_reason
-                    assistant = response.message
-                    await self._append(assistant)
-                    pending = assistant.tool_uses
-                    text = assistant.text
-                    if text or not pending:
-                        response_text = text
+                    await self._append(Message(role="assistant", content=response.content))
+                    pending = accumulator.tool_uses
+                    if accumulator.text or not pending:
+                        response_text = accumulator.text
                     if not pending:
                         break
-                    context = _ContextFactory(self, run_id, tool_settings)
                     outcomes = [None] * len(pending)
-                    results = self._call_tools(
-                        runtime, tool_map, pending, accumulator.invalid_inputs, context, outcomes
-                    )
-                    async with contextlib.aclosing(results):
-                        async for position, outcome in results:
-                            use = pending[position]
-                            event = ToolResultEvent(
-                                tool_use_id=use.id,
+                    invalid = accumulator.invalid_inputs
+                    if len(pending) == 1:  # the common case, without a task or a generator
+                        outcome = await _call_one(runtime, tool_map, pending[0], invalid, context)
+                        outcomes[0] = outcome
+                        event = _result_event(pending[0], outcome)
+                        if event_hook is not None:
+                            event_hook(event=event, session=self)
+                        yield event
+                    else:
+                        results = self._call_tools(
+                            runtime, tool_map, pending, invalid, context, outcomes
+                        )
+                        async with contextlib.aclosing(results):
+                            async for position, outcome in results:
+                                event = _result_event(pending[position], outcome)
+                                if event_hook is not None:
+                                    event_hook(event=event, session=self)
+                                yield event
+                    await self._append(_results_message(pending, outcomes, ""))
+                    for use, outcome in zip(pending, outcomes, strict=True):
+                        # in call order, whatever order they finished in
+                        assert outcome is not None
+                        tool_calls.append(
+                            ToolCall(
+                                id=use.id,
                                 tool_name=use.name,
-                                content=outcome.content,
+                                input=use.input,
+                                output=outcome.content,
                                 is_error=outcome.is_error,
                             )
-                            if event_hook is not None:
-                                event_hook(event=event, session=self)
-                            yield event
-                    await self._append(_results_message(pending, outcomes, ""))
-                    tool_calls.extend(  # in call order, whatever order they finished in
-                        ToolCall(
-                            id=use.id,
-                            tool_name=use.name,
-                            input=use.input,
-                            output=outcome.content,
-                            is_error=outcome.is_error,
                         )
-                        for use, outcome in zip(pending, outcomes, strict=True)
-                        if outcome is not None
-                    )
                     outcomes = []
                     if steps >= agent.max_steps:
                         stop_reason = "max_steps"
@@ -280,12 +293,13 @@ class Session:
                     )
                     await _shielded(self._append(_results_message(uses, known, reason)))
                 if store is not None:
+                    usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
                     await _shielded(
                         self._finish(store, run_id, agent, status, steps, usage, stop_reason, error)
                     )
 
         done = Done(
-            usage=usage,
+            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
             steps=steps,
             response=response_text,
             tool_calls=tuple(tool_calls),
@@ -306,11 +320,6 @@ class Session:
         outcomes: list[ToolOutcome | None],
     ) -> AsyncGenerator[tuple[int, ToolOutcome], None]:
         """Run the calls concurrently, yielding each outcome as it completes."""
-        if len(uses) == 1:
-            outcome = await _call_one(runtime, tool_map, uses[0], invalid_inputs, context)
-            outcomes[0] = outcome
-            yield 0, outcome
-            return
         tasks = {
             asyncio.ensure_future(_call_one(runtime, tool_map, use, invalid_inputs, context)): i
             for i, use in enumerate(uses)
@@ -401,6 +410,7 @@ class RunStream:
     """The events of one run, as an async iterator; :attr:`result` once it is done."""
 
     def __init__(self, events: AsyncGenerator[StreamEvent, None]) -> None:
+        self._loop_events = events
         self._events = _capture(self, events)
         self._result: Result | None = None
 
@@ -477,9 +487,11 @@ async def _call_one(
     problem = check_input(tool, use.input)
     if problem is not None:
         return ToolOutcome(content=problem, is_error=True)
-    context = make_context(use.id)
     if not runtime.has_tool_call_hook:
-        return await run_tool(tool, dict(use.input), context)
+        # A tool that says it takes no context does not get one built for each call.
+        context = make_context(use.id) if getattr(tool, "takes_context", True) else None
+        return await run_tool(tool, dict(use.input), context)  # type: ignore[arg-type]
+    context = make_context(use.id)
     try:
         awaitable = runtime.hooks.wingspan_tool_call(
             invocation=ToolInvocation(tool=tool, tool_use_id=use.id, input=use.input),
@@ -526,15 +538,10 @@ async def _shielded(coro: Any) -> Any:
         raise
 
 
-@contextlib.asynccontextmanager
-async def _closing(events: Any) -> AsyncIterator[None]:
-    """Close a provider's stream as soon as the loop leaves it (its HTTP connection too)."""
-    try:
-        yield
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+def _result_event(use: ToolUseBlock, outcome: ToolOutcome) -> ToolResultEvent:
+    return ToolResultEvent(
+        tool_use_id=use.id, tool_name=use.name, content=outcome.content, is_error=outcome.is_error
+    )
 
 
 def _resolve_work_dir(work_dir: str | os.PathLike[str] | None) -> Path | None:

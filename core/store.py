@@ -101,9 +101,14 @@ class Page(Generic[T]):
 
 @runtime_checkable
 class Store(Protocol):
-    """The persistence contract. Every method is async; lookups of missing ids raise
-    :class:`~wingspan.NotFoundError`. ``wingspan.testing.StoreStateMachine`` checks an
-    implementation against this contract."""
+    """The persistence contract, checked by ``wingspan.testing.StoreStateMachine``.
+
+    Every method is async. Lookups, updates and deletes of a missing id raise
+    :class:`~wingspan.NotFoundError`; creating an id that exists raises
+    :class:`~wingspan.ConflictError`; any call on a closed store raises
+    :class:`~wingspan.StoreError`. Listings are newest first (ids are ULIDs, so id order is
+    creation order); a page's ``next_cursor`` is the last id it shows.
+    """
 
     # agents
     async def create_agent(self, agent: AgentRecord) -> AgentRecord: ...

@@ -149,8 +149,16 @@ class StoreStateMachine(RuleBasedStateMachine):
         return self.portal.call(lambda: method(*args, **kwargs))
 
     def teardown(self) -> None:
+        from .errors import StoreError
+
         try:
             self.call(self.store.close)
+            try:
+                self.call(self.store.list_sessions)
+            except StoreError:
+                pass
+            else:
+                raise AssertionError("a closed store should raise StoreError")
         finally:
             self._exit.close()
 
@@ -167,6 +175,26 @@ class StoreStateMachine(RuleBasedStateMachine):
         assert self.call(self.store.create_agent, record) == record
         self.model_agents[record.id] = record
         return record.id
+
+    @precondition(lambda self: bool(self.model_agents) or bool(self.model_sessions))
+    @rule(data=st.data())
+    def create_duplicate(self, data: st.DataObject) -> None:
+        from .errors import ConflictError
+
+        kinds = [k for k, model in (("agent", self.model_agents),
+                                    ("session", self.model_sessions)) if model]
+        kind = data.draw(st.sampled_from(kinds))
+        if kind == "agent":
+            record: Any = self.model_agents[data.draw(st.sampled_from(sorted(self.model_agents)))]
+            method = self.store.create_agent
+        else:
+            record = self.model_sessions[data.draw(st.sampled_from(sorted(self.model_sessions)))]
+            method = self.store.create_session
+        try:
+            self.call(method, record)
+        except ConflictError:
+            return
+        raise AssertionError(f"creating {kind} {record.id} twice should raise ConflictError")
 
     @rule(agent_id=agents, name=_names, model=st.none() | _names)
     def update_agent(self, agent_id: str, name: str, model: str | None) -> None:

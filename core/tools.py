@@ -215,7 +215,14 @@ class FunctionTool:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.function(*args, **kwargs)
 
-    async def call(self, input: dict[str, Any], context: ToolContext) -> str | ToolOutcome:
+    @property
+    def takes_context(self) -> bool:
+        """Whether the function takes a :class:`ToolContext` (the loop builds one only then)."""
+        return self._context_parameter is not None
+
+    async def call(
+        self, input: dict[str, Any], context: ToolContext | None
+    ) -> str | ToolOutcome:
         kwargs = input
         if self._converted:
             kwargs = dict(input)
@@ -237,6 +244,13 @@ def _to_text(value: Any) -> str | ToolOutcome:
         return value
     if value is None:
         return ""
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is float:
+        return json.dumps(value)
     return json.dumps(_plain_converter.unstructure(value), ensure_ascii=False, default=str)
 
 
