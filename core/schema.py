@@ -333,7 +333,7 @@ def _all(tests: list[_Test]) -> _Test:
         return tests[0]
 
     def test_all(value: Any) -> bool:
-        for test in tests:
+        for test in tests:  # noqa: SIM110 (a plain loop is the fast path here)
             if not test(value):
                 return False
         return True

@@ -138,14 +138,14 @@ class Session:
         :raises ProviderError: when the provider fails (the history stays valid).
         """
         events = self.stream(message, agent=agent)._loop_events
-        event: StreamEvent | None = None
+        last: StreamEvent | None = None
         try:
-            async for event in events:
+            async for last in events:  # noqa: B007 (only the last event, Done, matters)
                 pass
         finally:
             await events.aclose()
-        assert type(event) is Done  # the loop ends with Done or raises
-        return event.result
+        assert type(last) is Done  # the loop ends with Done or raises
+        return last.result
 
     def run_sync(self, message: str | Message, *, agent: Agent | None = None) -> Result:
         """:meth:`run` for code without an event loop."""
@@ -253,16 +253,16 @@ class Session:
                                     event_hook(event=event, session=self)
                                 yield event
                     await self._append(_results_message(pending, outcomes, ""))
-                    for use, outcome in zip(pending, outcomes, strict=True):
+                    for use, done_outcome in zip(pending, outcomes, strict=True):
                         # in call order, whatever order they finished in
-                        assert outcome is not None
+                        assert done_outcome is not None
                         tool_calls.append(
                             ToolCall(
                                 id=use.id,
                                 tool_name=use.name,
                                 input=use.input,
-                                output=outcome.content,
-                                is_error=outcome.is_error,
+                                output=done_outcome.content,
+                                is_error=done_outcome.is_error,
                             )
                         )
                     outcomes = []

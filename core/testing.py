@@ -184,8 +184,10 @@ class StoreStateMachine(RuleBasedStateMachine):
         kinds = [k for k, model in (("agent", self.model_agents),
                                     ("session", self.model_sessions)) if model]
         kind = data.draw(st.sampled_from(kinds))
+        record: Any
+        method: Callable[[Any], Awaitable[Any]]
         if kind == "agent":
-            record: Any = self.model_agents[data.draw(st.sampled_from(sorted(self.model_agents)))]
+            record = self.model_agents[data.draw(st.sampled_from(sorted(self.model_agents)))]
             method = self.store.create_agent
         else:
             record = self.model_sessions[data.draw(st.sampled_from(sorted(self.model_sessions)))]
