@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .agent import Agent
-from .errors import ConfigError, ConflictError, NotFoundError, WingspanError
+from .errors import ConfigError, ConflictError, NotFoundError, ProviderError, WingspanError
 from .history import repair_history
 from .ids import new_id
 from .providers import Accumulator
@@ -218,6 +218,13 @@ class Session:
                             if event_hook is not None:
                                 event_hook(event=event, session=self)
                             yield event
+                    except WingspanError:
+                        raise
+                    except Exception as exc:
+                        # A provider's own bug reaches the caller as a provider failure.
+                        raise ProviderError(
+                            f"the provider failed: {type(exc).__name__}: {exc}"
+                        ) from exc
                     finally:
                         # Close the provider's stream (its HTTP response too) at once.
                         aclose = getattr(events, "aclose", None)

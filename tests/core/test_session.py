@@ -262,6 +262,21 @@ async def test_provider_error_event_stream_ends_without_done(runtime: wingspan.R
     assert "done" not in kinds
 
 
+async def test_a_provider_bug_reaches_the_caller_as_a_provider_error(
+    runtime: wingspan.Runtime,
+) -> None:
+    class Buggy:
+        async def stream(self, request: wingspan.InferenceRequest) -> AsyncIterator[Any]:
+            yield MessageStart()
+            raise KeyError("choices")
+
+    session = Session(agent=Agent(name="t", provider=Buggy()), runtime=runtime)
+    with pytest.raises(wingspan.ProviderError, match="KeyError") as info:
+        await session.run("go")
+    assert isinstance(info.value.__cause__, KeyError)
+    assert check_history(session.history) == []
+
+
 async def test_cancellation_reaches_running_tools(runtime: wingspan.Runtime) -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
