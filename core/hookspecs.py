@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
     from .session import Session
     from .store import StoreSpec
-    from .tools import Tool, ToolContext, ToolInvocation, ToolOutcome
+    from .tools import Tool, ToolContext, ToolInvocation
     from .transports import TransportSpec
     from .types import InferenceRequest, StreamEvent
 
@@ -174,6 +174,3 @@ def wingspan_event(event: StreamEvent, session: Session) -> None:
     :param session: the session running.
     """
 
-
-if TYPE_CHECKING:
-    _unused: tuple[Any, ...] = (ToolOutcome,)
