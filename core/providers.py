@@ -10,7 +10,7 @@ step starts with ``message_start``, every ``content_block_start`` has its
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -76,6 +76,9 @@ class ProviderSpec:
     :ivar auth_types: how it authenticates (``("api_key",)``, or ``()`` for none).
     :ivar models: the embedded model catalog, usable offline.
     :ivar env_key: the environment variable read for the key when none is given.
+    :ivar list_models: the catalog merged with the provider's own list endpoint, given the
+        provider options (``base_url``, key); never fails (the embedded catalog when the
+        endpoint cannot be reached). ``None``: the embedded catalog is all there is.
     """
 
     name: str
@@ -84,6 +87,13 @@ class ProviderSpec:
     auth_types: tuple[str, ...] = ()
     models: tuple[ModelInfo, ...] = ()
     env_key: str | None = None
+    list_models: Callable[[Mapping[str, Any]], Awaitable[tuple[ModelInfo, ...]]] | None = None
+
+    async def catalog(self, options: Mapping[str, Any] | None = None) -> tuple[ModelInfo, ...]:
+        """The models to show: :attr:`list_models` when there is one, else :attr:`models`."""
+        if self.list_models is None:
+            return self.models
+        return await self.list_models(options or {})
 
 
 class Accumulator:

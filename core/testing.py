@@ -3,7 +3,9 @@
 - :func:`make_runtime` builds an isolated :class:`~wingspan.Runtime` (no ambient plugins);
 - :func:`scripted` builds the ``test`` provider from a script;
 - :class:`StoreStateMachine` / :func:`store_state_machine` are the store contract suite: a
-  hypothesis state machine that drives any :class:`~wingspan.Store` against a model of it.
+  hypothesis state machine that drives any :class:`~wingspan.Store` against a model of it;
+- :class:`ProviderConformance` is the provider conformance suite: shared scenarios run against
+  a provider's fake server (:class:`FakeServer`) speaking its real wire format.
 
 This module needs the ``test`` extra (hypothesis, anyio): ``pip install 'wingspan[test]'``.
 """
@@ -28,13 +30,33 @@ from hypothesis.stateful import (
 
 from .errors import NotFoundError
 from .ids import new_id
+from .provider_conformance import (
+    DROP,
+    FakeServer,
+    Pause,
+    ProviderConformance,
+    RecordedRequest,
+    Reply,
+    ScriptedToolCall,
+    ScriptedTurn,
+    assert_stream_shape,
+)
 from .providers import Provider
 from .runtime import Runtime, Settings
 from .store import AgentRecord, Credential, Page, RunRecord, SessionRecord, Store
 from .types import Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
 
 __all__ = [
+    "DROP",
+    "FakeServer",
+    "Pause",
+    "ProviderConformance",
+    "RecordedRequest",
+    "Reply",
+    "ScriptedToolCall",
+    "ScriptedTurn",
     "StoreStateMachine",
+    "assert_stream_shape",
     "make_runtime",
     "scripted",
     "store_state_machine",
