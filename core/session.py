@@ -112,7 +112,8 @@ class Session:
         """Rebuild a session from its stored history.
 
         A history cut short by a crash (tool calls without results) is repaired, in the
-        store too, so the next run is accepted by every provider.
+        store too, so the next run is accepted by every provider. While another run holds
+        the session, the history is left to it (the next run here repairs what it must).
 
         :raises NotFoundError: when the store has no such session.
         """
@@ -127,7 +128,14 @@ class Session:
         )
         session._stored = True
         session._history = await store.load_messages(session_id)
-        await session._repair()
+        # Repair only while holding the session: a run in progress (here or in another
+        # process) owns the end of the history, and its next run repairs what it must.
+        holder = new_id()
+        if await store.claim_session(session_id, holder, wait=False):
+            try:
+                await session._repair()
+            finally:
+                await _shielded(store.release_session(session_id, holder))
         return session
 
     # --- running ----------------------------------------------------------------------------
@@ -155,22 +163,29 @@ class Session:
             return asyncio.run(self.run(message, agent=agent))
         raise ConfigError("run_sync() cannot be called from a running event loop; use await run()")
 
-    def stream(self, message: str | Message, *, agent: Agent | None = None) -> RunStream:
+    def stream(
+        self, message: str | Message, *, agent: Agent | None = None, run_id: str | None = None
+    ) -> RunStream:
         """Run the loop on ``message``, yielding its events as they happen.
 
         Iterate it with ``async for``; it ends with a :class:`~wingspan.Done` event, and
         :attr:`RunStream.result` holds the :class:`~wingspan.Result` then. Use it as an
         ``async with`` block (or call :meth:`RunStream.aclose`) to stop a run early.
+
+        :param run_id: the run's id (default: a new ULID), known at once as
+            :attr:`RunStream.run_id`.
         """
         if isinstance(message, str):
             message = Message(role="user", content=(TextBlock(text=message),))
         elif not isinstance(message, Message) or message.role != "user":
             raise ConfigError("a run starts from a user message: pass a str or a user Message")
-        return RunStream(self._loop(message, agent or self.agent))
+        run_id = run_id or new_id()
+        return RunStream(self._loop(message, agent or self.agent, run_id), run_id)
 
 
-    async def _loop(self, message: Message, agent: Agent) -> AsyncGenerator[StreamEvent, None]:
-        run_id = new_id()
+    async def _loop(
+        self, message: Message, agent: Agent, run_id: str
+    ) -> AsyncGenerator[StreamEvent, None]:
         runtime = self.runtime
         store = self.store
         event_hook = runtime.hooks.wingspan_event if runtime.has_event_hook else None
@@ -416,7 +431,9 @@ class Session:
 class RunStream:
     """The events of one run, as an async iterator; :attr:`result` once it is done."""
 
-    def __init__(self, events: AsyncGenerator[StreamEvent, None]) -> None:
+    def __init__(self, events: AsyncGenerator[StreamEvent, None], run_id: str) -> None:
+        #: The run's id, known before it starts.
+        self.run_id = run_id
         self._loop_events = events
         self._events = _capture(self, events)
         self._result: Result | None = None

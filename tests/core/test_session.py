@@ -430,3 +430,25 @@ async def test_failed_run_is_recorded(runtime: wingspan.Runtime) -> None:
     # the claim was released: the next run starts at once
     session.agent = Agent(name="t", provider=scripted(["ok"]))
     assert (await asyncio.wait_for(session.run("again"), WAIT)).response == "ok"
+
+
+async def test_resume_leaves_a_live_run_alone(runtime: wingspan.Runtime) -> None:
+    store = await runtime.open_store("memory://")
+    await store.create_session(wingspan.SessionRecord(id="s2"))
+    await store.append_messages("s2", [
+        Message(role="user", content=(TextBlock(text="go"),)),
+        Message(role="assistant", content=(ToolUseBlock(id="t1", name="add", input={}),)),
+    ])
+    assert await store.claim_session("s2", "live-run")  # its tool is still running
+    agent = Agent(name="t", provider=scripted(["x"]), tools=[add])
+    await Session.resume(store, "s2", agent=agent, runtime=runtime)
+    assert len(await store.load_messages("s2")) == 2  # no error result forced on the live call
+
+
+async def test_the_run_id_is_known_before_the_run_starts(runtime: wingspan.Runtime) -> None:
+    session = make_session(runtime, ["hi"])
+    stream = session.stream("go", run_id="01JRUNIDCHOSENBYTHECALLER")
+    assert stream.run_id == "01JRUNIDCHOSENBYTHECALLER"
+    events = [e async for e in stream]
+    assert events[-1].run_id == stream.result.run_id == stream.run_id
+    assert session.stream("again").run_id != stream.run_id

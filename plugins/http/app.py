@@ -1,0 +1,141 @@
+"""The Quart application factory. There is no module-level app: :func:`create_app` builds
+one per runtime and configuration, and keeps its long-lived resources (store, run manager,
+model catalog) on ``app.extensions["wingspan"]``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+
+import attrs
+from quart import Quart, current_app, request
+
+from wingspan import Runtime, Store, ValidationError, wire
+
+from .catalog import ModelCatalog
+from .config import ServerConfig
+from .errors import ApiError, install_error_handlers
+from .middleware import install_middleware
+from .runs import RunManager, TrackingStore
+
+if TYPE_CHECKING:
+    import cattrs
+
+__all__ = ["ServerState", "create_app", "state"]
+
+T = Any
+
+
+@attrs.define(eq=False)
+class ServerState:
+    """What the app keeps for its lifetime."""
+
+    runtime: Runtime
+    config: ServerConfig
+    runs: RunManager
+    catalog: ModelCatalog
+    #: Opened before serving (or given to :func:`create_app`), closed after.
+    store: Store | None = None
+    owns_store: bool = True
+    #: When a credential was last changed through this server (the store keeps no time).
+    credentials_updated_at: datetime | None = None
+
+    @property
+    def converter(self) -> cattrs.Converter:
+        return self.runtime.converter
+
+    @property
+    def stopping(self) -> bool:
+        return self.runs.stopping
+
+    def require_store(self) -> Store:
+        if self.store is None:
+            raise ApiError(503, "the store is not open yet", code="unavailable")
+        return self.store
+
+
+def state() -> ServerState:
+    """The serving app's state (inside a request)."""
+    return cast(ServerState, current_app.extensions["wingspan"])
+
+
+def create_app(
+    runtime: Runtime, config: ServerConfig | None = None, *, store: Store | None = None
+) -> Quart:
+    """Build the HTTP transport's app.
+
+    :param runtime: whose providers, tools, stores and converter the app uses.
+    :param config: the server settings (default: all defaults).
+    :param store: an open store to use (the caller closes it); by default the app opens
+        ``config.store_url`` before serving and closes it after.
+    """
+    config = config or ServerConfig()
+    app = Quart("wingspan.plugins.http")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_size
+    # Quart's own 60 s limits would cut long blocking runs and slow uploads; runs are
+    # bounded by their steps, and SSE responses set their own timeout (none).
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["BODY_TIMEOUT"] = 60
+    app.url_map.strict_slashes = False
+    # Keys in the order the wire types define them, not sorted.
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    server = ServerState(
+        runtime=runtime,
+        config=config,
+        runs=RunManager(buffer=config.subscriber_buffer),
+        catalog=ModelCatalog(),
+        store=cast(Store, TrackingStore(store)) if store is not None else None,
+        owns_store=store is None,
+    )
+    app.extensions["wingspan"] = server
+
+    @app.before_serving
+    async def open_store() -> None:
+        if server.store is None:
+            opened = await runtime.open_store(config.store_url)
+            server.store = cast(Store, TrackingStore(opened))
+
+    @app.after_serving
+    async def close_store() -> None:
+        await server.runs.shutdown(config.shutdown_grace)
+        if server.store is not None and server.owns_store:
+            await server.store.close()
+
+    install_error_handlers(app, runtime.converter)
+    install_middleware(app, config)
+
+    from .routes import agents, meta, providers, sessions
+
+    for blueprint in (meta.blueprint, providers.blueprint, agents.blueprint,
+                      sessions.blueprint):
+        app.register_blueprint(blueprint)
+    return app
+
+
+async def read_body(cls: type[T], *, optional: bool = False, what: str = "") -> tuple[T, set[str]]:
+    """The request body structured as ``cls``, and the names of the fields it holds.
+
+    :raises ApiError: 400 for malformed JSON, a body that is not an object, wrong types and
+        unknown fields (each named), 413 for a body over the limit.
+    """
+    data = await request.get_data(as_text=False)
+    if not data.strip():
+        if optional:
+            return wire.structure({}, cls, state().converter), set()
+        raise ApiError(400, "a JSON object body is required", details=[("$", "required")])
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        reason = f"malformed JSON: {exc}" if isinstance(exc, ValueError) else "nested too deeply"
+        raise ApiError(400, reason, details=[("$", reason)]) from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "the body must be a JSON object",
+                       details=[("$", "expected an object")])
+    try:
+        return wire.structure(value, cls, state().converter, what=what), set(value)
+    except ValidationError as exc:
+        raise ApiError(400, str(exc), details=exc.details) from None
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply", details=[("$", "too deep")]) from None

@@ -1,0 +1,270 @@
+"""The server's settings: a TOML file, then ``WINGSPAN_*`` environment variables, then flags.
+
+Each later source overrides the earlier ones, key by key. Every setting is documented in
+``docs/configuration.md``; a bad value stops the server at start-up with an error naming
+where it came from (file and key, variable, or flag) and why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from wingspan import ConfigError
+
+__all__ = ["ServerConfig", "load_config", "sqlite_url", "store_url"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """Everything the ``http`` transport can be told. See ``docs/configuration.md``."""
+
+    host: str = "127.0.0.1"
+    port: int = 2323
+    #: A store URL (``memory://``, ``sqlite:///path``...); wins over ``db``.
+    store: str | None = None
+    #: The SQLite database path; ``None`` with no ``store`` means the SQLite default path.
+    db: str | None = None
+    token: str | None = attrs.field(default=None, repr=False)
+    insecure: bool = False
+    cors_origins: tuple[str, ...] = ()
+    work_dir_roots: tuple[str, ...] = ()
+    #: Tools agents on this server may use; ``None`` means every installed tool.
+    allowed_tools: tuple[str, ...] | None = None
+    env_fallback: bool = True
+    max_body_size: int = 1024 * 1024
+    max_steps: int = 50
+    log_level: str = "info"
+    access_log: bool = True
+    shutdown_grace: float = 10.0
+    ping_interval: float = 15.0
+    #: Events buffered for one streaming client before it is disconnected as too slow.
+    subscriber_buffer: int = 1024
+
+    @property
+    def store_url(self) -> str:
+        return store_url(store=self.store, db=self.db)
+
+
+def sqlite_url(path: str | None) -> str:
+    """The SQLite store URL for ``--db PATH``; ``sqlite://`` (no path) means the SQLite
+    plugin's default database (``~/.local/share/wingspan/wingspan.db``)."""
+    if path is None:
+        return "sqlite://"
+    return "sqlite://" + str(Path(path).expanduser().absolute())
+
+
+def store_url(*, store: str | None, db: str | None) -> str:
+    """``store`` when given, else the SQLite URL for ``db``."""
+    return store if store is not None else sqlite_url(db)
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def _string(value: Any) -> str:
+    if type(value) is not str:
+        raise ValueError(f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _optional_string(value: Any) -> str | None:
+    text = _string(value)
+    return text or None
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if type(value) is str:
+            try:
+                value = int(value.strip().replace("_", ""))
+            except ValueError:
+                raise ValueError(f"expected an integer, got {value!r}") from None
+        if type(value) is not int:
+            raise ValueError(f"expected an integer, got {_kind(value)}")
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(value: Any) -> float:
+    if type(value) is str:
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if type(value) not in (int, float) or value <= 0:
+        raise ValueError(f"expected a number of seconds above 0, got {value!r}")
+    return float(value)
+
+
+def _boolean(value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    if type(value) is str:
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _names(separator: str) -> Callable[[Any], tuple[str, ...]]:
+    def parse(value: Any) -> tuple[str, ...]:
+        if type(value) is str:
+            return tuple(part.strip() for part in value.split(separator) if part.strip())
+        if not isinstance(value, list) or any(type(item) is not str for item in value):
+            raise ValueError(f"expected a list of strings, got {_kind(value)}")
+        return tuple(value)
+
+    return parse
+
+
+def _roots(value: Any) -> tuple[str, ...]:
+    roots = _names(os.pathsep)(value)
+    for root in roots:
+        path = Path(root).expanduser()
+        if not path.is_absolute():
+            raise ValueError(f"work-dir roots must be absolute paths, got {root!r}")
+        if not path.is_dir():
+            raise ValueError(f"work-dir root {root!r} is not an existing directory")
+    return tuple(str(Path(root).expanduser().resolve()) for root in roots)
+
+
+def _log_level(value: Any) -> str:
+    level = _string(value).lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
+def _store(value: Any) -> str:
+    url = _string(value)
+    if "://" not in url:
+        raise ValueError(f"expected a store URL such as memory:// or sqlite:///path, got {url!r}")
+    return url
+
+
+#: setting -> parser; the environment variable of each is ``WINGSPAN_`` + its upper-case name.
+PARSERS: dict[str, Callable[[Any], Any]] = {
+    "host": _string,
+    "port": _integer(0, 65535),
+    "store": _store,
+    "db": _string,
+    "token": _optional_string,
+    "insecure": _boolean,
+    "cors_origins": _names(","),
+    "work_dir_roots": _roots,
+    "allowed_tools": _names(","),
+    "env_fallback": _boolean,
+    "max_body_size": _integer(1),
+    "max_steps": _integer(1),
+    "log_level": _log_level,
+    "access_log": _boolean,
+    "shutdown_grace": _seconds,
+    "ping_interval": _seconds,
+    "subscriber_buffer": _integer(1),
+}
+#: Flags of ``wingspan serve`` this transport reads (``config`` names the file itself).
+FLAGS = ("host", "port", "db", "store", "token", "insecure")
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(Path(path).expanduser(), "rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"server"})
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown key {unknown[0]!r}; settings go in the [server] table"
+        )
+    server = data.get("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError(f"config file {path}: key 'server': must be a table ([server])")
+    return server
+
+
+def load_config(
+    settings: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Merge the config file (``settings["config"]``), ``WINGSPAN_*`` variables and the
+    flags in ``settings`` (those of ``wingspan serve`` that were given).
+
+    :raises ConfigError: naming the file and key, variable or flag at fault, and why.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_path = settings.get("config") or env.get("WINGSPAN_CONFIG") or None
+    if config_path:
+        for key, raw in _read_file(str(config_path)).items():
+            parser = PARSERS.get(key)
+            if parser is None:
+                raise ConfigError(
+                    f"config file {config_path}: unknown key 'server.{key}'; the settings are: "
+                    f"{', '.join(sorted(PARSERS))}"
+                )
+            try:
+                values[key] = parser(raw)
+            except ValueError as exc:
+                raise ConfigError(f"config file {config_path}: key 'server.{key}': {exc}") from None
+    for key, parser in PARSERS.items():
+        name = "WINGSPAN_" + key.upper()
+        if name in env:
+            try:
+                values[key] = parser(env[name])
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {name}: {exc}") from None
+    for key in FLAGS:
+        if settings.get(key) not in (None, False):
+            try:
+                values[key] = PARSERS[key](settings[key])
+            except ValueError as exc:
+                raise ConfigError(f"flag --{key}: {exc}") from None
+    if "store" in values and "db" in values and settings.get("store") and settings.get("db"):
+        raise ConfigError("give --store URL or --db PATH, not both")
+    config = ServerConfig(**values)
+    check_bind(config)
+    return config
+
+
+def check_bind(config: ServerConfig) -> None:
+    """Refuse a non-loopback address without a token, unless ``insecure`` is set."""
+    if config.token or config.insecure or is_loopback(config.host):
+        return
+    raise ConfigError(
+        f"refusing to listen on {config.host} without a token: anyone who can reach it could "
+        "run agents with your tools and keys. Set a token (--token, WINGSPAN_TOKEN or "
+        "server.token), or pass --insecure if the network is trusted"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,116 @@
+"""Providers, their model catalogs and their credentials: ``/provider/...``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from quart import Blueprint
+
+from wingspan import Credential, ProviderSpec, utc_now, wire
+
+from ..app import read_body, state
+from ..errors import ApiError
+from ..shapes import CredentialStatus, CredentialsView, ProviderView, PutCredentialsRequest, Status
+
+blueprint = Blueprint("providers", __name__)
+
+
+def _spec(provider_id: str) -> ProviderSpec:
+    spec = state().runtime.providers.get(provider_id)
+    if spec is None:
+        known = ", ".join(sorted(state().runtime.providers)) or "none"
+        raise ApiError(404, f"unknown provider {provider_id!r}; the providers are: {known}")
+    return spec
+
+
+def _view(spec: ProviderSpec) -> ProviderView:
+    return ProviderView(id=spec.name, name=spec.display_name, auth_types=spec.auth_types)
+
+
+def _model_json(model: Any) -> dict[str, Any]:
+    data = wire.unstructure(model, state().converter)
+    return {key: value for key, value in data.items() if value is not None}
+
+
+@blueprint.get("/provider")
+async def list_providers() -> Any:
+    runtime = state().runtime
+    views = [_view(runtime.providers[name]) for name in sorted(runtime.providers)]
+    return wire.unstructure(views, state().converter)
+
+
+@blueprint.get("/provider/<provider_id>")
+async def get_provider(provider_id: str) -> Any:
+    return wire.unstructure(_view(_spec(provider_id)), state().converter)
+
+
+@blueprint.get("/provider/<provider_id>/models")
+async def list_models(provider_id: str) -> Any:
+    models = await state().catalog.models(_spec(provider_id))
+    return [_model_json(m) for m in models]
+
+
+@blueprint.get("/provider/<provider_id>/models/<path:model_id>")
+async def get_model(provider_id: str, model_id: str) -> Any:
+    spec = _spec(provider_id)
+    for model in await state().catalog.models(spec):
+        if model.id == model_id:
+            return _model_json(model)
+    raise ApiError(404, f"provider {provider_id!r} has no model {model_id!r} in its catalog")
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+
+@blueprint.get("/provider/auth")
+async def get_credentials() -> Any:
+    server = state()
+    stored = await server.require_store().list_credentials()
+    statuses: dict[str, CredentialStatus] = {}
+    for name in sorted(server.runtime.providers):
+        spec = server.runtime.providers[name]
+        if name in stored:
+            statuses[name] = CredentialStatus(type=stored[name], configured=True)
+        elif spec.auth_types:
+            from_env = bool(server.config.env_fallback and spec.env_key
+                            and os.environ.get(spec.env_key))
+            statuses[name] = CredentialStatus(type=spec.auth_types[0], configured=from_env)
+    for name, kind in stored.items():  # credentials of providers not installed any more
+        statuses.setdefault(name, CredentialStatus(type=kind, configured=True))
+    view = CredentialsView(providers=statuses, updated_at=server.credentials_updated_at)
+    return wire.unstructure(view, server.converter)
+
+
+@blueprint.put("/provider/auth")
+async def put_credentials() -> Any:
+    server = state()
+    body, _ = await read_body(PutCredentialsRequest, what="credentials")
+    problems = []
+    for name, given in body.providers.items():
+        spec = server.runtime.providers.get(name)
+        if spec is None:
+            problems.append((f"$.providers.{name}", f"unknown provider {name!r}"))
+        elif given.type not in spec.auth_types:
+            accepted = ", ".join(spec.auth_types) or "none"
+            problems.append((f"$.providers.{name}.type",
+                             f"provider {name!r} accepts credential types: {accepted}"))
+        elif not given.key.strip():
+            problems.append((f"$.providers.{name}.key", "must not be empty"))
+    if problems:
+        raise ApiError(400, "invalid credentials: " + "; ".join(r for _, r in problems),
+                       details=problems)
+    store = server.require_store()
+    for name, given in body.providers.items():
+        await store.set_credential(name, Credential(type=given.type, key=given.key))
+    server.credentials_updated_at = utc_now()
+    return wire.unstructure(Status(status="ok"), server.converter)
+
+
+@blueprint.delete("/provider/auth/<provider_id>")
+async def delete_credential(provider_id: str) -> Any:
+    server = state()
+    if not await server.require_store().delete_credential(provider_id):
+        raise ApiError(404, f"no credential is stored for provider {provider_id!r}")
+    server.credentials_updated_at = utc_now()
+    return wire.unstructure(Status(status="deleted"), server.converter)
