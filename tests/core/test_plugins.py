@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -26,7 +27,7 @@ def install_fake_distribution(root: Path, name: str, plugins: dict[str, str]) ->
         (root / f"{name}_{ep}.py").write_text(textwrap.dedent(source))
 
 
-BUILTINS = {"test", "memory", "anthropic", "openai", "ollama", "http"}
+BUILTINS = {"test", "memory", "anthropic", "openai", "ollama", "http", "tools"}
 
 GOOD = """
 import wingspan
@@ -177,3 +178,17 @@ def test_cli_plugins_lists_failures_and_exits_1(third_party: Path) -> None:
     assert "good" in out.stdout and "wingspan_tools" in out.stdout and "1.2.3" in out.stdout
     assert "FAILED broken" in out.stdout and "needs libfoo 2.0" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_loading_every_builtin_imports_no_heavy_library() -> None:
+    """Every `wingspan` command loads all plugins: they keep heavy imports for later."""
+    code = (
+        "import sys, wingspan\n"
+        "wingspan.list_plugins()\n"
+        "heavy = {'quart', 'hypercorn', 'httpx', 'sqlite3', '_sqlite3', 'bs4', 'markdownify'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WINGSPAN_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    assert out.stdout.strip() == "[]"

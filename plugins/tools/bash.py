@@ -1,0 +1,279 @@
+"""The bash tool: ``bash -c`` in the work dir, in its own process group, killed whole.
+
+The command runs in a new session (``start_new_session``), so it and every process it
+starts share one process group, and ``os.killpg`` reaches them all: on timeout, on
+cancellation, and when the command ends while children it put in the background still run.
+stdout and stderr share one pipe, so the output keeps the order in which it was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+from typing import Any
+
+from wingspan import ToolContext, ToolError, ToolOutcome
+
+from .base import BuiltinTool, cut_middle, setting
+from .paths import WorkDir
+
+DEFAULT_TIMEOUT = 120.0
+MAX_TIMEOUT = 600.0
+DEFAULT_OUTPUT_LIMIT = 30_000
+#: How long to wait for the pipe to close once the process group is killed.
+DRAIN_TIMEOUT = 5.0
+_UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h)", re.IGNORECASE)
+#: Keep pagers and colour codes out of the output a model reads.
+_ENVIRONMENT = {"PAGER": "cat", "GIT_PAGER": "cat", "TERM": "dumb", "NO_COLOR": "1"}
+
+DESCRIPTION = f"""\
+Run a bash command in the work dir and return its output and exit code.
+
+Usage:
+- The command runs as `bash -c <command>` with the work dir as current directory, with no \
+input (stdin is empty: interactive prompts get end-of-file) and the server's environment. \
+Use non-interactive flags (`-y`, `--no-pager`, ...). Chain dependent commands with `&&`; \
+quote paths that contain spaces.
+- stdout and stderr are returned together, in the order they were written, followed by the \
+exit code. A non-zero exit code is reported as an error, with the output.
+- `timeout`: seconds (a number) or a duration such as `"30s"`, `"2m"` or `"1m30s"`; default \
+{DEFAULT_TIMEOUT:.0f} s, at most {MAX_TIMEOUT:.0f} s. On timeout the command and every process \
+it started are killed and you get the output so far.
+- Processes left running in the background (`cmd &`) are killed when the command ends: a \
+command cannot leave a server running for a later call. Start it, use it and stop it within \
+one command.
+- Output longer than the limit (30,000 characters by default) keeps its beginning and end, \
+with a marker saying how much was cut in the middle: redirect long output to a file and \
+read or grep that file instead.
+- Prefer the dedicated tools to shell equivalents: read (not cat/head/tail), write and edit \
+(not echo >, sed -i), glob (not find/ls), grep (not grep/rg)."""
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "command": {"type": "string", "description": "The bash command to run."},
+        "timeout": {
+            "anyOf": [{"type": "number"}, {"type": "string"}],
+            "description": "Seconds, or a duration like \"30s\", \"2m\" (default 120 s, at "
+            "most 600 s).",
+        },
+    },
+    "required": ["command"],
+    "additionalProperties": False,
+}
+
+
+def parse_timeout(value: float | str | None) -> float:
+    """Seconds from a number or a duration (``"90"``, ``"30s"``, ``"2m"``, ``"1m30s"``,
+    ``"500ms"``). :raises ToolError: when it is malformed, not positive, or over the maximum."""
+    if value is None:
+        return DEFAULT_TIMEOUT
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            pieces = _DURATION.findall(text)
+            if not pieces or _DURATION.sub("", text).strip():
+                raise ToolError(
+                    f"timeout {value!r} is not a duration: give seconds (120) or a duration "
+                    "such as \"30s\", \"2m\" or \"1m30s\""
+                ) from None
+            seconds = sum(float(n) * _UNITS[unit.lower()] for n, unit in pieces)
+    else:
+        seconds = float(value)
+    if not seconds > 0:
+        raise ToolError(f"timeout must be more than 0 seconds, got {value!r}")
+    if seconds > MAX_TIMEOUT:
+        raise ToolError(
+            f"timeout {value!r} is over the maximum of {MAX_TIMEOUT:.0f} s; use at most 600 s "
+            "(or run the work in smaller steps)"
+        )
+    return seconds
+
+
+class _Output:
+    """A command's output, bounded in memory: the first and the last ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.limit - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > 2 * self.limit:
+                del self.tail[: len(self.tail) - self.limit]
+
+    def text(self, limit: int) -> str:
+        if self.total <= len(self.head) + len(self.tail):
+            return cut_middle(bytes(self.head + self.tail).decode("utf-8", "replace"), limit)
+        half = limit // 2
+        head = bytes(self.head).decode("utf-8", "replace")[:half]
+        tail = bytes(self.tail[-self.limit:]).decode("utf-8", "replace")
+        tail = tail[len(tail) - half:] if len(tail) > half else tail
+        cut = self.total - len(head.encode()) - len(tail.encode())
+        return f"{head}\n[... about {cut:,} bytes of output cut ...]\n{tail}"
+
+
+async def bash(input: dict[str, Any], context: ToolContext) -> ToolOutcome:
+    work_dir = WorkDir.of(context)
+    timeout = parse_timeout(input.get("timeout"))
+    limit = setting(context, "bash_output_limit", DEFAULT_OUTPUT_LIMIT)
+    command: str = input["command"]
+    spawn = asyncio.ensure_future(_start(command, work_dir.root))
+    try:
+        process = await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        # The command may already run (asyncio would kill only bash itself): kill its
+        # whole group as soon as the start completes.
+        spawn.add_done_callback(_kill_started)
+        raise
+    output = _Output(limit)
+    reader = asyncio.ensure_future(_read_all(process, output))
+    timed_out = False
+    try:
+        try:
+            async with asyncio.timeout(timeout):
+                await _exited(process)
+        except TimeoutError:
+            timed_out = True
+    finally:
+        # Finished, timed out or cancelled: nothing the command started outlives the call.
+        _kill_group(process.pid)
+        await _finish(process, reader)
+    text = output.text(limit)
+    if timed_out:
+        return ToolOutcome(
+            content=f"{text}\n[The command timed out after {_seconds(timeout)} and was killed, "
+            "with every process it started; the output above is what it wrote until then.]",
+            is_error=True,
+        )
+    code = process.returncode
+    assert code is not None
+    if code < 0:
+        name = _signal_name(-code)
+        return ToolOutcome(content=f"{text}\n[killed by signal {name}]", is_error=True)
+    body = text if text else "(no output)"
+    return ToolOutcome(content=f"{body}\n[exit code: {code}]", is_error=code != 0)
+
+
+async def _start(command: str, cwd: str) -> asyncio.subprocess.Process:
+    try:
+        return await asyncio.create_subprocess_exec(
+            "bash", "-c", command,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **_ENVIRONMENT},
+        )
+    except OSError as exc:
+        raise ToolError(f"cannot start bash: {exc.strerror or exc}") from None
+
+
+def _kill_started(spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    if not spawn.cancelled() and spawn.exception() is None:
+        # The pipe closes once the group is dead; asyncio then closes the transport.
+        _kill_group(spawn.result().pid)
+
+
+async def _read_all(process: asyncio.subprocess.Process, output: _Output) -> None:
+    stream = process.stdout
+    assert stream is not None
+    while chunk := await stream.read(65536):
+        output.add(chunk)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+async def _finish(process: asyncio.subprocess.Process, reader: asyncio.Future[None]) -> None:
+    """Reap the killed process and take the rest of its output, even if the caller is
+    cancelled meanwhile (a second cancellation is passed on once this is done)."""
+    task = asyncio.ensure_future(_reap(process, reader))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+async def _exited(process: asyncio.subprocess.Process) -> None:
+    """Wait until bash itself exits. (``Process.wait`` also waits for the pipe to close,
+    which a child left in the background keeps open.)"""
+    if process.returncode is not None:
+        return
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # not Linux, or already reaped: ask asyncio
+        while True:
+            if not _running(process):
+                return
+            await asyncio.sleep(0.02)
+    loop = asyncio.get_running_loop()
+    try:
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, readable)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+def _running(process: asyncio.subprocess.Process) -> bool:
+    # A function, not a loop condition, so type checkers see that returncode changes.
+    return process.returncode is None
+
+
+async def _reap(process: asyncio.subprocess.Process, reader: asyncio.Future[None]) -> None:
+    # The pipe closes once every process holding it is gone; one that left the group
+    # (setsid) could hold it forever, so the wait is bounded.
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            await asyncio.shield(reader)
+    except TimeoutError:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        # asyncio's Process has no public close(); without this the pipe stays open.
+        transport = getattr(process, "_transport", None)
+        if transport is not None:
+            transport.close()
+    await process.wait()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:g} s"
+
+
+def bash_tools() -> list[BuiltinTool]:
+    return [BuiltinTool(name="bash", description=DESCRIPTION, input_schema=SCHEMA, body=bash)]
