@@ -133,6 +133,9 @@ class Session:
         holder = new_id()
         if await store.claim_session(session_id, holder, wait=False):
             try:
+                # The claim may have recovered a dead holder's lease, repairing the history.
+                if (await store.get_session(session_id)).message_count != len(session._history):
+                    session._history = await store.load_messages(session_id)
                 await session._repair()
             finally:
                 await _shielded(store.release_session(session_id, holder))

@@ -146,6 +146,10 @@ class Store(Protocol):
 
         With ``wait`` the call waits its turn (first come, first served) up to ``timeout``
         seconds (``None``: forever). :returns: whether the claim was granted.
+
+        A store that serves several processes recovers a claim whose holder died once its
+        lease expires: it marks that run ``interrupted`` and appends the repair of the
+        history (:func:`wingspan.repair_history`) before granting the claim.
         """
     async def release_session(self, session_id: str, holder: str) -> None:
         """Give the claim up (a no-op if ``holder`` does not hold it)."""

@@ -162,6 +162,7 @@ class MemoryStore:
             raise
 
     async def release_session(self, session_id: str, holder: str) -> None:
+        self._check_open()
         if self._holders.get(session_id) == holder:
             self._grant_next(session_id)
 

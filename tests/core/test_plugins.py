@@ -27,7 +27,7 @@ def install_fake_distribution(root: Path, name: str, plugins: dict[str, str]) ->
         (root / f"{name}_{ep}.py").write_text(textwrap.dedent(source))
 
 
-BUILTINS = {"test", "memory", "anthropic", "openai", "ollama", "http", "tools"}
+BUILTINS = {"test", "memory", "anthropic", "openai", "ollama", "http", "tools", "sqlite"}
 
 GOOD = """
 import wingspan

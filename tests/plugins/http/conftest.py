@@ -117,7 +117,7 @@ def start_server(
     if "--store" not in args and "--db" not in args:
         args = ["--store", "memory://", *args]
     environ = {k: v for k, v in os.environ.items()
-               if not k.startswith("WINGSPAN_") or k == "WINGSPAN_TEST_SQLITE"}
+               if not k.startswith("WINGSPAN_")}
     environ["PYTHONPATH"] = str(ROOT) + os.pathsep + environ.get("PYTHONPATH", "")
     environ["WINGSPAN_PLUGINS"] = TEST_PLUGINS
     environ.update(env or {})

@@ -4,12 +4,10 @@ httpx exactly as the seed's curl walkthrough does."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
 import httpx
-import pytest
 
 from wingspan import Message, check_history, wire
 
@@ -144,13 +142,6 @@ def test_sigterm_during_a_run(tmp_path: Path) -> None:
     assert history[-1].content[0].is_error  # type: ignore[union-attr]
 
 
-SQLITE = os.environ.get("WINGSPAN_TEST_SQLITE") == "1"
-needs_sqlite = pytest.mark.skipif(
-    not SQLITE, reason="needs the sqlite store plugin (set WINGSPAN_TEST_SQLITE=1 once it is in)"
-)
-
-
-@needs_sqlite
 def test_restart_keeps_sessions(tmp_path: Path) -> None:
     db = str(tmp_path / "w.db")
     first = start_server("--db", db)
@@ -169,7 +160,6 @@ def test_restart_keeps_sessions(tmp_path: Path) -> None:
         assert second.stop() == 0
 
 
-@needs_sqlite
 def test_two_processes_on_one_database(tmp_path: Path) -> None:
     import concurrent.futures
 

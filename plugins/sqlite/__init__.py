@@ -1,0 +1,143 @@
+"""The ``sqlite://`` store: agents, sessions, history, runs and credentials in one SQLite file.
+
+The server's default store. ``sqlite://`` alone is :func:`default_path`; ``sqlite:///abs/x.db``
+is an absolute path and ``sqlite://x.db`` one relative to the working directory (see
+``docs/store.md``). Several processes may open the same file: writes are ``BEGIN IMMEDIATE``
+transactions in WAL mode, and runs on a session are serialised by a lease table.
+
+No database call runs on the event loop. Each store has two threads, each with its own
+connection: a writer that commits whatever has queued up in one transaction (group commit,
+one savepoint per call so a failing call undoes only itself), and a reader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote
+
+import attrs
+
+import wingspan
+from wingspan import ConfigError, StoreSpec
+
+from ._options import Options
+
+if TYPE_CHECKING:
+    from ._store import SqliteStore
+
+__all__ = [
+    "DEFAULTS",
+    "MIGRATIONS",
+    "Options",
+    "SqliteStore",
+    "default_path",
+    "migrate",
+    "open_sqlite_store",
+    "parse_url",
+]
+
+#: The options and their defaults (:class:`Options` says what each does). A URL query
+#: (``?timeout=2``) or the store settings' ``sqlite`` table overrides them.
+DEFAULTS = Options()
+
+
+def default_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where ``sqlite://`` keeps its database: ``$XDG_DATA_HOME/wingspan/wingspan.db``,
+    or ``~/.local/share/wingspan/wingspan.db`` when ``XDG_DATA_HOME`` is unset or not an
+    absolute path (the XDG rule)."""
+    env = os.environ if environ is None else environ
+    data_home = env.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(data_home):
+        data_home = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".local", "share")
+    return Path(data_home, "wingspan", "wingspan.db")
+
+
+def parse_url(url: str, settings: Mapping[str, Any] | None = None) -> tuple[Path, Options]:
+    """The database path and options of a ``sqlite://`` URL; ``settings["sqlite"]`` (the
+    runtime's store settings) gives defaults for the options.
+
+    :raises ConfigError: for another scheme, ``:memory:``, or an unknown or invalid option.
+    """
+    if not url.startswith("sqlite://"):
+        raise ConfigError(f"a SQLite store URL starts with 'sqlite://', got {url!r}")
+    location, _, query = url.removeprefix("sqlite://").partition("?")
+    text = unquote(location)
+    if text == ":memory:":
+        raise ConfigError("a SQLite store lives in a file; use 'memory://' for an in-memory store")
+    if not text:
+        path = default_path()
+    elif text.startswith("/"):
+        path = Path("/" + text.lstrip("/"))  # sqlite:////abs (SQLAlchemy's form) is /abs too
+    else:
+        path = Path(text).expanduser().absolute()
+    section = (settings or {}).get("sqlite") or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"store settings 'sqlite' must be a table, got {section!r}")
+    given: dict[str, Any] = {**section, **dict(parse_qsl(query, keep_blank_values=True))}
+    values: dict[str, Any] = {}
+    known = attrs.fields_dict(Options)
+    for name, value in given.items():
+        if name not in known:
+            names = ", ".join(known)
+            raise ConfigError(f"unknown SQLite store option {name!r} in {url!r}; known: {names}")
+        if name == "synchronous":
+            if str(value).lower() not in ("normal", "full"):
+                raise ConfigError(
+                    f"SQLite store option synchronous is normal or full, got {value!r}"
+                )
+            values[name] = str(value).lower()
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = -1.0
+        if not number >= (0 if name == "cache_messages" else 0.001) or number == float("inf"):
+            raise ConfigError(
+                f"SQLite store option {name} must be a positive number, got {value!r}"
+            )
+        values[name] = int(number) if name == "cache_messages" else number
+    return path, Options(**values)
+
+
+async def open_sqlite_store(url: str, settings: Mapping[str, Any]) -> SqliteStore:
+    """Open (creating and migrating if needed) the database a ``sqlite://`` URL names.
+
+    :raises ConfigError: for a malformed URL or option.
+    :raises StoreError: for a path that cannot be opened, a corrupt or foreign file, a
+        database from a newer wingspan, or one locked past the timeout.
+    """
+    # sqlite3 and the store's threads load only when a store is opened: every `wingspan`
+    # command loads the plugin, few open a database.
+    from ._store import SqliteStore
+
+    path, options = parse_url(url, settings)
+    store = SqliteStore(path, options)
+    await store._start()
+    return store
+
+
+@wingspan.hookimpl
+def wingspan_stores() -> list[StoreSpec]:
+    return [
+        StoreSpec(
+            scheme="sqlite",
+            open=open_sqlite_store,
+            description="a SQLite file (default: ~/.local/share/wingspan/wingspan.db)",
+        )
+    ]
+
+
+def __getattr__(name: str) -> Any:
+    # The schema and the store class, for tools and tests, without importing sqlite3 eagerly.
+    if name in ("MIGRATIONS", "migrate"):
+        from . import _schema
+
+        return getattr(_schema, name)
+    if name == "SqliteStore":
+        from ._store import SqliteStore
+
+        return SqliteStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,449 @@
+"""What the store's threads run: one function per operation, given the thread's connection.
+
+A writer job runs inside the writer's transaction (and savepoint); it raises to undo
+itself. Effects on in-memory state wait for the commit (``tx.effects``).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+import wingspan
+from wingspan import (
+    ConfigError,
+    ConflictError,
+    Message,
+    NotFoundError,
+    RunRecord,
+    SessionRecord,
+    StoreError,
+    wire,
+)
+
+from ._worker import Tx
+
+MAX_PAGE = 500
+_CHUNK = 64  # messages converted between two chances for the event loop to run
+T = TypeVar("T")
+INTERRUPTED_RUN = "the process running it stopped before the run finished (its claim expired)"
+CLOSED_RUN = "the store was closed before the run finished"
+#: The message count of the session row ``sessions.pk`` (the next sequence number).
+MESSAGE_COUNT = "(SELECT coalesce(max(seq) + 1, 0) FROM messages WHERE session_pk = sessions.pk)"
+
+
+class HistoryCache:
+    """Decoded histories of recently used sessions, so reloading one reads only new rows.
+
+    A history only grows, so a cached prefix stays true; a session id deleted and created
+    again gets a new ``pk``, which invalidates its entry.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._entries: collections.OrderedDict[str, tuple[int, list[Message]]] = (
+            collections.OrderedDict()
+        )
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str, pk: int) -> list[Message]:
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is None or entry[0] != pk:
+                return []
+            self._entries.move_to_end(session_id)
+            return entry[1]
+
+    def add(self, session_id: str, pk: int, start: int, messages: Sequence[Message]) -> None:
+        """Record that ``messages`` are the history of ``session_id`` from ``start`` on."""
+        if not self._limit:
+            return
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is not None and entry[0] == pk and len(entry[1]) == start:
+                entry[1].extend(messages)
+                self._entries.move_to_end(session_id)
+                self._size += len(messages)
+            elif start == 0:
+                self._drop(session_id)
+                self._entries[session_id] = (pk, list(messages))
+                self._size += len(messages)
+            while self._size > self._limit and self._entries:
+                self._drop(next(iter(self._entries)))
+
+    def drop(self, session_id: str) -> None:
+        with self._lock:
+            self._drop(session_id)
+
+    def _drop(self, session_id: str) -> None:
+        entry = self._entries.pop(session_id, None)
+        if entry is not None:
+            self._size -= len(entry[1])
+
+
+def returning(cursor: sqlite3.Cursor) -> Any:
+    """The first row of a ``RETURNING`` statement, stepping it to its end: one left half
+    done keeps its transaction from committing or rolling back."""
+    rows = cursor.fetchall()
+    return rows[0] if rows else None
+
+
+def _yielding(items: Sequence[T]) -> Iterator[T]:
+    """``items``, letting other threads (the event loop's) take the GIL every so often: a
+    thread that converts thousands of messages would otherwise keep it for 5 ms at a time
+    (the interpreter's switch interval), and more when several threads contend for it."""
+    for start in range(0, len(items), _CHUNK):
+        if start:
+            time.sleep(0)
+        yield from items[start : start + _CHUNK]
+
+
+def check_limit(limit: int) -> None:
+    if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+        raise ConfigError(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}")
+
+
+def session(body: str, count: int) -> SessionRecord:
+    return wire.structure({**json.loads(body), "message_count": count}, SessionRecord)
+
+
+def insert(tx: Tx, table: str, kind: str, record_id: str, body: str) -> int:
+    try:
+        cursor = tx.conn.execute(f"INSERT INTO {table} (id, body) VALUES (?, ?)", (record_id, body))
+    except sqlite3.IntegrityError:
+        raise ConflictError(f"{kind} {record_id} already exists") from None
+    return cursor.lastrowid or 0
+
+
+def select_body(tx: Tx, table: str, kind: str, record_id: str) -> str:
+    row = tx.conn.execute(f"SELECT body FROM {table} WHERE id = ?", (record_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"{kind} {record_id!r} not found")
+    body: str = row[0]
+    return body
+
+
+def select_session(tx: Tx, session_id: str) -> tuple[str, int]:
+    row = tx.conn.execute(
+        f"SELECT body, {MESSAGE_COUNT} FROM sessions WHERE id = ?", (session_id,)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"session {session_id!r} not found")
+    return row[0], row[1]
+
+
+def update_body(tx: Tx, table: str, kind: str, record_id: str, body: str) -> int:
+    count_column = MESSAGE_COUNT if table == "sessions" else "0"
+    row = returning(
+        tx.conn.execute(
+            f"UPDATE {table} SET body = ? WHERE id = ? RETURNING {count_column}", (body, record_id)
+        )
+    )
+    if row is None:
+        raise NotFoundError(f"{kind} {record_id!r} not found")
+    count: int = row[0]
+    return count
+
+
+def delete(tx: Tx, table: str, kind: str, record_id: str) -> None:
+    if not tx.conn.execute(f"DELETE FROM {table} WHERE id = ?", (record_id,)).rowcount:
+        raise NotFoundError(f"{kind} {record_id!r} not found")
+
+
+def page(
+    tx: Tx, table: str, columns: str, limit: int, cursor: str | None
+) -> tuple[list[Any], str | None]:
+    # Newest first by id (ULIDs sort by creation); the cursor is the last id shown, so rows
+    # added meanwhile never shift a later page.
+    rows = tx.conn.execute(
+        f"SELECT id, {columns} FROM {table} WHERE ?1 IS NULL OR id < ?1 ORDER BY id DESC LIMIT ?2",
+        (cursor, limit + 1),
+    ).fetchall()
+    shown = rows[:limit]
+    next_cursor = shown[-1][0] if len(rows) > limit else None
+    return [row[1:] for row in shown], next_cursor
+
+
+def session_pk(tx: Tx, session_id: str) -> int:
+    row = tx.conn.execute("SELECT pk FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"session {session_id!r} not found")
+    pk: int = row[0]
+    return pk
+
+
+def append(tx: Tx, cache: HistoryCache, session_id: str, messages: tuple[Message, ...]) -> int:
+    # The count is the highest seq + 1, read in the same statement: keeping it in the
+    # session row would dirty one more page per commit.
+    bodies = [wire.dumps(m) for m in _yielding(messages)]
+    if bodies:
+        row = returning(
+            tx.conn.execute(
+                "INSERT INTO messages (session_pk, seq, body) SELECT pk, "
+                f"{MESSAGE_COUNT}, ? FROM sessions WHERE id = ? RETURNING session_pk, seq",
+                (bodies[0], session_id),
+            )
+        )
+    else:
+        row = tx.conn.execute(
+            f"SELECT pk, {MESSAGE_COUNT} FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
+    if row is None:
+        raise NotFoundError(f"session {session_id!r} not found")
+    pk, start = row
+    if len(bodies) > 1:
+        tx.conn.executemany(
+            "INSERT INTO messages (session_pk, seq, body) VALUES (?, ?, ?)",
+            [(pk, start + i, body) for i, body in enumerate(bodies) if i],
+        )
+    tx.effects.append(lambda: cache.add(session_id, pk, start, messages))
+    return int(start) + len(messages)
+
+
+def load(tx: Tx, cache: HistoryCache, session_id: str) -> list[Message]:
+    conn = tx.conn
+    conn.execute("BEGIN")  # one snapshot for the count and the rows
+    try:
+        row = conn.execute(
+            f"SELECT pk, {MESSAGE_COUNT} FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"session {session_id!r} not found")
+        pk, count = row
+        known = cache.get(session_id, pk)
+        start = min(len(known), count)
+        bodies = conn.execute(
+            "SELECT body FROM messages WHERE session_pk = ? AND seq >= ? AND seq < ? ORDER BY seq",
+            (pk, start, count),
+        ).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    if len(bodies) != count - start:
+        raise StoreError(
+            f"session {session_id} should hold {count} messages; the database is damaged"
+        )
+    try:
+        new = [wire.loads(body, Message) for (body,) in bodies]
+    except wingspan.ValidationError as exc:
+        raise StoreError(f"a stored message of session {session_id} is damaged: {exc}") from None
+    if new:
+        cache.add(session_id, pk, start, new)
+    return known[:start] + new
+
+
+def grant_next(tx: Tx, pk: int, ttl: float) -> None:
+    """Hand a free lease to the first live waiter, if any."""
+    conn, now = tx.conn, time.time()
+    conn.execute("DELETE FROM lease_waiters WHERE session_pk = ? AND expires_at < ?", (pk, now))
+    head = conn.execute(
+        "SELECT ticket, holder, owner FROM lease_waiters WHERE session_pk = ? "
+        "ORDER BY ticket LIMIT 1",
+        (pk,),
+    ).fetchone()
+    if head is not None:
+        ticket, holder, owner = head
+        conn.execute(
+            "INSERT INTO leases (session_pk, holder, owner, ticket, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (pk, holder, owner, ticket, now + ttl),
+        )
+        conn.execute("DELETE FROM lease_waiters WHERE ticket = ?", (ticket,))
+
+
+def end_lease(
+    tx: Tx, cache: HistoryCache, session_id: str, pk: int, holder: str, reason: str, ttl: float
+) -> None:
+    """The holder is gone: mark its run interrupted, repair the history, hand the lease on."""
+    conn = tx.conn
+    row = conn.execute(
+        "SELECT body FROM runs WHERE id = ? AND session_pk = ? AND status = 'running'",
+        (holder, pk),
+    ).fetchone()
+    if row is not None:
+        run = attrs.evolve(
+            wire.loads(row[0], RunRecord),
+            status="interrupted",
+            finished_at=wingspan.utc_now(),
+            error=reason,
+        )
+        conn.execute(
+            "UPDATE runs SET status = ?, body = ? WHERE id = ?",
+            (run.status, wire.dumps(run), run.id),
+        )
+    last = conn.execute(
+        "SELECT body FROM messages WHERE session_pk = ? ORDER BY seq DESC LIMIT 1", (pk,)
+    ).fetchone()
+    if last is not None:
+        repair = wingspan.repair_history([wire.loads(last[0], Message)])
+        if repair:
+            append(tx, cache, session_id, tuple(repair))
+    conn.execute("DELETE FROM leases WHERE session_pk = ?", (pk,))
+    grant_next(tx, pk, ttl)
+
+
+def recover_lapsed(tx: Tx, cache: HistoryCache, session_id: str, pk: int, ttl: float) -> None:
+    row = tx.conn.execute(
+        "SELECT holder FROM leases WHERE session_pk = ? AND expires_at < ?", (pk, time.time())
+    ).fetchone()
+    if row is not None:
+        end_lease(tx, cache, session_id, pk, row[0], INTERRUPTED_RUN, ttl)
+
+
+def claim(
+    tx: Tx, cache: HistoryCache, session_id: str, holder: str, owner: str, ttl: float, wait: bool
+) -> tuple[bool, int | None]:
+    """Grant the lease now if it is free (or already ``holder``'s) and nobody waits;
+    else, with ``wait``, join the queue. :returns: ``(granted, ticket)``."""
+    conn = tx.conn
+    pk = session_pk(tx, session_id)
+    recover_lapsed(tx, cache, session_id, pk, ttl)
+    now = time.time()
+    conn.execute("DELETE FROM lease_waiters WHERE session_pk = ? AND expires_at < ?", (pk, now))
+    lease = conn.execute("SELECT holder FROM leases WHERE session_pk = ?", (pk,)).fetchone()
+    queued = conn.execute(
+        "SELECT 1 FROM lease_waiters WHERE session_pk = ? LIMIT 1", (pk,)
+    ).fetchone()
+    if lease is None and queued is None:
+        conn.execute(
+            "INSERT INTO leases (session_pk, holder, owner, expires_at) VALUES (?, ?, ?, ?)",
+            (pk, holder, owner, now + ttl),
+        )
+        return True, None
+    if lease is not None and lease[0] == holder and queued is None:
+        return True, None
+    if not wait:
+        return False, None
+    cursor = conn.execute(
+        "INSERT INTO lease_waiters (session_pk, holder, owner, expires_at) VALUES (?, ?, ?, ?)",
+        (pk, holder, owner, now + ttl),
+    )
+    return False, cursor.lastrowid
+
+
+def claim_state(tx: Tx, session_id: str, ticket: int) -> tuple[str, float]:
+    """``("granted" | "act" | "wait", when the lease lapses)`` for a waiting ticket."""
+    row = tx.conn.execute(
+        "SELECT l.ticket, l.expires_at, "
+        "EXISTS (SELECT 1 FROM lease_waiters w WHERE w.ticket = ?2) "
+        "FROM sessions s LEFT JOIN leases l ON l.session_pk = s.pk WHERE s.id = ?1",
+        (session_id, ticket),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"session {session_id!r} not found")
+    lease_ticket, expires_at, waiting = row
+    if lease_ticket == ticket:
+        return "granted", 0.0
+    if expires_at is None or expires_at < time.time() or not waiting:
+        return "act", 0.0
+    return "wait", float(expires_at)
+
+
+def poll_claim(
+    tx: Tx,
+    cache: HistoryCache,
+    session_id: str,
+    ticket: int,
+    holder: str,
+    owner: str,
+    ttl: float,
+) -> tuple[bool, int]:
+    conn = tx.conn
+    pk = session_pk(tx, session_id)
+    recover_lapsed(tx, cache, session_id, pk, ttl)
+    lease = conn.execute("SELECT ticket FROM leases WHERE session_pk = ?", (pk,)).fetchone()
+    if lease is None:
+        grant_next(tx, pk, ttl)
+        lease = conn.execute("SELECT ticket FROM leases WHERE session_pk = ?", (pk,)).fetchone()
+    if lease is not None and lease[0] == ticket:
+        return True, ticket
+    if conn.execute("SELECT 1 FROM lease_waiters WHERE ticket = ?", (ticket,)).fetchone():
+        return False, ticket
+    # Our place lapsed (this process could not renew it in time): queue again.
+    cursor = conn.execute(
+        "INSERT INTO lease_waiters (session_pk, holder, owner, expires_at) VALUES (?, ?, ?, ?)",
+        (pk, holder, owner, time.time() + ttl),
+    )
+    return False, cursor.lastrowid or 0
+
+
+def abandon(tx: Tx, session_id: str, ticket: int, hand_on: bool, ttl: float) -> bool:
+    """Stop waiting. :returns: whether the lease was granted meanwhile (and is kept unless
+    ``hand_on``)."""
+    conn = tx.conn
+    conn.execute("DELETE FROM lease_waiters WHERE ticket = ?", (ticket,))
+    row = conn.execute(
+        "SELECT l.session_pk FROM leases l JOIN sessions s ON s.pk = l.session_pk "
+        "WHERE s.id = ? AND l.ticket = ?",
+        (session_id, ticket),
+    ).fetchone()
+    if row is None:
+        return False
+    if hand_on:
+        conn.execute("DELETE FROM leases WHERE session_pk = ?", (row[0],))
+        grant_next(tx, row[0], ttl)
+    return True
+
+
+def release(tx: Tx, session_id: str, holder: str, ttl: float) -> bool:
+    row = returning(
+        tx.conn.execute(
+            "DELETE FROM leases WHERE holder = ? AND session_pk = "
+            "(SELECT pk FROM sessions WHERE id = ?) RETURNING session_pk",
+            (holder, session_id),
+        )
+    )
+    if row is None:
+        return False
+    grant_next(tx, row[0], ttl)
+    return True
+
+
+def give_up(tx: Tx, cache: HistoryCache, owner: str, ttl: float) -> None:
+    conn = tx.conn
+    conn.execute("DELETE FROM lease_waiters WHERE owner = ?", (owner,))
+    held = conn.execute(
+        "SELECT s.id, s.pk, l.holder FROM leases l JOIN sessions s ON s.pk = l.session_pk "
+        "WHERE l.owner = ?",
+        (owner,),
+    ).fetchall()
+    for session_id, pk, holder in held:
+        end_lease(tx, cache, session_id, pk, holder, CLOSED_RUN, ttl)
+
+
+def save_run(tx: Tx, run_id: str, session_id: str, status: str, body: str) -> None:
+    pk = session_pk(tx, session_id)
+    tx.conn.execute(
+        "INSERT OR REPLACE INTO runs (id, session_pk, status, body) VALUES (?, ?, ?, ?)",
+        (run_id, pk, status, body),
+    )
+
+
+def set_credential(tx: Tx, provider: str, kind: str, key: str) -> None:
+    tx.conn.execute(
+        "INSERT OR REPLACE INTO credentials (provider, type, key) VALUES (?, ?, ?)",
+        (provider, kind, key),
+    )
+
+
+def get_credential(tx: Tx, provider: str) -> tuple[str, str] | None:
+    row = tx.conn.execute(
+        "SELECT type, key FROM credentials WHERE provider = ?", (provider,)
+    ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def delete_credential(tx: Tx, provider: str) -> bool:
+    return bool(tx.conn.execute("DELETE FROM credentials WHERE provider = ?", (provider,)).rowcount)
+
+
+def list_credentials(tx: Tx) -> dict[str, str]:
+    rows = tx.conn.execute("SELECT provider, type FROM credentials ORDER BY provider").fetchall()
+    return {provider: kind for provider, kind in rows}

@@ -1,0 +1,164 @@
+"""The schema, its migrations, and opening a connection (run in the store's threads)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wingspan import StoreError
+
+if TYPE_CHECKING:
+    from ._options import Options
+
+#: ``PRAGMA application_id`` of a wingspan database ("WSPN").
+APPLICATION_ID = 0x5753504E
+
+#: The schema, one tuple of statements per version. Version ``n`` is ``MIGRATIONS[n - 1]``;
+#: a released migration is never edited, only followed by a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # Records are kept as their wire JSON (``wingspan.wire``): one shape everywhere.
+        "CREATE TABLE agents (id TEXT PRIMARY KEY, body TEXT NOT NULL)",
+        # ``pk`` is never reused (AUTOINCREMENT): a deleted and re-created id is a new session.
+        """CREATE TABLE sessions (
+            pk INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            body TEXT NOT NULL)""",
+        # One row per message, in order: the count of a session is its highest seq + 1.
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            session_pk INTEGER NOT NULL REFERENCES sessions (pk) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            UNIQUE (session_pk, seq))""",
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            session_pk INTEGER NOT NULL REFERENCES sessions (pk) ON DELETE CASCADE,
+            status TEXT NOT NULL,
+            body TEXT NOT NULL)""",
+        "CREATE INDEX runs_by_session ON runs (session_pk)",
+        """CREATE TABLE credentials (
+            provider TEXT PRIMARY KEY, type TEXT NOT NULL, key TEXT NOT NULL)""",
+        # The claim on a session: its holder, the store instance (owner) that renews it,
+        # and when it lapses if nobody does. ``ticket`` is the waiter it was handed to.
+        """CREATE TABLE leases (
+            session_pk INTEGER PRIMARY KEY REFERENCES sessions (pk) ON DELETE CASCADE,
+            holder TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            ticket INTEGER,
+            expires_at REAL NOT NULL)""",
+        "CREATE INDEX leases_by_owner ON leases (owner)",
+        # Claimants waiting their turn, first come (lowest ticket) first served.
+        """CREATE TABLE lease_waiters (
+            ticket INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_pk INTEGER NOT NULL REFERENCES sessions (pk) ON DELETE CASCADE,
+            holder TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            expires_at REAL NOT NULL)""",
+        "CREATE INDEX waiters_by_session ON lease_waiters (session_pk, ticket)",
+        "CREATE INDEX waiters_by_owner ON lease_waiters (owner)",
+    ),
+)
+
+
+def store_error(exc: sqlite3.Error, path: Path, timeout: float) -> StoreError:
+    name: str = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc):
+        return StoreError(
+            f"the database {path} stayed locked by another connection for more than "
+            f"{timeout:g} s; try again, or allow longer with ?timeout=SECONDS"
+        )
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+        return StoreError(
+            f"{path} is not a SQLite database or is corrupt ({exc}); restore it from a backup, "
+            "or move it aside to start a new one"
+        )
+    if name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_AUTH")):
+        return StoreError(f"cannot write the database {path} ({exc}); check its permissions")
+    if name.startswith("SQLITE_FULL"):
+        return StoreError(f"the disk holding {path} is full; free some space and try again")
+    return StoreError(f"the database {path} failed: {exc}")
+
+
+def create_file(path: Path) -> None:
+    """Create the database file (mode 0600; SQLite gives its -wal and -shm files the same
+    mode) and its parent directory, unless they exist."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise StoreError(
+            f"cannot open the database {path}: {exc.strerror or exc}; check that the path is a "
+            "file you may write, in a directory that can be created"
+        ) from None
+
+
+def connect(path: Path, options: Options, *, read_only: bool) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, timeout=options.timeout, isolation_level=None)
+    try:
+        if read_only:
+            connection.execute("PRAGMA query_only = ON")
+        elif connection.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+            raise StoreError(f"the database {path} cannot use write-ahead logging")
+        # In WAL mode NORMAL loses nothing when the process is killed, only on power loss.
+        connection.execute(f"PRAGMA synchronous = {options.synchronous.upper()}")
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def migrate(
+    connection: sqlite3.Connection,
+    path: Path | str = "the database",
+    migrations: Sequence[Sequence[str]] = MIGRATIONS,
+) -> int:
+    """Bring the schema up to ``len(migrations)``, one transaction per version.
+
+    :returns: the schema version.
+    :raises StoreError: for a database of another application, one written by a newer
+        wingspan, or a migration that fails (its transaction is rolled back, leaving the
+        database at the version before it).
+    """
+    latest = len(migrations)
+    while True:
+        connection.execute("BEGIN IMMEDIATE")  # re-read inside: another process may migrate
+        try:
+            version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+            application = connection.execute("PRAGMA application_id").fetchone()[0]
+            foreign = application != APPLICATION_ID and (
+                application != 0
+                or connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            )
+            if foreign:
+                raise StoreError(
+                    f"{path} is a SQLite database of another application, not wingspan's"
+                )
+            if version > latest:
+                raise StoreError(
+                    f"{path} was written by a newer wingspan (schema version {version}; this one "
+                    f"knows up to {latest}); upgrade wingspan to open it"
+                )
+            if version == latest:
+                connection.execute("COMMIT")
+                return version
+            try:
+                for statement in migrations[version]:
+                    connection.execute(statement)
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"migrating {path} to schema version {version + 1} failed ({exc}); "
+                    f"it is left at version {version}"
+                ) from None
+            connection.execute(f"PRAGMA user_version = {version + 1}")
+            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise

@@ -1,0 +1,287 @@
+"""The store object: async methods that send jobs to its writer and reader threads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+
+from wingspan import (
+    AgentRecord,
+    Credential,
+    Message,
+    Page,
+    RunRecord,
+    SessionRecord,
+    StoreError,
+    wire,
+)
+
+from . import _jobs as jobs
+from ._options import Options
+from ._schema import connect, create_file, migrate, store_error
+from ._worker import Worker, settle
+
+T = TypeVar("T")
+
+
+class SqliteStore:
+    """A :class:`wingspan.Store` in a SQLite file. Open it with :func:`open_sqlite_store`
+    (or ``wingspan.open_store("sqlite:///path")``)."""
+
+    def __init__(self, path: Path, options: Options) -> None:
+        self.path = path
+        self.options = options
+        self._timeout = options.timeout
+        self._ttl = options.lease_ttl
+        self._owner = uuid.uuid4().hex  # renews this store's leases and waiting tickets
+        self._cache = jobs.HistoryCache(options.cache_messages)
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters_lock = threading.Lock()
+        self._closed = False
+        self._writer = Worker(
+            f"wingspan-sqlite-writer {path}",
+            self._open_writer,
+            self._error,
+            writer=True,
+            idle=self._renew,
+            idle_interval=self._ttl / 3,
+        )
+        self._reader = Worker(
+            f"wingspan-sqlite-reader {path}",
+            lambda: connect(path, options, read_only=True),
+            self._error,
+            writer=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {str(self.path)!r}{' closed' if self._closed else ''}>"
+
+    async def _start(self) -> None:
+        await self._writer.start()
+        try:
+            await self._reader.start()
+        except BaseException:
+            await self._writer.stop()
+            raise
+
+    def _open_writer(self) -> sqlite3.Connection:
+        create_file(self.path)
+        connection = connect(self.path, self.options, read_only=False)
+        try:
+            migrate(connection, self.path)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        return store_error(exc, self.path, self._timeout)
+
+    async def _call(self, worker: Worker, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreError(f"the SQLite store {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        worker.submit((fn, args, loop, future))
+        return await future
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._call(self._writer, fn, *args)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._call(self._reader, fn, *args)
+
+    # --- agents -----------------------------------------------------------------------------
+
+    async def create_agent(self, agent: AgentRecord) -> AgentRecord:
+        await self._write(jobs.insert, "agents", "agent", agent.id, wire.dumps(agent))
+        return agent
+
+    async def get_agent(self, agent_id: str) -> AgentRecord:
+        body = await self._read(jobs.select_body, "agents", "agent", agent_id)
+        return wire.loads(body, AgentRecord)
+
+    async def update_agent(self, agent: AgentRecord) -> AgentRecord:
+        await self._write(jobs.update_body, "agents", "agent", agent.id, wire.dumps(agent))
+        return agent
+
+    async def delete_agent(self, agent_id: str) -> None:
+        await self._write(jobs.delete, "agents", "agent", agent_id)
+
+    async def list_agents(self, *, limit: int = 50, cursor: str | None = None) -> Page[AgentRecord]:
+        jobs.check_limit(limit)
+        rows, next_cursor = await self._read(jobs.page, "agents", "body", limit, cursor)
+        return Page(
+            items=tuple(wire.loads(b, AgentRecord) for (b,) in rows), next_cursor=next_cursor
+        )
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    async def create_session(self, session: SessionRecord) -> SessionRecord:
+        session = attrs.evolve(session, message_count=0)
+        await self._write(jobs.insert, "sessions", "session", session.id, wire.dumps(session))
+        return session
+
+    async def get_session(self, session_id: str) -> SessionRecord:
+        row = await self._read(jobs.select_session, session_id)
+        return jobs.session(*row)
+
+    async def update_session(self, session: SessionRecord) -> SessionRecord:
+        body = wire.dumps(attrs.evolve(session, message_count=0))
+        count = await self._write(jobs.update_body, "sessions", "session", session.id, body)
+        return attrs.evolve(session, message_count=count)
+
+    async def delete_session(self, session_id: str) -> None:
+        await self._write(jobs.delete, "sessions", "session", session_id)
+        self._cache.drop(session_id)
+        self._wake(session_id)
+
+    async def list_sessions(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[SessionRecord]:
+        jobs.check_limit(limit)
+        rows, next_cursor = await self._read(
+            jobs.page, "sessions", f"body, {jobs.MESSAGE_COUNT}", limit, cursor
+        )
+        return Page(items=tuple(jobs.session(*row) for row in rows), next_cursor=next_cursor)
+
+    # --- history ----------------------------------------------------------------------------
+
+    async def append_messages(self, session_id: str, messages: Sequence[Message]) -> int:
+        for message in messages:
+            if not isinstance(message, Message):
+                raise TypeError(f"append_messages takes Messages, got {type(message).__name__}")
+        return await self._write(jobs.append, self._cache, session_id, tuple(messages))
+
+    async def load_messages(self, session_id: str) -> list[Message]:
+        return await self._read(jobs.load, self._cache, session_id)
+
+    # --- runs and their serialisation -------------------------------------------------------
+
+    async def claim_session(
+        self, session_id: str, holder: str, *, wait: bool = True, timeout: float | None = None
+    ) -> bool:
+        granted, ticket = await self._write(
+            jobs.claim, self._cache, session_id, holder, self._owner, self._ttl, wait
+        )
+        if granted or not wait:
+            return granted
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        interval = 0.005
+        try:
+            while True:
+                # Be ready for an in-process wake-up before looking, so none is missed.
+                woken: asyncio.Future[None] = loop.create_future()
+                with self._waiters_lock:
+                    self._waiters.setdefault(session_id, set()).add(woken)
+                try:
+                    state, expires_at = await self._read(jobs.claim_state, session_id, ticket)
+                    if state == "granted":
+                        return True
+                    if state == "act":  # a lapsed lease to recover, or we lost our place
+                        granted, ticket = await self._write(
+                            jobs.poll_claim,
+                            self._cache,
+                            session_id,
+                            ticket,
+                            holder,
+                            self._owner,
+                            self._ttl,
+                        )
+                        if granted:
+                            return True
+                        continue
+                    # Other processes cannot wake us: look again after a while, and when
+                    # the holder's lease would lapse.
+                    delay = min(interval, max(0.0, expires_at - time.time()) + 0.001)
+                    interval = min(interval * 2, 0.1)
+                    if deadline is not None:
+                        delay = min(delay, deadline - loop.time())
+                        if delay <= 0:
+                            raise TimeoutError
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken, delay)
+                finally:
+                    with self._waiters_lock:
+                        self._waiters.get(session_id, set()).discard(woken)
+        except TimeoutError:
+            return await asyncio.shield(
+                self._write(jobs.abandon, session_id, ticket, False, self._ttl)
+            )
+        except BaseException:
+            if not self._closed:
+                # Granted meanwhile? Then hand it on; else leave the queue.
+                handed_on = self._write(jobs.abandon, session_id, ticket, True, self._ttl)
+                if await asyncio.shield(handed_on):
+                    self._wake(session_id)
+            raise
+
+    async def release_session(self, session_id: str, holder: str) -> None:
+        if await self._write(jobs.release, session_id, holder, self._ttl):
+            self._wake(session_id)
+
+    def _wake(self, session_id: str) -> None:
+        with self._waiters_lock:
+            futures = self._waiters.pop(session_id, set())
+        for future in futures:
+            if not future.done():
+                future.get_loop().call_soon_threadsafe(settle, [(future, None, None)])
+
+    def _renew(self, connection: sqlite3.Connection) -> None:
+        """Keep this store's claims alive (run in the writer thread while it is idle)."""
+        expires_at = time.time() + self._ttl
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("leases", "lease_waiters"):
+                connection.execute(
+                    f"UPDATE {table} SET expires_at = ? WHERE owner = ?", (expires_at, self._owner)
+                )
+            connection.execute("COMMIT")
+        finally:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+
+    async def save_run(self, run: RunRecord) -> None:
+        await self._write(jobs.save_run, run.id, run.session_id, run.status, wire.dumps(run))
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        return wire.loads(await self._read(jobs.select_body, "runs", "run", run_id), RunRecord)
+
+    # --- credentials ------------------------------------------------------------------------
+
+    async def set_credential(self, provider: str, credential: Credential) -> None:
+        await self._write(jobs.set_credential, provider, credential.type, credential.key)
+
+    async def get_credential(self, provider: str) -> Credential | None:
+        row = await self._read(jobs.get_credential, provider)
+        return None if row is None else Credential(type=row[0], key=row[1])
+
+    async def delete_credential(self, provider: str) -> bool:
+        return await self._write(jobs.delete_credential, provider)
+
+    async def list_credentials(self) -> dict[str, str]:
+        return await self._read(jobs.list_credentials)
+
+    async def close(self) -> None:
+        """Give up this store's claims (their runs are marked interrupted), then close."""
+        if self._closed:
+            return
+        with contextlib.suppress(StoreError):
+            await asyncio.shield(self._write(jobs.give_up, self._cache, self._owner, self._ttl))
+        self._closed = True
+        with self._waiters_lock:
+            sessions = list(self._waiters)
+        for session_id in sessions:
+            self._wake(session_id)
+        await self._reader.stop()
+        await self._writer.stop()

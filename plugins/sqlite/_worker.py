@@ -1,0 +1,208 @@
+"""The store's threads: each owns one connection and runs jobs sent from event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import wingspan
+from wingspan import StoreError
+
+#: The most jobs committed in one transaction.
+MAX_BATCH = 64
+
+
+class Tx:
+    """What a job sees: the connection, and effects to apply once its transaction commits."""
+
+    __slots__ = ("conn", "effects")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.effects: list[Callable[[], None]] = []
+
+
+Job: TypeAlias = tuple[
+    Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, asyncio.Future[Any]
+]
+#: Put in place of a job when the queue stayed empty for the idle interval.
+IDLE: Any = object()
+
+
+class Worker:
+    """A thread owning one connection, running jobs sent from event loops.
+
+    A writer runs each batch of queued jobs in one ``BEGIN IMMEDIATE`` transaction; a
+    reader runs jobs one by one in autocommit mode.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        open_connection: Callable[[], sqlite3.Connection],
+        error: Callable[[sqlite3.Error], StoreError],
+        *,
+        writer: bool,
+        idle: Callable[[sqlite3.Connection], None] | None = None,
+        idle_interval: float = 3600.0,
+    ) -> None:
+        self._open = open_connection
+        self._error = error
+        self._writer = writer
+        self._idle = idle
+        self._idle_interval = idle_interval
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._started: asyncio.Future[None] | None = None
+        self._stopped: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._started, self._stopped = loop.create_future(), loop.create_future()
+        self._thread.start()
+        try:
+            await self._started
+        except BaseException:
+            await asyncio.shield(self._stopped)
+            raise
+
+    def submit(self, job: Job) -> None:
+        self._jobs.put(job)
+
+    async def stop(self) -> None:
+        self._jobs.put(None)
+        if self._stopped is not None:
+            await asyncio.shield(self._stopped)
+
+    def _main(self) -> None:
+        assert self._started is not None and self._stopped is not None
+        loop = self._started.get_loop()
+        try:
+            try:
+                connection = self._open()
+            except sqlite3.Error as exc:
+                notify(loop, [(self._started, None, self._error(exc))])
+                return
+            except Exception as exc:
+                notify(loop, [(self._started, None, exc)])
+                return
+            try:
+                notify(loop, [(self._started, None, None)])
+                self._serve(connection)
+            finally:
+                connection.close()
+        finally:
+            notify(loop, [(self._stopped, None, None)])
+
+    def _serve(self, connection: sqlite3.Connection) -> None:
+        jobs = self._jobs
+        next_idle = time.monotonic() + self._idle_interval
+        while True:
+            try:
+                job = jobs.get(timeout=max(0.0, next_idle - time.monotonic()))
+            except queue.Empty:
+                job = IDLE
+            if job is None:
+                return
+            if job is not IDLE and not self._writer:
+                self._run(connection, job)
+            elif job is not IDLE:
+                batch = [job]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        more = jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        jobs.put(None)  # stop after this batch
+                        break
+                    batch.append(more)
+                self._commit(connection, batch)
+            if self._idle is not None and time.monotonic() >= next_idle:
+                next_idle = time.monotonic() + self._idle_interval
+                with contextlib.suppress(sqlite3.Error, wingspan.WingspanError):
+                    self._idle(connection)
+
+    def _run(self, connection: sqlite3.Connection, job: Job) -> None:
+        fn, args, loop, future = job
+        value: Any = None
+        error: Exception | None = None
+        try:
+            value = fn(Tx(connection), *args)
+        except sqlite3.Error as exc:
+            error = self._error(exc)
+        except Exception as exc:
+            error = exc
+        notify(loop, [(future, value, error)])
+
+    def _commit(self, connection: sqlite3.Connection, batch: list[Job]) -> None:
+        """Run ``batch`` in one transaction. Jobs rarely fail, so there is no savepoint per
+        job (each costs two more statements, and every statement lets other threads take the
+        GIL): when one fails, the transaction is rolled back and each job runs on its own."""
+        txs = [Tx(connection) for _ in batch]
+        values: list[Any] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._settle(batch, txs, None, self._error(exc))
+            return
+        try:
+            for (fn, args, _, _), tx in zip(batch, txs, strict=True):
+                values.append(fn(tx, *args))
+        except Exception as exc:
+            error = self._error(exc) if isinstance(exc, sqlite3.Error) else exc
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            if len(batch) == 1 or connection.in_transaction:
+                self._settle(batch, txs, None, error)
+            else:
+                for job in batch:
+                    self._commit(connection, [job])
+            return
+        try:
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            self._settle(batch, txs, None, self._error(exc))
+            return
+        self._settle(batch, txs, values, None)
+
+    @staticmethod
+    def _settle(
+        batch: list[Job], txs: list[Tx], values: list[Any] | None, error: Exception | None
+    ) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+        for position, (_, _, loop, future) in enumerate(batch):
+            if values is None:
+                settled = (future, None, error)
+            else:
+                for effect in txs[position].effects:
+                    effect()
+                settled = (future, values[position], None)
+            by_loop.setdefault(loop, []).append(settled)
+        for loop, results in by_loop.items():
+            notify(loop, results)
+
+
+def notify(
+    loop: asyncio.AbstractEventLoop, results: list[tuple[asyncio.Future[Any], Any, Any]]
+) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+        loop.call_soon_threadsafe(settle, results)
+
+
+def settle(results: list[tuple[asyncio.Future[Any], Any, Any]]) -> None:
+    for future, value, error in results:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)

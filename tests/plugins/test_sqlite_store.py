@@ -1,0 +1,520 @@
+"""The SQLite store: the store contract suite, claims, files, errors, migrations, the event loop.
+
+Tests with real subprocesses (claims across processes, dead holders, SIGKILL crash safety) are
+in ``test_sqlite_processes.py``. Every store is opened through :func:`open_sqlite`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings
+
+import wingspan
+import wingspan.plugins.sqlite
+from wingspan import (
+    Agent,
+    Credential,
+    Message,
+    RunRecord,
+    Session,
+    SessionRecord,
+    StoreError,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    check_history,
+)
+from wingspan.plugins.sqlite import MIGRATIONS, default_path, migrate, parse_url
+from wingspan.testing import make_runtime, scripted, store_state_machine
+
+WAIT = 10  # seconds: every wait is bounded
+
+
+async def open_sqlite(url: str) -> wingspan.Store:
+    """Open a ``sqlite://`` store through an isolated runtime's registry (the entry point)."""
+    runtime = make_runtime()
+    return await runtime.open_store(url)
+
+
+def text(role: Any, value: str) -> Message:
+    return Message(role=role, content=(TextBlock(text=value),))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[wingspan.Store]:
+    opened = await open_sqlite(f"sqlite://{tmp_path}/store.db")
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+# --- the contract suite ----------------------------------------------------------------------
+
+_contract_dir: list[Path] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def contract_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _contract_dir.append(tmp_path_factory.mktemp("contract"))
+
+
+async def _open_fresh() -> wingspan.Store:
+    return await open_sqlite(f"sqlite://{_contract_dir[-1]}/{wingspan.new_id()}.db")
+
+
+TestSqliteStoreContract = store_state_machine(_open_fresh).TestCase
+TestSqliteStoreContract.settings = settings(max_examples=60, stateful_step_count=40)
+
+
+# --- claims in one process ---------------------------------------------------------------
+
+
+async def test_claims_are_first_come_first_served(store: wingspan.Store) -> None:
+    await store.create_session(SessionRecord(id="s"))
+    assert await store.claim_session("s", "first")
+    order: list[str] = []
+
+    async def wait_turn(holder: str) -> None:
+        assert await store.claim_session("s", holder)
+        order.append(holder)
+        await store.release_session("s", holder)
+
+    waiters = []
+    for holder in ("second", "third", "fourth"):
+        waiters.append(asyncio.create_task(wait_turn(holder)))
+        await asyncio.sleep(0)  # queue them in this order
+    await asyncio.sleep(0.05)
+    assert not await store.claim_session("s", "late", wait=False)
+    await store.release_session("s", "first")
+    await asyncio.wait_for(asyncio.gather(*waiters), WAIT)
+    assert order == ["second", "third", "fourth"]
+
+
+async def test_claim_wait_times_out_and_leaves_the_queue(store: wingspan.Store) -> None:
+    await store.create_session(SessionRecord(id="s"))
+    assert await store.claim_session("s", "holder")
+    started = time.monotonic()
+    assert not await store.claim_session("s", "patient", timeout=0.05)
+    assert time.monotonic() - started < WAIT
+    await store.release_session("s", "holder")
+    assert await store.claim_session("s", "next", wait=False)
+
+
+async def test_a_cancelled_waiter_leaves_the_queue(store: wingspan.Store) -> None:
+    await store.create_session(SessionRecord(id="s"))
+    assert await store.claim_session("s", "holder")
+    waiter = asyncio.create_task(store.claim_session("s", "impatient"))
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiter, WAIT)
+    await store.release_session("s", "holder")
+    assert await store.claim_session("s", "next", wait=False)
+
+
+async def test_release_by_a_non_holder_is_a_no_op(store: wingspan.Store) -> None:
+    await store.create_session(SessionRecord(id="s"))
+    assert await store.claim_session("s", "holder")
+    await store.release_session("s", "someone-else")
+    await store.release_session("missing-session", "holder")
+    assert not await store.claim_session("s", "other", wait=False)
+    assert await store.claim_session("s", "holder", wait=False)  # the holder may claim again
+
+
+async def test_deleting_a_session_ends_its_waits(store: wingspan.Store) -> None:
+    await store.create_session(SessionRecord(id="s"))
+    assert await store.claim_session("s", "holder")
+    waiter = asyncio.create_task(store.claim_session("s", "waiting"))
+    await asyncio.sleep(0.05)
+    await store.delete_session("s")
+    with pytest.raises(wingspan.NotFoundError):
+        await asyncio.wait_for(waiter, WAIT)
+
+
+async def test_a_live_holder_keeps_its_claim_past_the_lease_ttl(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/s.db?lease_ttl=0.2"
+    first, second = await open_sqlite(url), await open_sqlite(url)
+    try:
+        await first.create_session(SessionRecord(id="s"))
+        assert await first.claim_session("s", "run-1")
+        await asyncio.sleep(0.6)  # three lease lifetimes: renewed, not lost
+        assert not await second.claim_session("s", "run-2", wait=False)
+        await first.release_session("s", "run-1")
+        assert await second.claim_session("s", "run-2", wait=False)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_another_store_is_served_when_the_holder_releases(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/s.db"
+    first, second = await open_sqlite(url), await open_sqlite(url)
+    try:
+        await first.create_session(SessionRecord(id="s"))
+        assert await first.claim_session("s", "run-1")
+        waiting = asyncio.create_task(second.claim_session("s", "run-2", timeout=WAIT))
+        await asyncio.sleep(0.05)
+        await first.release_session("s", "run-1")
+        assert await asyncio.wait_for(waiting, WAIT)
+        assert not await first.claim_session("s", "run-3", wait=False)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_closing_a_store_gives_up_its_claims(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/s.db"
+    first, second = await open_sqlite(url), await open_sqlite(url)
+    try:
+        await first.create_session(SessionRecord(id="s"))
+        await first.append_messages("s", [text("user", "go")])
+        assert await first.claim_session("s", "run-1")
+        await first.save_run(RunRecord(id="run-1", session_id="s"))
+        use = ToolUseBlock(id="toolu_1", name="bash", input={"command": "sleep 100"})
+        calling = Message(role="assistant", content=(use,))
+        await first.append_messages("s", [calling])
+        await first.close()
+        assert await second.claim_session("s", "run-2", wait=False)
+        assert (await second.get_run("run-1")).status == "interrupted"
+        history = await second.load_messages("s")
+        assert check_history(history) == []
+        assert history[-1] == wingspan.repair_history([calling])[0]
+        (result,) = history[-1].content
+        assert isinstance(result, ToolResultBlock) and result.is_error
+    finally:
+        await first.close()
+        await second.close()
+
+
+# --- history, listings, credentials ----------------------------------------------------------
+
+
+async def test_concurrent_appends_are_committed_in_order(store: wingspan.Store) -> None:
+    await store.create_session(SessionRecord(id="s"))
+    counts = await asyncio.gather(
+        *(store.append_messages("s", [text("user", str(i))]) for i in range(200))
+    )
+    assert counts == list(range(1, 201))
+    assert [m.text for m in await store.load_messages("s")] == [str(i) for i in range(200)]
+
+
+async def test_a_failing_call_in_a_group_commit_undoes_only_itself(store: wingspan.Store) -> None:
+    await store.create_session(SessionRecord(id="s"))
+    results = await asyncio.gather(
+        store.append_messages("s", [text("user", "a")]),
+        store.append_messages("missing", [text("user", "b")]),
+        store.create_session(SessionRecord(id="s")),
+        store.append_messages("s", [text("user", "c"), text("assistant", "d")]),
+        return_exceptions=True,
+    )
+    assert results[0] == 1 and results[3] == 3
+    assert isinstance(results[1], wingspan.NotFoundError)
+    assert isinstance(results[2], wingspan.ConflictError)
+    assert [m.text for m in await store.load_messages("s")] == ["a", "c", "d"]
+
+
+async def test_appends_from_another_connection_are_loaded(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/s.db"
+    first, second = await open_sqlite(url), await open_sqlite(url)
+    try:
+        await first.create_session(SessionRecord(id="s"))
+        await first.append_messages("s", [text("user", "one")])
+        assert len(await first.load_messages("s")) == 1  # now remembered by `first`
+        await second.append_messages("s", [text("assistant", "two")])
+        assert [m.text for m in await first.load_messages("s")] == ["one", "two"]
+        # The same id deleted and created again elsewhere is a new history.
+        await second.delete_session("s")
+        await second.create_session(SessionRecord(id="s"))
+        await second.append_messages("s", [text("user", "fresh")])
+        assert [m.text for m in await first.load_messages("s")] == ["fresh"]
+        assert (await first.get_session("s")).message_count == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_deleting_a_session_deletes_its_rows(store: wingspan.Store, tmp_path: Path) -> None:
+    await store.create_session(SessionRecord(id="s"))
+    await store.create_session(SessionRecord(id="kept"))
+    for session_id in ("s", "kept"):
+        await store.append_messages(session_id, [text("user", "hi")])
+        await store.save_run(RunRecord(id=f"run-{session_id}", session_id=session_id))
+    assert await store.claim_session("s", "run-s")
+    await store.delete_session("s")
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        counts = {
+            table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("sessions", "messages", "runs", "leases")
+        }
+    db.close()
+    assert counts == {"sessions": 1, "messages": 1, "runs": 1, "leases": 0}
+    with pytest.raises(wingspan.NotFoundError):
+        await store.get_run("run-s")
+
+
+async def test_listing_pages_have_no_gaps_or_duplicates_while_rows_are_added(
+    store: wingspan.Store,
+) -> None:
+    before = [SessionRecord(id=wingspan.new_id()) for _ in range(7)]
+    for record in before:
+        await store.create_session(record)
+    seen: list[str] = []
+    page = await store.list_sessions(limit=3)
+    while True:
+        seen.extend(s.id for s in page.items)
+        await store.create_session(SessionRecord(id=wingspan.new_id()))  # newer: not on later pages
+        if page.next_cursor is None:
+            break
+        page = await store.list_sessions(limit=3, cursor=page.next_cursor)
+    assert seen == sorted((r.id for r in before), reverse=True)
+
+
+async def test_credentials_are_kept_but_never_listed(store: wingspan.Store) -> None:
+    await store.set_credential("anthropic", Credential(key="sk-secret"))
+    assert await store.get_credential("anthropic") == Credential(key="sk-secret")
+    listed = await store.list_credentials()
+    assert listed == {"anthropic": "api_key"}
+    assert "sk-secret" not in repr(listed)
+    assert "sk-secret" not in repr(await store.get_credential("anthropic"))
+
+
+async def test_a_session_resumes_from_the_store(store: wingspan.Store) -> None:
+    @wingspan.tool
+    async def add(a: int, b: int) -> int:
+        """Add.
+
+        :param a: a number
+        :param b: another
+        """
+        return a + b
+
+    runtime = make_runtime()
+    agent = Agent(
+        name="calc",
+        provider=scripted([[{"name": "add", "input": {"a": 1, "b": 2}}], "3"]),
+        tools=[add],
+    )
+    session = Session(agent=agent, store=store, runtime=runtime)
+    result = await asyncio.wait_for(session.run("1+2?"), WAIT)
+    assert result.run_id is not None
+    assert (await store.get_run(result.run_id)).status == "completed"
+    again = await Session.resume(store, session.id, agent=agent, runtime=runtime)
+    assert again.history == session.history and len(again.history) == 4
+    await asyncio.wait_for(again.run("again"), WAIT)
+    assert check_history(await store.load_messages(session.id)) == []
+
+
+# --- files, URLs and errors ------------------------------------------------------------------
+
+
+def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    assert parse_url("sqlite:///abs/x.db")[0] == Path("/abs/x.db")
+    assert parse_url("sqlite:////abs/x.db")[0] == Path("/abs/x.db")
+    assert parse_url("sqlite://rel/x.db")[0] == tmp_path / "rel" / "x.db"
+    assert parse_url("sqlite://~/x.db")[0] == tmp_path / "home" / "x.db"
+    assert parse_url("sqlite:///a%20b.db")[0] == Path("/a b.db")
+    default = tmp_path / "home" / ".local" / "share" / "wingspan" / "wingspan.db"
+    assert parse_url("sqlite://")[0] == default == default_path()
+    _, options = parse_url(
+        "sqlite:///x.db?timeout=0.5&lease_ttl=3&synchronous=FULL", {"sqlite": {"timeout": 9}}
+    )
+    assert (options.timeout, options.lease_ttl, options.synchronous) == (0.5, 3, "full")
+    assert parse_url("sqlite:///x.db", {"sqlite": {"timeout": 9}})[1].timeout == 9
+    assert parse_url("sqlite:///x.db")[1] == wingspan.plugins.sqlite.DEFAULTS
+    for bad, message in [
+        ("sqlite://:memory:", "memory://"),
+        ("sqlite:///x.db?nope=1", "unknown SQLite store option 'nope'"),
+        ("sqlite:///x.db?timeout=soon", "timeout must be a positive number"),
+        ("sqlite:///x.db?lease_ttl=0", "lease_ttl must be a positive number"),
+        ("sqlite:///x.db?synchronous=off", "synchronous is normal or full"),
+    ]:
+        with pytest.raises(wingspan.ConfigError, match=message):
+            parse_url(bad)
+
+
+def test_default_path_honours_xdg_data_home(tmp_path: Path) -> None:
+    env = {"HOME": "/home/u", "XDG_DATA_HOME": str(tmp_path)}
+    assert default_path(env) == tmp_path / "wingspan" / "wingspan.db"
+    assert default_path({"HOME": "/home/u", "XDG_DATA_HOME": "relative/is/ignored"}) == Path(
+        "/home/u/.local/share/wingspan/wingspan.db"
+    )
+
+
+async def test_default_url_creates_the_directory_and_private_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    store = await open_sqlite("sqlite://")
+    try:
+        await store.create_session(SessionRecord(id="s"))
+        await store.set_credential("openai", Credential(key="sk-1"))
+        folder = tmp_path / "data" / "wingspan"
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == ["wingspan.db", "wingspan.db-shm", "wingspan.db-wal"]
+        for name in names:
+            assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    finally:
+        await store.close()
+
+
+async def test_wal_and_foreign_keys_are_on(store: wingspan.Store, tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "store.db")
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("make", ["parent is a file", "path is a directory"])
+async def test_a_path_that_cannot_be_opened_is_a_clear_error(tmp_path: Path, make: str) -> None:
+    if make == "parent is a file":
+        (tmp_path / "file").write_text("")
+        path = tmp_path / "file" / "x.db"
+    else:
+        path = tmp_path / "dir"
+        path.mkdir()
+    with pytest.raises(StoreError, match=f"cannot open the database {path}"):
+        await open_sqlite(f"sqlite://{path}")
+
+
+@pytest.mark.parametrize("garbage", [b"not a database", os.urandom(8192)])
+async def test_a_corrupt_file_is_a_clear_error(tmp_path: Path, garbage: bytes) -> None:
+    path = tmp_path / "x.db"
+    path.write_bytes(garbage)
+    with pytest.raises(StoreError, match="is not a SQLite database or is corrupt"):
+        await open_sqlite(f"sqlite://{path}")
+    assert path.read_bytes() == garbage  # left as it was
+
+
+async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE things (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="another application"):
+        await open_sqlite(f"sqlite://{path}")
+
+
+async def test_a_database_from_a_newer_wingspan_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    store = await open_sqlite(f"sqlite://{path}")
+    await store.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(StoreError, match=r"newer wingspan \(schema version 99; this one knows"):
+        await open_sqlite(f"sqlite://{path}")
+
+
+async def test_a_locked_database_is_a_clear_error_past_the_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    store = await open_sqlite(f"sqlite://{path}?timeout=0.2")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.create_session(SessionRecord(id="s"))
+        blocker.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=r"stayed locked .* more than 0.2 s"):
+            await asyncio.wait_for(store.append_messages("s", [text("user", "x")]), WAIT)
+        assert time.monotonic() - started < WAIT
+        assert (await store.get_session("s")).message_count == 0  # reads go on meanwhile
+        blocker.execute("ROLLBACK")
+        assert await store.append_messages("s", [text("user", "x")]) == 1
+    finally:
+        blocker.close()
+        await store.close()
+
+
+def test_migrations_apply_in_order_and_a_failed_one_leaves_the_database_as_it_was(
+    tmp_path: Path,
+) -> None:
+    db = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    try:
+        broken = ("CREATE TABLE extra (x)", "INSERT INTO agents VALUES ('a', '{}')", "NOT SQL")
+        with pytest.raises(StoreError, match=r"to schema version 1 failed .* left at version 0"):
+            migrate(db, "x.db", [broken])
+        assert db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+        assert migrate(db, "x.db") == len(MIGRATIONS)
+        db.execute("INSERT INTO agents VALUES ('kept', '{}')")
+        with pytest.raises(StoreError, match=f"version {len(MIGRATIONS) + 1} failed"):
+            migrate(db, "x.db", [*MIGRATIONS, broken])
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchone() is None
+        assert db.execute("SELECT id FROM agents").fetchall() == [("kept",)]
+        # The next version applies on top, once, and stays applied.
+        added = ("CREATE TABLE extra (x)",)
+        assert migrate(db, "x.db", [*MIGRATIONS, added]) == len(MIGRATIONS) + 1
+        assert migrate(db, "x.db", [*MIGRATIONS, added]) == len(MIGRATIONS) + 1
+    finally:
+        db.close()
+
+
+async def test_data_survives_reopening(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/x.db"
+    store = await open_sqlite(url)
+    agent = wingspan.AgentRecord(id=wingspan.new_id(), name="a", options={"k": [1, None]})
+    await store.create_agent(agent)
+    await store.create_session(SessionRecord(id="s", title="t"))
+    await store.append_messages("s", [text("user", "kept")])
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        await store.get_session("s")
+    store = await open_sqlite(url)
+    try:
+        assert await store.get_agent(agent.id) == agent
+        assert (await store.get_session("s")).title == "t"
+        assert [m.text for m in await store.load_messages("s")] == ["kept"]
+    finally:
+        await store.close()
+
+
+# --- the event loop stays free -----------------------------------------------------------
+
+
+async def test_the_event_loop_stays_responsive_under_a_write_heavy_load(
+    store: wingspan.Store,
+) -> None:
+    worst = 0.0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal worst
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            expected = loop.time() + 0.001
+            await asyncio.sleep(0.001)
+            worst = max(worst, loop.time() - expected)
+
+    async def writer(n: int) -> None:
+        session_id = f"s{n}"
+        await store.create_session(SessionRecord(id=session_id))
+        for i in range(150):
+            await store.append_messages(session_id, [text("user", f"{i} " + "x" * 2000)])
+            if i % 50 == 49:
+                await store.load_messages(session_id)
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.wait_for(asyncio.gather(*(writer(n) for n in range(8))), 60)
+    stop.set()
+    await tick
+    print(f"worst event-loop stall: {worst * 1000:.2f} ms")
+    assert worst < 0.1
