@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from .agent import Agent
 from .errors import ConfigError, ConflictError, NotFoundError, ProviderError, WingspanError
 from .history import repair_history
@@ -211,7 +213,7 @@ class Session:
         context = _ContextFactory(self, run_id, tool_settings)
         async with self._lock:
             if store is not None:
-                await self._claim(store, run_id, agent)
+                run_record = await self._claim(store, run_id, agent)
             try:
                 await self._append(message)
                 while True:
@@ -320,7 +322,7 @@ class Session:
                 if store is not None:
                     usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
                     await _shielded(
-                        self._finish(store, run_id, agent, status, steps, usage, stop_reason, error)
+                        self._finish(store, run_record, status, steps, usage, stop_reason, error)
                     )
 
         done = Done(
@@ -377,17 +379,22 @@ class Session:
         for message in repair_history(self._history):
             await self._append(message)
 
-    async def _claim(self, store: Store, run_id: str, agent: Agent) -> None:
-        if not self._stored:
-            try:
-                await store.get_session(self.id)
-            except NotFoundError:
-                work_dir = str(self.work_dir) if self.work_dir else None
+    async def _claim(self, store: Store, run_id: str, agent: Agent) -> RunRecord:
+        """Hold the session for this run (creating its record on first use), bring the
+        history up to date, and record the run as started."""
+        try:
+            granted = await store.claim_session(self.id, run_id)
+        except NotFoundError:
+            if self._stored:
+                raise  # deleted meanwhile: not ours to bring back
+            work_dir = str(self.work_dir) if self.work_dir else None
+            with contextlib.suppress(ConflictError):  # created meanwhile by another run
                 await store.create_session(
                     SessionRecord(id=self.id, title=self.title, work_dir=work_dir)
                 )
-            self._stored = True
-        if not await store.claim_session(self.id, run_id):
+            granted = await store.claim_session(self.id, run_id)
+        self._stored = True
+        if not granted:
             raise ConflictError(f"session {self.id} is busy with another run")
         try:
             record = await store.get_session(self.id)
@@ -395,16 +402,17 @@ class Session:
                 # Another process ran on this session since we loaded it.
                 self._history[:] = await store.load_messages(self.id)
             await self._repair()
-            await store.save_run(RunRecord(id=run_id, session_id=self.id, agent_id=agent.id))
+            run = RunRecord(id=run_id, session_id=self.id, agent_id=agent.id)
+            await store.save_run(run)
         except BaseException:
             await _shielded(store.release_session(self.id, run_id))
             raise
+        return run
 
     async def _finish(
         self,
         store: Store,
-        run_id: str,
-        agent: Agent,
+        run: RunRecord,
         status: Any,
         steps: int,
         usage: Usage,
@@ -412,14 +420,10 @@ class Session:
         error: str | None,
     ) -> None:
         try:
-            record = await store.get_run(run_id)
             await store.save_run(
-                RunRecord(
-                    id=run_id,
-                    session_id=self.id,
-                    agent_id=agent.id,
+                attrs.evolve(
+                    run,
                     status=status,
-                    started_at=record.started_at,
                     finished_at=utc_now(),
                     steps=steps,
                     usage=usage,
@@ -428,7 +432,7 @@ class Session:
                 )
             )
         finally:
-            await store.release_session(self.id, run_id)
+            await store.release_session(self.id, run.id)
 
 
 class RunStream:

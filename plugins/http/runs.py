@@ -61,7 +61,7 @@ class Subscriber:
 
     async def next_event(self, timeout: float) -> StreamEvent | None:
         """The next event, or ``None`` after ``timeout`` seconds of silence."""
-        event = self._ready()
+        event = self.ready()
         if event is not None:
             return event
         self.wakeup.clear()
@@ -70,9 +70,10 @@ class Subscriber:
                 await self.wakeup.wait()
         except TimeoutError:
             return None
-        return self._ready()
+        return self.ready()
 
-    def _ready(self) -> StreamEvent | None:
+    def ready(self) -> StreamEvent | None:
+        """The next event if one is waiting, without waiting: ``None`` if none is."""
         if self.dropped is not None:
             return self.dropped
         try:
@@ -123,7 +124,14 @@ class Run:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)
 
-    def publish(self, event: StreamEvent) -> None:
+    def publish(self, event: StreamEvent) -> bool:
+        """Queue ``event`` for every subscriber, dropping those whose queue is full.
+
+        :returns: whether a subscriber has a backlog (an eighth of its buffer or more), so
+            that the run should let the streaming clients catch up before going on.
+        """
+        behind = False
+        backlog = max(1, self.buffer // 8)
         for subscriber in list(self.subscribers):
             if not subscriber.put(event):
                 self.subscribers.discard(subscriber)
@@ -132,6 +140,9 @@ class Run:
                     "this client fell too far behind the run and was disconnected; the run "
                     "goes on and is saved (GET the session for its history)",
                 ))
+            elif subscriber.queue.qsize() >= backlog:
+                behind = True
+        return behind
 
     async def wait(self) -> Done | ErrorEvent:
         """The run's outcome; cancelling the waiter never cancels the run."""
@@ -205,7 +216,13 @@ class RunManager:
                 async for event in events:
                     if type(event) is Done:
                         outcome = event
-                    run.publish(event)
+                    if run.publish(event):
+                        # Events that come without a wait (a scripted provider, a burst
+                        # from one network read) would otherwise fill the queue of a client
+                        # reading as fast as it can before it is ever scheduled. One turn
+                        # of the loop lets it send its backlog; a client that really is
+                        # slow still falls behind and is dropped, never waited for.
+                        await asyncio.sleep(0)
         except asyncio.CancelledError:
             if run.cancel_reason == STOPPING:
                 outcome = _error(STOPPING, "the server is stopping; the run was aborted and "

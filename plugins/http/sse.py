@@ -46,12 +46,20 @@ async def event_stream(
     try:
         while True:
             event = await subscriber.next_event(ping_interval)
-            number += 1
             if event is None:
+                number += 1
                 yield frame(number, Ping(), converter)
                 continue
-            yield frame(number, event, converter)
-            if type(event) is Done or type(event) is ErrorEvent:
-                return
+            # The events already queued go out together: one write to the socket instead
+            # of one per event when the run is ahead of this client.
+            frames = []
+            while event is not None:
+                number += 1
+                frames.append(frame(number, event, converter))
+                if type(event) is Done or type(event) is ErrorEvent:
+                    yield b"".join(frames)
+                    return
+                event = subscriber.ready()
+            yield b"".join(frames)
     finally:
         run.unsubscribe(subscriber)

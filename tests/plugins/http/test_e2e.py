@@ -186,3 +186,22 @@ def test_two_processes_on_one_database(tmp_path: Path) -> None:
     finally:
         for running in servers:
             assert running.stop() == 0
+
+
+def test_a_burst_of_events_reaches_a_client_reading_as_fast_as_it_can(server: Server) -> None:
+    """A provider that yields many events without waiting (the test provider; a burst parsed
+    from one network read) must not overrun a client that keeps up: every frame arrives and
+    the stream ends with `done`, not with `too_slow`."""
+    text = "word " * 2000  # with chunk_size 4: several thousand text_delta events
+    with httpx.Client(base_url=server.base_url, timeout=WAIT) as http:
+        agent_id = http.post("/agents", json={
+            "name": "chatty", "options": {"script": [text], "chunk_size": 4},
+        }).json()["id"]
+        session_id = http.post("/sessions").json()["id"]
+        response = http.post(f"/sessions/{session_id}/message/stream",
+                             json={"agent_id": agent_id, "message": "talk"})
+    frames = parse_sse(response.text)
+    kinds = [event for _, event, _ in frames]
+    assert kinds[-1] == "done", kinds[-3:]
+    assert [number for number, _, _ in frames] == list(range(1, len(frames) + 1))
+    assert "".join(d["text"] for _, e, d in frames if e == "text_delta") == text
