@@ -221,6 +221,67 @@ def _structure_timestamp(value: Any, _: Any) -> datetime:
     return parsed.astimezone(UTC)
 
 
+class _NotFast(Exception):
+    """The fast path declines: the general path decides (and names any failure)."""
+
+
+_TEXT_KEYS = frozenset({"type", "text"})
+_TOOL_USE_KEYS = frozenset({"type", "id", "name", "input"})
+_TOOL_RESULT_KEYS = frozenset({"type", "tool_use_id", "content", "is_error"})
+
+
+def _message_fast(value: Any) -> t.Message:
+    """Build a message from well-formed JSON with direct checks, as strict as the general
+    path; anything unusual is left to it. Histories are loaded a message at a time, so this
+    is on the path of every store load."""
+    if type(value) is not dict or len(value) != 2:
+        raise _NotFast
+    role = value.get("role")
+    content = value.get("content")
+    if (role != "user" and role != "assistant") or type(role) is not str:
+        raise _NotFast
+    if type(content) is not list:
+        raise _NotFast
+    blocks: list[t.ContentBlock] = []
+    for block in content:
+        if type(block) is not dict:
+            raise _NotFast
+        kind = block.get("type")
+        if kind == "text":
+            text = block.get("text")
+            if type(text) is not str or block.keys() != _TEXT_KEYS:
+                raise _NotFast
+            blocks.append(t.TextBlock(text=text))
+        elif kind == "tool_use":
+            id_, name, input_ = block.get("id"), block.get("name"), block.get("input")
+            if (type(id_) is not str or type(name) is not str or type(input_) is not dict
+                    or block.keys() != _TOOL_USE_KEYS):
+                raise _NotFast
+            blocks.append(t.ToolUseBlock(id=id_, name=name, input=input_))
+        elif kind == "tool_result":
+            use_id, text = block.get("tool_use_id"), block.get("content")
+            is_error = block.get("is_error", False)
+            if (type(use_id) is not str or type(text) is not str or type(is_error) is not bool
+                    or not block.keys() <= _TOOL_RESULT_KEYS or len(block) < 3):
+                raise _NotFast
+            blocks.append(t.ToolResultBlock(tool_use_id=use_id, content=text, is_error=is_error))
+        else:
+            raise _NotFast
+    return t.Message(role=role, content=tuple(blocks))
+
+
+def _register_fast_message(converter: cattrs.Converter) -> None:
+    general = _attrs_structure_factory(t.Message, converter)
+
+    def structure_message(value: Any, tp: Any) -> t.Message:
+        try:
+            return _message_fast(value)
+        except _NotFast:
+            return general(value, tp)  # type: ignore[no-any-return]
+
+    converter.register_structure_hook(t.Message, structure_message)
+
+
 def make_converter() -> cattrs.Converter:
     """Build a new strict JSON converter knowing every kernel wire type."""
     converter = _make_json_converter(forbid_extra_keys=True, detailed_validation=True)
@@ -248,6 +309,7 @@ def make_converter() -> cattrs.Converter:
         _register_union(converter, union)
     for cls in TAGGED:
         register_tagged(converter, cls)
+    _register_fast_message(converter)
     return converter
 
 

@@ -618,3 +618,66 @@ def test_mutation_walker_sees_nested_fields() -> None:
     assert found[("instructions",)] == {"string", "null"}
     assert found[("options",)] == {"object"}
     assert ("options", "temperature") not in found
+
+
+def _mutations(payload: Any) -> list[Any]:
+    """Every payload made from ``payload`` by replacing one value (with a value of each JSON
+    type), adding one key to an object, or dropping one key or item."""
+    results: list[Any] = []
+
+    def places(node: Any, path: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        found = [path]
+        keys = list(node) if isinstance(node, dict) else range(len(node))
+        for key in keys:
+            child = node[key]
+            if isinstance(child, dict | list):
+                found += places(child, (*path, key))
+            else:
+                found.append((*path, key))
+        return found
+
+    def at(root: Any, path: tuple[Any, ...]) -> Any:
+        for key in path:
+            root = root[key]
+        return root
+
+    for path in places(payload, ()):
+        if not path:
+            continue
+        for value in (None, True, 1, 1.5, "x", [], {}, [1], {"type": "text"}):
+            copied = copy.deepcopy(payload)
+            at(copied, path[:-1])[path[-1]] = value
+            results.append(copied)
+        copied = copy.deepcopy(payload)
+        parent = at(copied, path[:-1])
+        del parent[path[-1]]
+        results.append(copied)
+        node = at(payload, path)
+        if isinstance(node, dict):
+            for key in ("x", "type", "text", "id", "is_error"):
+                copied = copy.deepcopy(payload)
+                at(copied, path)[key] = 1
+                results.append(copied)
+    return results
+
+
+@settings(max_examples=40)
+@given(message=s.messages)
+def test_the_fast_message_path_is_exactly_as_strict_as_the_general_one(
+    message: t.Message,
+) -> None:
+    """Messages are structured by a fast path (every store load goes through it); given any
+    one-place change of a valid payload, it must answer exactly as the general path does."""
+    general = wire.make_converter()
+    general.register_structure_hook(t.Message, wire._attrs_structure_factory(t.Message, general))
+    payload = _json_round_trip(wire.unstructure(message))
+    for candidate in [payload, *_mutations(payload)]:
+        try:
+            expected: Any = wire.structure(candidate, t.Message, general)
+        except wingspan.ValidationError as exc:
+            expected = exc.details
+        try:
+            got: Any = wire.structure(candidate, t.Message)
+        except wingspan.ValidationError as exc:
+            got = exc.details
+        assert got == expected, candidate
