@@ -267,7 +267,7 @@ def _message_fast(value: Any) -> t.Message:
             blocks.append(t.ToolResultBlock(tool_use_id=use_id, content=text, is_error=is_error))
         else:
             raise _NotFast
-    return t.Message(role=role, content=tuple(blocks))
+    return t.Message(role=role, content=tuple(blocks))  # type: ignore[arg-type]
 
 
 def _register_fast_message(converter: cattrs.Converter) -> None:
