@@ -1,4 +1,4 @@
-"""The provider conformance suite, and the scriptable fake HTTP server it runs against.
+"""The provider conformance suite, run against a scriptable fake HTTP server.
 
 A provider plugin proves it behaves like every other provider by running the shared
 scenarios against a fake of its API: plain text; text then a tool call whose input arrives
@@ -28,6 +28,8 @@ and how to build your provider for a base URL::
 
 The tests are plain synchronous methods (each runs its own event loop), so they need no
 pytest plugin; the server binds 127.0.0.1 on a free port and every wait is bounded.
+The server (:class:`FakeServer`, :class:`Reply`, :class:`Pause`, :data:`DROP`,
+:class:`RecordedRequest`) lives in :mod:`wingspan.fake_server`; it is re-exported here.
 This module needs only the standard library and wingspan; pytest is imported when a
 scenario is skipped.
 """
@@ -43,6 +45,7 @@ from typing import Any, TypeVar
 
 from .agent import Agent
 from .errors import ProviderError
+from .fake_server import DROP, FakeServer, Pause, RecordedRequest, Reply
 from .history import check_history
 from .providers import Provider
 from .runtime import Runtime, Settings
@@ -82,214 +85,6 @@ __all__ = [
 T = TypeVar("T")
 #: The longest any scenario may take, and the longest wait on any one thing.
 SCENARIO_TIMEOUT = 30.0
-
-
-# --- the fake server ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Pause:
-    """In a reply's chunks: wait ``seconds`` before the next chunk (or until the client
-    goes away, which :attr:`FakeServer.disconnected` then reports)."""
-
-    seconds: float
-
-
-class _Drop:
-    def __repr__(self) -> str:
-        return "DROP"
-
-
-#: In a reply's chunks: close the connection there, without finishing the body.
-DROP = _Drop()
-
-Chunk = bytes | Pause | _Drop
-
-
-@dataclasses.dataclass(frozen=True)
-class Reply:
-    """One scripted HTTP response: a status, headers, and the body as chunks, each written
-    (and flushed) on its own. ``chunked`` bodies use ``Transfer-Encoding: chunked``, so a
-    :data:`DROP` is a protocol-level cut; otherwise the connection closes after the body."""
-
-    status: int = 200
-    headers: tuple[tuple[str, str], ...] = ()
-    chunks: tuple[Chunk, ...] = ()
-    chunked: bool = True
-
-    @classmethod
-    def json(cls, body: Any, *, status: int = 200,
-             headers: Iterable[tuple[str, str]] = ()) -> Reply:
-        """A whole JSON response."""
-        return cls(status=status, headers=(("content-type", "application/json"), *headers),
-                   chunks=(json.dumps(body).encode(),), chunked=False)
-
-    @classmethod
-    def stream(cls, chunks: Iterable[Chunk], *, content_type: str = "text/event-stream",
-               headers: Iterable[tuple[str, str]] = ()) -> Reply:
-        """A streamed response."""
-        return cls(headers=(("content-type", content_type), ("cache-control", "no-cache"),
-                            *headers), chunks=tuple(chunks))
-
-    def cut(self, keep: int | None = None, *, then: Sequence[Chunk] = (DROP,)) -> Reply:
-        """This reply with only its first ``keep`` body chunks (default: half), followed
-        by ``then`` (default: the connection dropped)."""
-        data = [c for c in self.chunks if isinstance(c, bytes)]
-        keep = max(1, len(data) // 2) if keep is None else keep
-        return dataclasses.replace(self, chunks=(*data[:keep], *then))
-
-    def insert(self, chunk: Chunk, at: int | None = None) -> Reply:
-        """This reply with ``chunk`` inserted before body chunk ``at`` (default: halfway)."""
-        data = [c for c in self.chunks if isinstance(c, bytes)]
-        at = max(1, len(data) // 2) if at is None else at
-        return dataclasses.replace(self, chunks=(*data[:at], chunk, *data[at:]))
-
-
-@dataclasses.dataclass(frozen=True)
-class RecordedRequest:
-    """A request the fake server received."""
-
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]  # names lower-cased
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
-
-
-class FakeServer:
-    """A tiny HTTP/1.1 server on 127.0.0.1 that records every request and answers each
-    with the next scripted :class:`Reply` (keep-alive included). Use it as ``async with``.
-
-    :param replies: the replies in order; add more with :meth:`add`, or answer through
-        ``handler`` instead (``request -> Reply``). A request with nothing scripted gets a
-        418 naming the problem.
-    """
-
-    def __init__(self, replies: Iterable[Reply] = (), *,
-                 handler: Callable[[RecordedRequest], Reply] | None = None) -> None:
-        self.requests: list[RecordedRequest] = []
-        self.disconnected = asyncio.Event()
-        self._replies = list(replies)
-        self._handler = handler
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the fake server is not started: use it as `async with`")
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}"
-
-    def add(self, *replies: Reply) -> None:
-        self._replies.extend(replies)
-
-    async def __aenter__(self) -> FakeServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        # Aborting the connections ends every handler (its reads see end of file);
-        # cancelling them instead would have asyncio log their cancellation as an error.
-        for writer in list(self._writers):
-            writer.transport.abort()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=SCENARIO_TIMEOUT)
-            for task in pending:
-                task.cancel()
-        await asyncio.wait_for(self._server.wait_closed(), SCENARIO_TIMEOUT)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        try:
-            while await self._one(reader, writer):
-                pass
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            self._writers.discard(writer)
-            writer.transport.abort()
-
-    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        """Answer one request; whether the connection stays open for another."""
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            return False
-        lines = head.decode("latin-1").split("\r\n")
-        method, target, _ = lines[0].split(" ", 2)
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        path, _, query = target.partition("?")
-        request = RecordedRequest(method=method, path=path, query=query, headers=headers,
-                                  body=body)
-        self.requests.append(request)
-        reply = self._next(request)
-        status_line = f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Status')}\r\n"
-        lines_out = [status_line] + [f"{k}: {v}\r\n" for k, v in reply.headers]
-        data = [c for c in reply.chunks if isinstance(c, bytes)]
-        if reply.chunked:
-            lines_out.append("transfer-encoding: chunked\r\n")
-        elif DROP not in reply.chunks and not any(isinstance(c, Pause) for c in reply.chunks):
-            lines_out.append(f"content-length: {sum(map(len, data))}\r\n")
-        else:
-            lines_out.append("connection: close\r\n")
-        writer.write("".join(lines_out).encode("latin-1") + b"\r\n")
-        await writer.drain()
-        for chunk in reply.chunks:
-            if isinstance(chunk, _Drop):
-                return False
-            if isinstance(chunk, Pause):
-                if await self._client_left(reader, chunk.seconds):
-                    self.disconnected.set()
-                    return False
-                continue
-            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if reply.chunked else chunk)
-            await writer.drain()
-        if reply.chunked:
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
-            return True
-        return "content-length" in "".join(lines_out)
-
-    async def _client_left(self, reader: asyncio.StreamReader, seconds: float) -> bool:
-        try:
-            data = await asyncio.wait_for(reader.read(1), seconds)
-        except TimeoutError:
-            return False
-        return data == b""
-
-    def _next(self, request: RecordedRequest) -> Reply:
-        if self._handler is not None:
-            return self._handler(request)
-        if self._replies:
-            return self._replies.pop(0)
-        return Reply.json(
-            {"error": f"fake server: no reply scripted for request {len(self.requests)} "
-                      f"({request.method} {request.path})"},
-            status=418,
-        )
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 418: "I'm a teapot", 429: "Too Many Requests",
-            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
-            529: "Overloaded"}
 
 
 # --- scripted turns ------------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""What the HTTP providers (anthropic, openai, ollama) share, written once.
+
+- :func:`parse_options` — the common options, checked, plus each provider's extras
+  (:mod:`.options`);
+- :class:`HttpClient` — the streaming POST with retries *before* the stream starts, and the
+  mapping of every failure to a :class:`~wingspan.ProviderError` that says what to do
+  (:mod:`.client`);
+- :class:`SSEDecoder` and :class:`NDJSONDecoder` — the two stream framings (:mod:`.framing`);
+- :class:`BlockWriter` — turns "some text, then a tool call, then..." into the kernel's
+  ``content_block_start``/``delta``/``content_block_stop`` shape (:mod:`.blocks`);
+- :class:`ModelCatalog` — the embedded catalog merged with the provider's list endpoint,
+  cached for an hour (:mod:`.catalog`).
+
+A private helper package, not a plugin: the providers use it as ``_http.X``, through the
+names below. httpx is imported only when a request is made, so importing the provider
+plugins stays cheap.
+"""
+
+from __future__ import annotations
+
+from .blocks import BlockWriter, call_id_prefix
+from .catalog import ModelCatalog
+from .client import HttpClient, api_message, retry_after, retry_delay
+from .framing import NDJSONDecoder, ServerSentEvent, SSEDecoder, load_json
+from .options import (
+    Check,
+    Settings,
+    check_bool,
+    check_choice,
+    check_headers,
+    check_int,
+    check_number,
+    check_str,
+    check_str_list,
+    parse_options,
+)
+
+__all__ = [
+    "BlockWriter",
+    "Check",
+    "HttpClient",
+    "ModelCatalog",
+    "NDJSONDecoder",
+    "SSEDecoder",
+    "ServerSentEvent",
+    "Settings",
+    "api_message",
+    "call_id_prefix",
+    "check_bool",
+    "check_choice",
+    "check_headers",
+    "check_int",
+    "check_number",
+    "check_str",
+    "check_str_list",
+    "load_json",
+    "parse_options",
+    "retry_after",
+    "retry_delay",
+]

@@ -1,0 +1,135 @@
+"""The two stream framings: ``text/event-stream`` (:class:`SSEDecoder`) and
+newline-delimited JSON (:class:`NDJSONDecoder`), both fed bytes as they arrive."""
+
+from __future__ import annotations
+
+import codecs
+import json
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from .client import HttpClient
+
+
+@attrs.frozen
+class ServerSentEvent:
+    """One dispatched SSE event (the WHATWG event-stream format)."""
+
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEDecoder:
+    """Incremental ``text/event-stream`` parser: ``event``, ``data`` (several lines join
+    with ``\\n``), ``id`` and ``retry`` fields; ``:`` comments; LF, CRLF or CR line ends,
+    also split across chunks; UTF-8 split across chunks; a leading BOM."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
+        self._started = False
+        self._after_cr = False
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+        self._retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """Take the next bytes; return the events they complete."""
+        text = self._decoder.decode(chunk)
+        if not self._started and text:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        if self._after_cr and text:
+            # The previous chunk ended with a CR: an LF now is the rest of that CRLF.
+            self._after_cr = False
+            text = text.removeprefix("\n")
+        text = self._buffer + text
+        events: list[ServerSentEvent] = []
+        start = 0
+        length = len(text)
+        while start < length:
+            cr = text.find("\r", start)
+            lf = text.find("\n", start)
+            if cr == -1 and lf == -1:
+                break
+            end = lf if cr == -1 else cr if lf == -1 else min(cr, lf)
+            after = end + 1
+            if text[end] == "\r":
+                if after == length:
+                    self._after_cr = True
+                elif text[after] == "\n":
+                    after += 1
+            event = self._line(text[start:end])
+            if event is not None:
+                events.append(event)
+            start = after
+        self._buffer = text[start:]
+        return events
+
+    def _line(self, line: str) -> ServerSentEvent | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self._id = value
+        elif name == "retry" and value.isdigit():
+            self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> ServerSentEvent | None:
+        if not self._data:
+            self._event = ""
+            return None
+        event = ServerSentEvent(
+            data="\n".join(self._data), event=self._event or "message", id=self._id,
+            retry=self._retry,
+        )
+        self._data = []
+        self._event = ""
+        return event
+
+
+class NDJSONDecoder:
+    """Incremental newline-delimited JSON: one value per line, blank lines skipped."""
+
+    def __init__(self, client: HttpClient) -> None:
+        self._client = client
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        lines = (self._buffer + chunk).split(b"\n")
+        self._buffer = lines.pop()
+        return [self._parse(line) for line in lines if line.strip()]
+
+    def close(self) -> list[Any]:
+        """Values left at the end of the stream (a last line without its newline)."""
+        rest, self._buffer = self._buffer, b""
+        return [self._parse(rest)] if rest.strip() else []
+
+    def _parse(self, line: bytes) -> Any:
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise self._client.malformed(f"a line is not JSON: {line[:120]!r}") from None
+
+
+def load_json(client: HttpClient, data: str) -> Any:
+    """An SSE event's data as JSON, or the malformed-chunk error."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise client.malformed(f"an event's data is not JSON: {data[:120]!r}") from None
