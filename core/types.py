@@ -87,6 +87,17 @@ class ToolResultBlock:
 ContentBlock: TypeAlias = TextBlock | ToolUseBlock | ToolResultBlock
 
 
+def _to_blocks(value: Any) -> tuple[ContentBlock, ...]:
+    """``content`` as a tuple of blocks: a string is one text block, a list becomes a tuple."""
+    if type(value) is tuple:
+        return value
+    if isinstance(value, str):
+        return (TextBlock(text=value),)
+    if isinstance(value, list):
+        return tuple(value)
+    raise TypeError(f"Message content must be a tuple of blocks or a string, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Message:
     """One turn of a conversation.
@@ -96,7 +107,7 @@ class Message:
     """
 
     role: Role
-    content: tuple[ContentBlock, ...]
+    content: tuple[ContentBlock, ...] = attrs.field(converter=_to_blocks)
 
     @property
     def text(self) -> str:

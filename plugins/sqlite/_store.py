@@ -28,7 +28,7 @@ from wingspan import (
 from . import _jobs as jobs
 from ._options import Options
 from ._schema import connect, create_file, migrate, store_error
-from ._worker import Worker, settle
+from ._worker import Worker, notify
 
 T = TypeVar("T")
 
@@ -235,7 +235,7 @@ class SqliteStore:
             futures = self._waiters.pop(session_id, set())
         for future in futures:
             if not future.done():
-                future.get_loop().call_soon_threadsafe(settle, [(future, None, None)])
+                notify(future.get_loop(), [(future, None, None)])
 
     def _renew(self, connection: sqlite3.Connection) -> None:
         """Keep this store's claims alive (run in the writer thread while it is idle)."""

@@ -191,14 +191,41 @@ class Worker:
             notify(loop, results)
 
 
-def notify(
-    loop: asyncio.AbstractEventLoop, results: list[tuple[asyncio.Future[Any], Any, Any]]
-) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-        loop.call_soon_threadsafe(settle, results)
+Result: TypeAlias = tuple[asyncio.Future[Any], Any, Any]
+
+#: Results handed to each event loop that it has not taken yet (see :func:`notify`).
+_pending: dict[asyncio.AbstractEventLoop, list[Result]] = {}
+_pending_lock = threading.Lock()
 
 
-def settle(results: list[tuple[asyncio.Future[Any], Any, Any]]) -> None:
+def notify(loop: asyncio.AbstractEventLoop, results: list[Result]) -> None:
+    """Hand ``results`` to ``loop``. Waking a loop is a thread switch (tens of µs here), so
+    results that arrive before it has taken the previous ones (from the writer and the
+    reader, or from several jobs) ride on the same wake-up: whoever finds no results
+    pending schedules the one :func:`_deliver` that takes them all."""
+    with _pending_lock:
+        pending = _pending.get(loop)
+        if pending is not None:
+            pending.extend(results)
+            return
+        # A loop closed before it ran its delivery leaves its results here: drop them.
+        for closed in [other for other in _pending if other.is_closed()]:
+            del _pending[closed]
+        _pending[loop] = results
+    try:
+        loop.call_soon_threadsafe(_deliver, loop)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        with _pending_lock:
+            _pending.pop(loop, None)
+
+
+def _deliver(loop: asyncio.AbstractEventLoop) -> None:
+    with _pending_lock:
+        results = _pending.pop(loop, [])
+    settle(results)
+
+
+def settle(results: list[Result]) -> None:
     for future, value, error in results:
         if future.done():
             continue

@@ -681,3 +681,11 @@ def test_the_fast_message_path_is_exactly_as_strict_as_the_general_one(
         except wingspan.ValidationError as exc:
             got = exc.details
         assert got == expected, candidate
+
+
+def test_message_content_may_be_given_as_a_string_or_a_list() -> None:
+    assert t.Message(role="user", content="hi").content == (t.TextBlock(text="hi"),)
+    block = t.TextBlock(text="a")
+    assert t.Message(role="user", content=[block]).content == (block,)
+    with pytest.raises(TypeError, match="tuple of blocks or a string"):
+        t.Message(role="user", content=5)  # type: ignore[arg-type]
