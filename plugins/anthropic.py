@@ -164,15 +164,11 @@ class _Translator:
 
     def feed(self, sse: _http.ServerSentEvent) -> Iterable[StreamEvent]:
         data = _http.load_json(self._client, sse.data)
-        if not isinstance(data, dict):
-            raise self._client.malformed(f"an event is not a JSON object: {sse.data[:120]!r}")
-        kind = data.get("type", sse.event)
-        try:
-            return self._event(kind, data)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise self._client.malformed(
-                f"unexpected {kind} event ({type(exc).__name__}: {exc}): {sse.data[:120]!r}"
-            ) from None
+        kind = data.get("type", sse.event) if isinstance(data, dict) else sse.event
+        return _http.translate(
+            self._client, data, lambda item: self._event(kind, item),
+            what="an event", label=f"{kind} event", shown=repr(sse.data[:120]),
+        )
 
     def _event(self, kind: str, data: dict[str, Any]) -> list[StreamEvent]:
         if kind == "message_start":

@@ -166,18 +166,14 @@ class _Translator:
     def feed(self, chunk: Any) -> list[StreamEvent]:
         if self.done:
             return []
-        if not isinstance(chunk, dict):
-            raise self._client.malformed(f"a line is not a JSON object: {chunk!r:.120}")
-        if chunk.get("error") is not None:
-            raise self._client.stream_error(chunk)
-        try:
-            return self._chunk(chunk)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise self._client.malformed(
-                f"unexpected chunk ({type(exc).__name__}: {exc}): {json.dumps(chunk)[:120]}"
-            ) from None
+        return _http.translate(
+            self._client, chunk, self._chunk, what="a line", label="chunk",
+            shown=f"{json.dumps(chunk)[:120]}",
+        )
 
     def _chunk(self, chunk: dict[str, Any]) -> list[StreamEvent]:
+        if chunk.get("error") is not None:
+            raise self._client.stream_error(chunk)
         events: list[StreamEvent] = []
         if not self._started:
             self._started = True

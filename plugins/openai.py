@@ -211,18 +211,14 @@ class _Translator:
             self.done = True
             return []
         chunk = _http.load_json(self._client, data)
-        if not isinstance(chunk, dict):
-            raise self._client.malformed(f"a chunk is not a JSON object: {data[:120]!r}")
-        if chunk.get("error") is not None:
-            raise self._client.stream_error(chunk)
-        try:
-            return self._chunk(chunk)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise self._client.malformed(
-                f"unexpected chunk ({type(exc).__name__}: {exc}): {data[:120]!r}"
-            ) from None
+        return _http.translate(
+            self._client, chunk, self._chunk, what="a chunk", label="chunk",
+            shown=repr(data[:120]),
+        )
 
     def _chunk(self, chunk: dict[str, Any]) -> list[StreamEvent]:
+        if chunk.get("error") is not None:
+            raise self._client.stream_error(chunk)
         events: list[StreamEvent] = []
         if not self._started:
             self._started = True

@@ -21,7 +21,7 @@ from __future__ import annotations
 from .blocks import BlockWriter, call_id_prefix
 from .catalog import ModelCatalog
 from .client import HttpClient, api_message, retry_after, retry_delay
-from .framing import NDJSONDecoder, ServerSentEvent, SSEDecoder, load_json
+from .framing import NDJSONDecoder, ServerSentEvent, SSEDecoder, load_json, translate
 from .options import (
     Check,
     Settings,
@@ -57,4 +57,5 @@ __all__ = [
     "parse_options",
     "retry_after",
     "retry_delay",
+    "translate",
 ]

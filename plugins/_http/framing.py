@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import codecs
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -127,9 +128,38 @@ class NDJSONDecoder:
             raise self._client.malformed(f"a line is not JSON: {line[:120]!r}") from None
 
 
+T = TypeVar("T")
+
+
 def load_json(client: HttpClient, data: str) -> Any:
     """An SSE event's data as JSON, or the malformed-chunk error."""
     try:
         return json.loads(data)
     except ValueError:
         raise client.malformed(f"an event's data is not JSON: {data[:120]!r}") from None
+
+
+def translate(
+    client: HttpClient,
+    item: Any,
+    handle: Callable[[dict[str, Any]], T],
+    *,
+    what: str,
+    label: str,
+    shown: str,
+) -> T:
+    """Translate one decoded stream item with ``handle``.
+
+    An item that is not a JSON object, or that ``handle`` cannot read (a missing key, a wrong
+    type), is a malformed-stream :class:`~wingspan.ProviderError` naming it: ``what`` names
+    the item in the first case (``"a chunk"``), ``label`` in the second (``"chunk"``), and
+    ``shown`` is the raw text quoted.
+    """
+    if not isinstance(item, dict):
+        raise client.malformed(f"{what} is not a JSON object: {shown}")
+    try:
+        return handle(item)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise client.malformed(
+            f"unexpected {label} ({type(exc).__name__}: {exc}): {shown}"
+        ) from None
