@@ -1,6 +1,6 @@
 """The Quart application factory. There is no module-level app: :func:`create_app` builds
-one per runtime and configuration, and keeps its long-lived resources (store, run manager,
-model catalog) on ``app.extensions["wingspan"]``."""
+one per runtime and configuration, and keeps its long-lived resources (store, run manager)
+on ``app.extensions["wingspan"]``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from quart import Quart, current_app, request
 
 from wingspan import Runtime, Store, ValidationError, wire
 
-from .catalog import ModelCatalog
 from .config import ServerConfig
 from .errors import ApiError, install_error_handlers
 from .middleware import install_middleware
@@ -34,7 +33,6 @@ class ServerState:
     runtime: Runtime
     config: ServerConfig
     runs: RunManager
-    catalog: ModelCatalog
     #: Opened before serving (or given to :func:`create_app`), closed after.
     store: Store | None = None
     owns_store: bool = True
@@ -85,7 +83,6 @@ def create_app(
         runtime=runtime,
         config=config,
         runs=RunManager(buffer=config.subscriber_buffer),
-        catalog=ModelCatalog(),
         store=cast(Store, TrackingStore(store)) if store is not None else None,
         owns_store=store is None,
     )

@@ -9,7 +9,16 @@ from typing import Any
 import attrs
 from quart import Blueprint
 
-from wingspan import Agent, AgentRecord, NotFoundError, WingspanError, new_id, utc_now, wire
+from wingspan import (
+    Agent,
+    AgentRecord,
+    NotFoundError,
+    ProviderSpec,
+    WingspanError,
+    new_id,
+    utc_now,
+    wire,
+)
 
 from ..app import ServerState, read_body, state
 from ..errors import ApiError
@@ -134,23 +143,28 @@ async def build_agent(server: ServerState, record: AgentRecord) -> Agent:
     if refused:
         raise ApiError(400, f"agent {record.id}: tools not allowed on this server: "
                        f"{', '.join(refused)}")
-    provider_options: dict[str, Any] = {}
-    if "api_key" in spec.auth_types:
-        credential = await server.require_store().get_credential(spec.name)
-        key = credential.key if credential is not None else None
-        if key is None and spec.env_key and server.config.env_fallback:
-            key = os.environ.get(spec.env_key) or None
-        if key is not None:
-            provider_options["api_key"] = key
-        elif not server.config.env_fallback:
-            raise ApiError(
-                400,
-                f"provider {spec.name!r} has no API key: store one with PUT /provider/auth "
-                "(the server's environment fallback is off)",
-            )
+    provider_options = await credential_options(server, spec)
+    if "api_key" in spec.auth_types and not provider_options and not server.config.env_fallback:
+        raise ApiError(
+            400,
+            f"provider {spec.name!r} has no API key: store one with PUT /provider/auth "
+            "(the server's environment fallback is off)",
+        )
     try:
         return Agent.from_record(record, server.runtime, provider_options=provider_options)
     except NotFoundError as exc:
         raise ApiError(400, f"agent {record.id}: {exc}") from None
     except WingspanError as exc:
         raise ApiError(400, f"the provider of agent {record.id} cannot be built: {exc}") from None
+
+
+async def credential_options(server: ServerState, spec: ProviderSpec) -> dict[str, Any]:
+    """``{"api_key": ...}`` for a provider that takes a key: the stored one, else (unless the
+    config turns it off) its environment variable's; ``{}`` when there is none."""
+    if "api_key" not in spec.auth_types:
+        return {}
+    credential = await server.require_store().get_credential(spec.name)
+    key = credential.key if credential is not None else None
+    if key is None and spec.env_key and server.config.env_fallback:
+        key = os.environ.get(spec.env_key) or None
+    return {"api_key": key} if key is not None else {}

@@ -7,11 +7,15 @@ from typing import Any
 
 from quart import Blueprint
 
-from wingspan import Credential, ProviderSpec, utc_now, wire
+from wingspan import Credential, ModelInfo, ProviderSpec, utc_now, wire
 
 from ..app import read_body, state
 from ..errors import ApiError
 from ..shapes import CredentialStatus, CredentialsView, ProviderView, PutCredentialsRequest, Status
+from .agents import credential_options
+
+#: Seconds the models routes wait for a provider's list endpoint.
+CATALOG_TIMEOUT = 5.0
 
 blueprint = Blueprint("providers", __name__)
 
@@ -45,16 +49,23 @@ async def get_provider(provider_id: str) -> Any:
     return wire.unstructure(_view(_spec(provider_id)), state().converter)
 
 
+async def _models(spec: ProviderSpec) -> tuple[ModelInfo, ...]:
+    """The embedded catalog, merged with the provider's own list when it answers (cached an
+    hour by the provider; asked once, briefly, so that an unreachable API cannot hold the
+    request up)."""
+    options = await credential_options(state(), spec)
+    return await spec.catalog({**options, "timeout": CATALOG_TIMEOUT, "max_retries": 0})
+
+
 @blueprint.get("/provider/<provider_id>/models")
 async def list_models(provider_id: str) -> Any:
-    models = await state().catalog.models(_spec(provider_id))
-    return [_model_json(m) for m in models]
+    return [_model_json(m) for m in await _models(_spec(provider_id))]
 
 
 @blueprint.get("/provider/<provider_id>/models/<path:model_id>")
 async def get_model(provider_id: str, model_id: str) -> Any:
     spec = _spec(provider_id)
-    for model in await state().catalog.models(spec):
+    for model in await _models(spec):
         if model.id == model_id:
             return _model_json(model)
     raise ApiError(404, f"provider {provider_id!r} has no model {model_id!r} in its catalog")

@@ -59,6 +59,12 @@ async def test_health_and_discovery(client: Client) -> None:
     model = await (await client.get("/provider/keyed/models/org/k-2")).get_json()
     assert model["id"] == "org/k-2"
     await error_of(await client.get("/provider/keyed/models/none"), 404)
+    # with a key, the provider's own list is asked (briefly, without retries) and merged in
+    await client.put("/provider/auth", json={"providers": {"keyed": {"type": "api_key",
+                                                                     "key": "sk-test"}}})
+    listed = await (await client.get("/provider/keyed/models/k-listed")).get_json()
+    assert listed == {"id": "k-listed", "name": "max_retries=0,timeout=5.0"}
+    await client.delete("/provider/auth/keyed")
     tools = await (await client.get("/tools")).get_json()
     slow = next(t for t in tools if t["name"] == "slow")
     assert slow["plugin"] == "tooling" and slow["input_schema"]["type"] == "object"

@@ -100,12 +100,23 @@ def wingspan_tools() -> list[wingspan.Tool]:
     return [slow]
 
 
+KEYED_MODELS = (ModelInfo(id="k-1", name="K one", context_window=1000),
+                ModelInfo(id="org/k-2", name="K two"))
+
+
+async def list_keyed_models(options: Mapping[str, Any]) -> tuple[ModelInfo, ...]:
+    """Like a real list endpoint: it answers only with a key (and says what it was asked)."""
+    if "api_key" not in options:
+        return KEYED_MODELS
+    asked = ",".join(f"{k}={v}" for k, v in sorted(options.items()) if k != "api_key")
+    return (*KEYED_MODELS, ModelInfo(id="k-listed", name=asked))
+
+
 @wingspan.hookimpl
 def wingspan_providers() -> list[ProviderSpec]:
     return [ProviderSpec(name="keyed", display_name="Keyed (tests)", factory=make_keyed,
-                         auth_types=("api_key",), env_key=KEY_ENV,
-                         models=(ModelInfo(id="k-1", name="K one", context_window=1000),
-                                 ModelInfo(id="org/k-2", name="K two")))]
+                         auth_types=("api_key",), env_key=KEY_ENV, models=KEYED_MODELS,
+                         list_models=list_keyed_models)]
 
 
 @wingspan.hookimpl
