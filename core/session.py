@@ -84,6 +84,8 @@ class Session:
         self._runtime = runtime
         self._lock = asyncio.Lock()
         self._stored = False
+        #: Whether the history here is known to mirror the store's (as of our last write).
+        self._synced = False
         self._run: RunStream | None = None
 
     def __repr__(self) -> str:
@@ -128,7 +130,7 @@ class Session:
             title=record.title,
             runtime=runtime,
         )
-        session._stored = True
+        session._stored = session._synced = True
         session._history = await store.load_messages(session_id)
         # Repair only while holding the session: a run in progress (here or in another
         # process) owns the end of the history, and its next run repairs what it must.
@@ -382,6 +384,7 @@ class Session:
     async def _claim(self, store: Store, run_id: str, agent: Agent) -> RunRecord:
         """Hold the session for this run (creating its record on first use), bring the
         history up to date, and record the run as started."""
+        created = False
         try:
             granted = await store.claim_session(self.id, run_id)
         except NotFoundError:
@@ -392,15 +395,22 @@ class Session:
                 await store.create_session(
                     SessionRecord(id=self.id, title=self.title, work_dir=work_dir)
                 )
+                created = True
             granted = await store.claim_session(self.id, run_id)
         self._stored = True
         if not granted:
             raise ConflictError(f"session {self.id} is busy with another run")
         try:
-            record = await store.get_session(self.id)
-            if record.message_count != len(self._history):
-                # Another process ran on this session since we loaded it.
+            if created:
+                if self._history:  # the history this session was given to start from
+                    await store.append_messages(self.id, tuple(self._history))
+            elif not self._synced:
+                # A session object made for a stored session: the store has its history.
                 self._history[:] = await store.load_messages(self.id)
+            elif (await store.get_session(self.id)).message_count != len(self._history):
+                # Another process ran on this session since we last wrote to it.
+                self._history[:] = await store.load_messages(self.id)
+            self._synced = True
             await self._repair()
             run = RunRecord(id=run_id, session_id=self.id, agent_id=agent.id)
             await store.save_run(run)

@@ -452,3 +452,34 @@ async def test_the_run_id_is_known_before_the_run_starts(runtime: wingspan.Runti
     events = [e async for e in stream]
     assert events[-1].run_id == stream.result.run_id == stream.run_id
     assert session.stream("again").run_id != stream.run_id
+
+
+async def test_a_session_given_a_history_and_a_store_saves_that_history(
+    runtime: wingspan.Runtime,
+) -> None:
+    store = await runtime.open_store("memory://")
+    start = [Message(role="user", content="hello"), Message(role="assistant", content="hi")]
+    session = Session(agent=Agent(name="t", provider=scripted(["again"])), store=store,
+                      history=start, runtime=runtime)
+    await session.run("more")
+    stored = await store.load_messages(session.id)
+    assert stored == list(session.history) and stored[:2] == start and len(stored) == 4
+
+
+async def test_a_session_object_for_a_stored_session_takes_its_history_from_the_store(
+    runtime: wingspan.Runtime,
+) -> None:
+    store = await runtime.open_store("memory://")
+    first = Session(agent=Agent(name="t", provider=scripted(["one"])), store=store,
+                    runtime=runtime)
+    await first.run("first")
+    # what a server does on every message: a new object for the stored session
+    second = Session(agent=Agent(name="t", provider=scripted(["two"])), store=store,
+                     id=first.id, runtime=runtime)
+    await second.run("second")
+    assert [m.text for m in await store.load_messages(first.id)] == [
+        "first", "one", "second", "two"
+    ]
+    # and the first object sees what the second one wrote
+    await first.run("third")
+    assert [m.text for m in first.history] == ["first", "one", "second", "two", "third", "one"]
