@@ -105,6 +105,10 @@ class MemoryStore:
         del self._messages[session_id]
         for run_id in [r.id for r in self._runs.values() if r.session_id == session_id]:
             del self._runs[run_id]
+        self._holders.pop(session_id, None)
+        for _, future in self._waiters.pop(session_id, ()):
+            if not future.done():
+                future.set_exception(NotFoundError(f"session {session_id!r} was deleted"))
 
     async def list_sessions(
         self, *, limit: int = 50, cursor: str | None = None
@@ -150,7 +154,8 @@ class MemoryStore:
             await asyncio.wait_for(asyncio.shield(future), timeout)
             return True
         except TimeoutError:
-            if future.done():  # granted just as the wait ran out: keep it
+            if future.done():  # granted (or the session deleted) just as the wait ran out
+                future.result()
                 return True
             queue.remove(entry)
             return False

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import HealthCheck, settings
 
 import wingspan
-from wingspan.plugins.memory import MemoryStore
-from wingspan.testing import make_runtime, store_state_machine
+from wingspan.testing import ClaimContract, make_runtime, store_state_machine
 
 
 async def _open() -> wingspan.Store:
@@ -23,34 +20,8 @@ TestMemoryStoreContract.settings = settings(
 )
 
 
-async def test_claims_are_first_come_first_served() -> None:
-    store = MemoryStore()
-    await store.create_session(wingspan.SessionRecord(id="s"))
-    assert await store.claim_session("s", "first")
-    order: list[str] = []
-
-    async def wait_turn(holder: str) -> None:
-        assert await store.claim_session("s", holder)
-        order.append(holder)
-        await store.release_session("s", holder)
-
-    waiters = []
-    for holder in ("second", "third", "fourth"):
-        waiters.append(asyncio.create_task(wait_turn(holder)))
-        await asyncio.sleep(0)  # queue them in this order
-    assert not await store.claim_session("s", "late", wait=False)
-    await store.release_session("s", "first")
-    await asyncio.wait_for(asyncio.gather(*waiters), 5)
-    assert order == ["second", "third", "fourth"]
-
-
-async def test_claim_wait_times_out_and_leaves_the_queue() -> None:
-    store = MemoryStore()
-    await store.create_session(wingspan.SessionRecord(id="s"))
-    assert await store.claim_session("s", "holder")
-    assert not await store.claim_session("s", "patient", timeout=0.01)
-    await store.release_session("s", "holder")
-    assert await store.claim_session("s", "next", wait=False)
+class TestMemoryStoreClaims(ClaimContract):
+    open_store = staticmethod(_open)
 
 
 async def test_bad_urls_and_limits_are_clear_errors() -> None:

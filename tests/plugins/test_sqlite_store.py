@@ -34,7 +34,7 @@ from wingspan import (
     check_history,
 )
 from wingspan.plugins.sqlite import MIGRATIONS, default_path, migrate, parse_url
-from wingspan.testing import make_runtime, scripted, store_state_machine
+from wingspan.testing import ClaimContract, make_runtime, scripted, store_state_machine
 
 WAIT = 10  # seconds: every wait is bounded
 
@@ -79,66 +79,8 @@ TestSqliteStoreContract.settings = settings(max_examples=60, stateful_step_count
 # --- claims in one process ---------------------------------------------------------------
 
 
-async def test_claims_are_first_come_first_served(store: wingspan.Store) -> None:
-    await store.create_session(SessionRecord(id="s"))
-    assert await store.claim_session("s", "first")
-    order: list[str] = []
-
-    async def wait_turn(holder: str) -> None:
-        assert await store.claim_session("s", holder)
-        order.append(holder)
-        await store.release_session("s", holder)
-
-    waiters = []
-    for holder in ("second", "third", "fourth"):
-        waiters.append(asyncio.create_task(wait_turn(holder)))
-        await asyncio.sleep(0)  # queue them in this order
-    await asyncio.sleep(0.05)
-    assert not await store.claim_session("s", "late", wait=False)
-    await store.release_session("s", "first")
-    await asyncio.wait_for(asyncio.gather(*waiters), WAIT)
-    assert order == ["second", "third", "fourth"]
-
-
-async def test_claim_wait_times_out_and_leaves_the_queue(store: wingspan.Store) -> None:
-    await store.create_session(SessionRecord(id="s"))
-    assert await store.claim_session("s", "holder")
-    started = time.monotonic()
-    assert not await store.claim_session("s", "patient", timeout=0.05)
-    assert time.monotonic() - started < WAIT
-    await store.release_session("s", "holder")
-    assert await store.claim_session("s", "next", wait=False)
-
-
-async def test_a_cancelled_waiter_leaves_the_queue(store: wingspan.Store) -> None:
-    await store.create_session(SessionRecord(id="s"))
-    assert await store.claim_session("s", "holder")
-    waiter = asyncio.create_task(store.claim_session("s", "impatient"))
-    await asyncio.sleep(0.05)
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(waiter, WAIT)
-    await store.release_session("s", "holder")
-    assert await store.claim_session("s", "next", wait=False)
-
-
-async def test_release_by_a_non_holder_is_a_no_op(store: wingspan.Store) -> None:
-    await store.create_session(SessionRecord(id="s"))
-    assert await store.claim_session("s", "holder")
-    await store.release_session("s", "someone-else")
-    await store.release_session("missing-session", "holder")
-    assert not await store.claim_session("s", "other", wait=False)
-    assert await store.claim_session("s", "holder", wait=False)  # the holder may claim again
-
-
-async def test_deleting_a_session_ends_its_waits(store: wingspan.Store) -> None:
-    await store.create_session(SessionRecord(id="s"))
-    assert await store.claim_session("s", "holder")
-    waiter = asyncio.create_task(store.claim_session("s", "waiting"))
-    await asyncio.sleep(0.05)
-    await store.delete_session("s")
-    with pytest.raises(wingspan.NotFoundError):
-        await asyncio.wait_for(waiter, WAIT)
+class TestSqliteStoreClaims(ClaimContract):
+    open_store = staticmethod(_open_fresh)
 
 
 async def test_a_live_holder_keeps_its_claim_past_the_lease_ttl(tmp_path: Path) -> None:
