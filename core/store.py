@@ -84,10 +84,17 @@ class RunRecord:
 
 @attrs.frozen(kw_only=True)
 class Credential:
-    """A provider credential. Its ``repr`` never shows the key."""
+    """A provider credential. Its ``repr`` never shows the key.
+
+    :ivar type: what kind of credential ``key`` is (``"api_key"``).
+    :ivar key: the secret itself.
+    :ivar base_url: the endpoint the key may be sent to, when that is not the provider's
+        official one (a proxy, a self-hosted server); ``None``: the provider's own.
+    """
 
     type: str = "api_key"
     key: str = attrs.field(repr=False)
+    base_url: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -158,8 +165,14 @@ class Store(Protocol):
     async def get_run(self, run_id: str) -> RunRecord: ...
 
     # credentials
-    async def set_credential(self, provider: str, credential: Credential) -> None: ...
-    async def get_credential(self, provider: str) -> Credential | None: ...
+    async def set_credential(self, provider: str, credential: Credential) -> None:
+        """Store ``credential`` (key, type and ``base_url``) for ``provider``, replacing any."""
+    async def get_credential(self, provider: str) -> Credential | None:
+        """The credential stored for ``provider`` (``None``: none is).
+
+        :raises StoreError: when it is stored encrypted and cannot be decrypted (no secret
+            key, or another one, is configured); the message says which key to set.
+        """
     async def delete_credential(self, provider: str) -> bool:
         """:returns: whether a credential was stored."""
     async def list_credentials(self) -> dict[str, str]:

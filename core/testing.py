@@ -373,9 +373,12 @@ class StoreStateMachine(RuleBasedStateMachine):
 
     # --- credentials ------------------------------------------------------------------------
 
-    @rule(provider=st.sampled_from(["anthropic", "openai", "ollama"]), key=_names)
-    def set_credential(self, provider: str, key: str) -> None:
-        credential = Credential(type="api_key", key=key)
+    @rule(provider=st.sampled_from(["anthropic", "openai", "ollama"]), key=_names,
+          kind=st.sampled_from(["api_key", "oauth"]),
+          base_url=st.none() | st.just("http://localhost:11434/v1") | _names)
+    def set_credential(self, provider: str, key: str, kind: str, base_url: str | None) -> None:
+        """Set or replace a credential: its type, key and base URL come back as they went in."""
+        credential = Credential(type=kind, key=key, base_url=base_url)
         self.call(self.store.set_credential, provider, credential)
         self.model_credentials[provider] = credential
 

@@ -197,7 +197,8 @@ run_records = st.builds(
     stop_reason=st.none() | stop_reasons,
     error=st.none() | texts,
 )
-credentials = st.builds(store.Credential, type=st.just("api_key") | texts, key=texts)
+credentials = st.builds(store.Credential, type=st.just("api_key") | texts, key=texts,
+                        base_url=st.none() | texts)
 
 #: Every wire type with its strategy (the store records included).
 WIRE_TYPES: dict[type, st.SearchStrategy[Any]] = {

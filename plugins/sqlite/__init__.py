@@ -8,6 +8,9 @@ transactions in WAL mode, and runs on a session are serialised by a lease table.
 No database call runs on the event loop. Each store has two threads, each with its own
 connection: a writer that commits whatever has queued up in one transaction (group commit,
 one savepoint per call so a failing call undoes only itself), and a reader.
+
+With a secret key (the store setting ``secret_key``, else ``$WINGSPAN_SECRET_KEY``) credential
+keys are encrypted at rest with AES-256-GCM; see ``docs/store.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import wingspan
 from wingspan import ConfigError, StoreSpec
 
 from ._options import Options
+from ._secrets import SECRET_KEY_ENV, SECRET_KEY_SETTING, Cipher, load_key
 
 if TYPE_CHECKING:
     from ._store import SqliteStore
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULTS",
     "MIGRATIONS",
+    "SECRET_KEY_ENV",
+    "SECRET_KEY_SETTING",
     "Options",
     "SqliteStore",
     "default_path",
@@ -105,7 +111,10 @@ def parse_url(url: str, settings: Mapping[str, Any] | None = None) -> tuple[Path
 async def open_sqlite_store(url: str, settings: Mapping[str, Any]) -> SqliteStore:
     """Open (creating and migrating if needed) the database a ``sqlite://`` URL names.
 
-    :raises ConfigError: for a malformed URL or option.
+    With a secret key (``settings["secret_key"]``, else ``$WINGSPAN_SECRET_KEY``, read now)
+    credential keys are stored encrypted, and any stored in the clear are encrypted on open.
+
+    :raises ConfigError: for a malformed URL, option or secret key.
     :raises StoreError: for a path that cannot be opened, a corrupt or foreign file, a
         database from a newer wingspan, or one locked past the timeout.
     """
@@ -114,7 +123,9 @@ async def open_sqlite_store(url: str, settings: Mapping[str, Any]) -> SqliteStor
     from ._store import SqliteStore
 
     path, options = parse_url(url, settings)
-    store = SqliteStore(path, options)
+    key = load_key(settings)
+    cipher = None if key is None else Cipher(key)  # only then is cryptography imported
+    store = SqliteStore(path, options, cipher)
     await store._start()
     return store
 

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -481,22 +481,54 @@ def save_run(tx: Tx, run_id: str, session_id: str, status: str, body: str) -> No
     )
 
 
-def set_credential(tx: Tx, provider: str, kind: str, key: str) -> None:
-    tx.conn.execute(
-        "INSERT OR REPLACE INTO credentials (provider, type, key) VALUES (?, ?, ?)",
-        (provider, kind, key),
-    )
-
-
-def get_credential(tx: Tx, provider: str) -> tuple[str, str] | None:
-    row = tx.conn.execute(
-        "SELECT type, key FROM credentials WHERE provider = ?", (provider,)
+def set_credential(
+    tx: Tx, provider: str, kind: str, base_url: str | None, key: str | None, sealed: bytes | None
+) -> None:
+    """Store a credential, its key plain (``key``) or sealed (``sealed``)."""
+    replacing = tx.conn.execute(
+        "SELECT 1 FROM credentials WHERE provider = ?", (provider,)
     ).fetchone()
-    return None if row is None else (row[0], row[1])
+    tx.conn.execute(
+        "INSERT OR REPLACE INTO credentials (provider, type, base_url, key, sealed) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (provider, kind, base_url, key, sealed),
+    )
+    if replacing:
+        tx.truncate_wal = True  # the old key's bytes must not stay in the log
+
+
+def get_credential(
+    tx: Tx, provider: str
+) -> tuple[str, str | None, str | None, bytes | None] | None:
+    """``(type, base_url, key, sealed)`` of ``provider``'s credential, if one is stored."""
+    row = tx.conn.execute(
+        "SELECT type, base_url, key, sealed FROM credentials WHERE provider = ?", (provider,)
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2], row[3])
 
 
 def delete_credential(tx: Tx, provider: str) -> bool:
-    return bool(tx.conn.execute("DELETE FROM credentials WHERE provider = ?", (provider,)).rowcount)
+    deleted = bool(
+        tx.conn.execute("DELETE FROM credentials WHERE provider = ?", (provider,)).rowcount
+    )
+    if deleted:
+        tx.truncate_wal = True
+    return deleted
+
+
+def seal_plain_credentials(tx: Tx, seal: Callable[[str, str, str | None, str], bytes]) -> int:
+    """Seal the keys stored in the clear. :returns: how many there were."""
+    rows = tx.conn.execute(
+        "SELECT provider, type, base_url, key FROM credentials WHERE key IS NOT NULL"
+    ).fetchall()
+    for provider, kind, base_url, key in rows:
+        tx.conn.execute(
+            "UPDATE credentials SET key = NULL, sealed = ? WHERE provider = ?",
+            (seal(provider, kind, base_url, key), provider),
+        )
+    if rows:
+        tx.truncate_wal = True
+    return len(rows)
 
 
 def list_credentials(tx: Tx) -> dict[str, str]:

@@ -61,6 +61,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX waiters_by_session ON lease_waiters (session_pk, ticket)",
         "CREATE INDEX waiters_by_owner ON lease_waiters (owner)",
     ),
+    (
+        # A credential may name the endpoint its key goes to, and its key may be sealed
+        # (encrypted, see ``_secrets``): ``key`` holds a plain key, ``sealed`` a sealed one,
+        # never both. SQLite cannot alter a column, so the table is copied.
+        """CREATE TABLE credentials_2 (
+            provider TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            base_url TEXT,
+            key TEXT,
+            sealed BLOB,
+            CHECK ((key IS NULL) != (sealed IS NULL)))""",
+        """INSERT INTO credentials_2 (provider, type, key)
+            SELECT provider, type, key FROM credentials""",
+        "DROP TABLE credentials",
+        "ALTER TABLE credentials_2 RENAME TO credentials",
+    ),
 )
 
 
@@ -106,11 +122,23 @@ def connect(path: Path, options: Options, *, read_only: bool) -> sqlite3.Connect
         # In WAL mode NORMAL loses nothing when the process is killed, only on power loss.
         connection.execute(f"PRAGMA synchronous = {options.synchronous.upper()}")
         connection.execute("PRAGMA foreign_keys = ON")
+        # Deleted rows (a replaced or deleted credential key) are zeroed, not left in free space.
+        connection.execute("PRAGMA secure_delete = ON")
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header
     except BaseException:
         connection.close()
         raise
     return connection
+
+
+def truncate_wal(connection: sqlite3.Connection) -> None:
+    """Copy the write-ahead log into the database file and empty it, so that the old pages
+    it holds (with the bytes of a deleted or replaced credential) are gone from the disk.
+
+    Best effort: while another connection reads, the log cannot be emptied; its old
+    frames are then overwritten by later commits.
+    """
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def migrate(

@@ -27,8 +27,9 @@ from wingspan import (
 
 from . import _jobs as jobs
 from ._options import Options
-from ._schema import connect, create_file, migrate, store_error
-from ._worker import Worker, notify
+from ._schema import connect, create_file, migrate, store_error, truncate_wal
+from ._secrets import Cipher, check_format, no_key_error
+from ._worker import Tx, Worker, notify
 
 T = TypeVar("T")
 
@@ -37,9 +38,10 @@ class SqliteStore:
     """A :class:`wingspan.Store` in a SQLite file. Open it with :func:`open_sqlite_store`
     (or ``wingspan.open_store("sqlite:///path")``)."""
 
-    def __init__(self, path: Path, options: Options) -> None:
+    def __init__(self, path: Path, options: Options, cipher: Cipher | None = None) -> None:
         self.path = path
         self.options = options
+        self._cipher = cipher  # None: credentials are kept as they are given
         self._timeout = options.timeout
         self._ttl = options.lease_ttl
         self._owner = uuid.uuid4().hex  # renews this store's leases and waiting tickets
@@ -78,6 +80,18 @@ class SqliteStore:
         connection = connect(self.path, self.options, read_only=False)
         try:
             migrate(connection, self.path)
+            if self._cipher is not None:
+                # Keys stored before a secret key was configured are sealed now.
+                tx = Tx(connection)
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    jobs.seal_plain_credentials(tx, self._cipher.seal)
+                    connection.execute("COMMIT")
+                finally:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                if tx.truncate_wal:
+                    truncate_wal(connection)
         except BaseException:
             connection.close()
             raise
@@ -260,11 +274,25 @@ class SqliteStore:
     # --- credentials ------------------------------------------------------------------------
 
     async def set_credential(self, provider: str, credential: Credential) -> None:
-        await self._write(jobs.set_credential, provider, credential.type, credential.key)
+        kind, base_url, key = credential.type, credential.base_url, credential.key
+        if self._cipher is None:
+            await self._write(jobs.set_credential, provider, kind, base_url, key, None)
+        else:
+            sealed = self._cipher.seal(provider, kind, base_url, key)
+            await self._write(jobs.set_credential, provider, kind, base_url, None, sealed)
 
     async def get_credential(self, provider: str) -> Credential | None:
         row = await self._read(jobs.get_credential, provider)
-        return None if row is None else Credential(type=row[0], key=row[1])
+        if row is None:
+            return None
+        kind, base_url, key, sealed = row
+        if key is None:
+            assert sealed is not None  # the table's CHECK
+            if self._cipher is None:
+                check_format(provider, sealed)
+                raise no_key_error(provider)
+            key = self._cipher.unseal(provider, kind, base_url, sealed)
+        return Credential(type=kind, key=key, base_url=base_url)
 
     async def delete_credential(self, provider: str) -> bool:
         return await self._write(jobs.delete_credential, provider)

@@ -14,18 +14,25 @@ from typing import Any, TypeAlias
 import wingspan
 from wingspan import StoreError
 
+from ._schema import truncate_wal
+
 #: The most jobs committed in one transaction.
 MAX_BATCH = 64
 
 
 class Tx:
-    """What a job sees: the connection, and effects to apply once its transaction commits."""
+    """What a job sees: the connection, and effects to apply once its transaction commits.
 
-    __slots__ = ("conn", "effects")
+    A job that removed a secret sets ``truncate_wal``: once the transaction commits, the
+    write-ahead log is copied into the database file and emptied, before the call returns.
+    """
+
+    __slots__ = ("conn", "effects", "truncate_wal")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.effects: list[Callable[[], None]] = []
+        self.truncate_wal = False
 
 
 Job: TypeAlias = tuple[
@@ -172,6 +179,10 @@ class Worker:
                 connection.execute("ROLLBACK")
             self._settle(batch, txs, None, self._error(exc))
             return
+        if any(tx.truncate_wal for tx in txs):
+            # Committed either way; a log that cannot be emptied now is overwritten later.
+            with contextlib.suppress(sqlite3.Error):
+                truncate_wal(connection)
         self._settle(batch, txs, values, None)
 
     @staticmethod

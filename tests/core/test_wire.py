@@ -85,7 +85,8 @@ def test_a_timestamp_without_time_zone_is_rejected() -> None:
 
 def test_credential_round_trips_but_never_shows_its_key_in_repr() -> None:
     credential = store.Credential(key="sk-secret")
-    assert wire.unstructure(credential) == {"type": "api_key", "key": "sk-secret"}
+    assert wire.unstructure(credential) == {"type": "api_key", "key": "sk-secret",
+                                            "base_url": None}
     assert "sk-secret" not in repr(credential)
 
 

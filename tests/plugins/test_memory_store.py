@@ -33,3 +33,12 @@ async def test_bad_urls_and_limits_are_clear_errors() -> None:
     store = await runtime.open_store("memory://")
     with pytest.raises(wingspan.ConfigError, match="limit"):
         await store.list_sessions(limit=0)
+
+
+async def test_a_credential_keeps_its_type_and_base_url() -> None:
+    store = await _open()
+    credential = wingspan.Credential(type="oauth", key="tok", base_url="http://localhost:8080/v1")
+    await store.set_credential("openai", credential)
+    assert await store.get_credential("openai") == credential
+    assert await store.list_credentials() == {"openai": "oauth"}
+    assert "tok" not in repr(credential) and "localhost:8080" in repr(credential)

@@ -7,6 +7,7 @@ in ``test_sqlite_processes.py``. Every store is opened through :func:`open_sqlit
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import sqlite3
 import stat
@@ -39,9 +40,9 @@ from wingspan.testing import ClaimContract, make_runtime, scripted, store_state_
 WAIT = 10  # seconds: every wait is bounded
 
 
-async def open_sqlite(url: str) -> wingspan.Store:
+async def open_sqlite(url: str, **stores: Any) -> wingspan.Store:
     """Open a ``sqlite://`` store through an isolated runtime's registry (the entry point)."""
-    runtime = make_runtime()
+    runtime = make_runtime(stores=stores)
     return await runtime.open_store(url)
 
 
@@ -74,6 +75,18 @@ async def _open_fresh() -> wingspan.Store:
 
 TestSqliteStoreContract = store_state_machine(_open_fresh).TestCase
 TestSqliteStoreContract.settings = settings(max_examples=60, stateful_step_count=40)
+
+_SECRET_KEY = base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+async def _open_fresh_encrypted() -> wingspan.Store:
+    url = f"sqlite://{_contract_dir[-1]}/{wingspan.new_id()}.db"
+    return await open_sqlite(url, secret_key=_SECRET_KEY)
+
+
+# The same contract with credentials encrypted at rest (see test_sqlite_secrets.py).
+TestEncryptedSqliteStoreContract = store_state_machine(_open_fresh_encrypted).TestCase
+TestEncryptedSqliteStoreContract.settings = settings(max_examples=20, stateful_step_count=40)
 
 
 # --- claims in one process ---------------------------------------------------------------
@@ -224,8 +237,13 @@ async def test_listing_pages_have_no_gaps_or_duplicates_while_rows_are_added(
 async def test_credentials_are_kept_but_never_listed(store: wingspan.Store) -> None:
     await store.set_credential("anthropic", Credential(key="sk-secret"))
     assert await store.get_credential("anthropic") == Credential(key="sk-secret")
+    proxied = Credential(key="sk-2", base_url="https://proxy.example/v1")
+    await store.set_credential("openai", proxied)
+    assert await store.get_credential("openai") == proxied
+    await store.set_credential("openai", Credential(key="sk-3"))
+    assert await store.get_credential("openai") == Credential(key="sk-3", base_url=None)
     listed = await store.list_credentials()
-    assert listed == {"anthropic": "api_key"}
+    assert listed == {"anthropic": "api_key", "openai": "api_key"}
     assert "sk-secret" not in repr(listed)
     assert "sk-secret" not in repr(await store.get_credential("anthropic"))
 
@@ -409,6 +427,20 @@ def test_migrations_apply_in_order_and_a_failed_one_leaves_the_database_as_it_wa
         db.close()
 
 
+async def test_credentials_of_a_version_1_database_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    migrate(db, path, MIGRATIONS[:1])
+    db.execute("INSERT INTO credentials VALUES ('anthropic', 'api_key', 'sk-old')")
+    db.close()
+    store = await open_sqlite(f"sqlite://{path}")
+    try:
+        assert await store.get_credential("anthropic") == Credential(key="sk-old")
+        assert await store.list_credentials() == {"anthropic": "api_key"}
+    finally:
+        await store.close()
+
+
 async def test_data_survives_reopening(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path}/x.db"
     store = await open_sqlite(url)
@@ -416,6 +448,8 @@ async def test_data_survives_reopening(tmp_path: Path) -> None:
     await store.create_agent(agent)
     await store.create_session(SessionRecord(id="s", title="t"))
     await store.append_messages("s", [text("user", "kept")])
+    credential = Credential(type="oauth", key="tok", base_url="http://localhost:8080/v1")
+    await store.set_credential("openai", credential)
     await store.close()
     await store.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):
@@ -425,6 +459,7 @@ async def test_data_survives_reopening(tmp_path: Path) -> None:
         assert await store.get_agent(agent.id) == agent
         assert (await store.get_session("s")).title == "t"
         assert [m.text for m in await store.load_messages("s")] == ["kept"]
+        assert await store.get_credential("openai") == credential
     finally:
         await store.close()
 
