@@ -26,7 +26,14 @@ class WingspanError(Exception):
 
 
 class ConfigError(WingspanError):
-    """Bad settings or bad constructor arguments: the message says what to fix."""
+    """Bad settings or bad constructor arguments: the message says what to fix.
+
+    :param option: the option at fault, when one is (so a server can name its field).
+    """
+
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class PluginLoadError(WingspanError):

@@ -79,6 +79,18 @@ class ProviderSpec:
     :ivar list_models: the catalog merged with the provider's own list endpoint, given the
         provider options (``base_url``, key); never fails (the embedded catalog when the
         endpoint cannot be reached). ``None``: the embedded catalog is all there is.
+    :ivar base_url: the provider's official endpoint, the one its key belongs to. A provider
+        that sets it takes the options ``base_url``, ``api_key`` and ``env_fallback`` (as the
+        built-in HTTP providers do), so that a server can decide where a stored or
+        environment key may be sent: to this endpoint, or one its operator bound the key to.
+    :ivar operator_options: options that choose where credentials come from (``api_key``,
+        ``api_key_env``...): settings for whoever runs the provider, never for the clients
+        of a server, which refuses them in the agents it is sent.
+    :ivar secret_options: options whose values (or, for an object of header names, the values
+        of headers that carry credentials) a server never shows back.
+    :ivar check_options: checks an agent's options without building the provider or looking
+        for a key; raises :class:`~wingspan.ConfigError` naming the unknown or ill-typed
+        option. ``None``: the options are checked when the provider is built.
     """
 
     name: str
@@ -88,6 +100,10 @@ class ProviderSpec:
     models: tuple[ModelInfo, ...] = ()
     env_key: str | None = None
     list_models: Callable[[Mapping[str, Any]], Awaitable[tuple[ModelInfo, ...]]] | None = None
+    base_url: str | None = None
+    operator_options: tuple[str, ...] = ()
+    secret_options: tuple[str, ...] = ()
+    check_options: Callable[[Mapping[str, Any]], object] | None = None
 
     async def catalog(self, options: Mapping[str, Any] | None = None) -> tuple[ModelInfo, ...]:
         """The models to show: :attr:`list_models` when there is one, else :attr:`models`."""

@@ -273,7 +273,8 @@ def encode_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
 def make_anthropic_provider(options: Mapping[str, Any]) -> AnthropicProvider:
     """Build the provider. :raises ConfigError: for bad options or a missing key."""
     settings = parse_options(options)
-    if not settings.api_key:
+    # Another base URL (a proxy, a local server speaking the Messages API) may need none.
+    if not settings.api_key and _http.same_origin(settings.base_url, DEFAULT_BASE_URL):
         raise ConfigError(
             f"{NAME}: no API key — set {ENV_KEY}, or pass the api_key option"
         )
@@ -333,5 +334,6 @@ def wingspan_providers() -> list[ProviderSpec]:
             models=MODELS,
             env_key=ENV_KEY,
             list_models=model_catalog(),
+            **_http.spec_fields(DEFAULT_BASE_URL, parse_options),
         )
     ]

@@ -304,5 +304,6 @@ def wingspan_providers() -> list[ProviderSpec]:
             models=MODELS,
             env_key=ENV_KEY,
             list_models=model_catalog(),
+            **_http.spec_fields(DEFAULT_BASE_URL, parse_options),
         )
     ]

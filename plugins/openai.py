@@ -91,7 +91,7 @@ def parse_options(options: Mapping[str, Any]) -> _http.Settings:
     # OPENAI_API_KEY goes to OpenAI only: another server gets a key only when asked for.
     return _http.parse_options(
         options, provider=NAME, base_url=DEFAULT_BASE_URL, extras=EXTRAS,
-        env_key=lambda base_url: ENV_KEY if is_openai(base_url) else None,
+        env_key=ENV_KEY,  # read only for OpenAI's own endpoint (https, its host)
     )
 
 
@@ -387,5 +387,6 @@ def wingspan_providers() -> list[ProviderSpec]:
             models=MODELS,
             env_key=ENV_KEY,
             list_models=model_catalog(),
+            **_http.spec_fields(DEFAULT_BASE_URL, parse_options),
         )
     ]

@@ -315,6 +315,7 @@ def wingspan_providers() -> list[ProviderSpec]:
             name=NAME,
             display_name="Test (offline, scripted)",
             factory=make_test_provider,
+            check_options=make_test_provider,
             auth_types=(),
             models=(ModelInfo(id="test", name="Test model", context_window=200_000),),
         )

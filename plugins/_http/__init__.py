@@ -25,6 +25,7 @@ from .framing import NDJSONDecoder, ServerSentEvent, SSEDecoder, load_json, tran
 from .options import (
     Check,
     Settings,
+    check_base_url,
     check_bool,
     check_choice,
     check_headers,
@@ -32,7 +33,10 @@ from .options import (
     check_number,
     check_str,
     check_str_list,
+    origin,
     parse_options,
+    same_origin,
+    spec_fields,
 )
 
 __all__ = [
@@ -46,6 +50,7 @@ __all__ = [
     "Settings",
     "api_message",
     "call_id_prefix",
+    "check_base_url",
     "check_bool",
     "check_choice",
     "check_headers",
@@ -54,8 +59,11 @@ __all__ = [
     "check_str",
     "check_str_list",
     "load_json",
+    "origin",
     "parse_options",
     "retry_after",
     "retry_delay",
+    "same_origin",
+    "spec_fields",
     "translate",
 ]

@@ -2,6 +2,10 @@
 
 :func:`parse_options` checks a provider's options and finds its API key; the ``check_*``
 functions are the checks, for the common options and for the extras a provider declares.
+
+A key found in the environment goes only to the provider's official endpoint: with another
+``base_url`` (a local server, a proxy), the key must be given (``api_key``, ``api_key_env``),
+so that pointing an agent elsewhere never hands the operator's key to that place.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -25,7 +30,13 @@ COMMON_OPTIONS = (
     "max_retries",
     "retry_base_delay",
     "retry_max_delay",
+    "env_fallback",
 )
+#: Options that choose where the key comes from: for whoever runs the provider, never for the
+#: clients of a server (:attr:`wingspan.ProviderSpec.operator_options`).
+OPERATOR_OPTIONS = ("api_key", "api_key_env", "env_fallback")
+#: Options whose values carry credentials (:attr:`wingspan.ProviderSpec.secret_options`).
+SECRET_OPTIONS = ("api_key", "headers")
 #: Options a request may override through ``Agent.options`` (plus the provider's extras).
 PER_CALL_OPTIONS = ("model", "max_tokens", "temperature")
 
@@ -99,7 +110,34 @@ def check_choice(*choices: str) -> Check:
 def check_base_url(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("must be an http:// or https:// URL") from None
+    if not parts.hostname or "\\" in value or any(c.isspace() for c in value):
+        raise ValueError("must be an http:// or https:// URL with a host")
     return value.rstrip("/")
+
+
+def origin(url: str) -> tuple[str, str, int] | None:
+    """The origin of an http(s) URL: scheme, host (lower case) and port (the scheme's default
+    when none is given); ``None`` for anything else. Keys belong to origins."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Whether two URLs share scheme, host and port."""
+    first = origin(a)
+    return first is not None and first == origin(b)
 
 
 _COMMON_CHECKS: dict[str, Check] = {
@@ -113,6 +151,7 @@ _COMMON_CHECKS: dict[str, Check] = {
     "max_retries": check_int(0, 20),
     "retry_base_delay": check_number(0.0),
     "retry_max_delay": check_number(0.0),
+    "env_fallback": check_bool,
 }
 
 
@@ -164,7 +203,14 @@ def _checked(provider: str, name: str, value: Any, check: Check) -> Any:
     try:
         return check(value)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{provider}: option {name!r} {exc}, got {value!r}") from None
+        raise ConfigError(f"{provider}: option {name!r} {exc}, got {_shown(value)}",
+                          option=name) from None
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error shows it: a string is cut, and never shown for a key."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def parse_options(
@@ -179,12 +225,14 @@ def parse_options(
 ) -> Settings:
     """Check a provider's options: the common ones (see :data:`COMMON_OPTIONS`) and
     ``extras`` (name -> check raising ``ValueError`` with the reason), and find the key:
-    the ``api_key`` option, else the variable ``api_key_env`` names, else ``env_key``.
+    the ``api_key`` option, else the variable ``api_key_env`` names, else (unless the
+    ``env_fallback`` option is false) ``env_key``.
 
-    :param base_url: the default base URL.
+    :param base_url: the default base URL: the official endpoint.
     :param defaults: default values of common options (e.g. ``{"max_tokens": 4096}``).
-    :param env_key: the environment variable holding the key, or a function of the base
-        URL giving it (``None`` when that URL should get no key from the environment).
+    :param env_key: the environment variable holding the key, read only when the base URL is
+        the official one (same origin as ``base_url``); or a function of the base URL giving
+        the variable (``None`` when that URL should get no key from the environment).
     :param environ: the environment (default ``os.environ``, read now, not at import).
     :raises ConfigError: naming every unknown option, or the first bad value.
     """
@@ -194,9 +242,11 @@ def parse_options(
     if unknown:
         raise ConfigError(
             f"{provider}: unknown option{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(map(repr, unknown))}; it takes {', '.join(sorted(known))}"
+            f"{', '.join(map(repr, unknown))}; it takes {', '.join(sorted(known))}",
+            option=unknown[0],
         )
-    values: dict[str, Any] = {"base_url": base_url.rstrip("/"), **defaults}
+    official = base_url.rstrip("/")
+    values: dict[str, Any] = {"base_url": official, **defaults}
     for name, value in options.items():
         if name in _COMMON_CHECKS:
             values[name] = _checked(provider, name, value, _COMMON_CHECKS[name])
@@ -206,6 +256,7 @@ def parse_options(
         if name in extras
     }
     key_variable = values.pop("api_key_env", None)
+    env_fallback = values.pop("env_fallback", True)
     if "api_key" not in values:
         if key_variable is not None:
             values["api_key"] = environ.get(key_variable) or None
@@ -214,8 +265,19 @@ def parse_options(
                     f"{provider}: option 'api_key_env' names {key_variable}, which is not "
                     "set — set it, or pass the api_key option"
                 )
-        else:
-            variable = env_key(values["base_url"]) if callable(env_key) else env_key
+        elif env_fallback:
+            if callable(env_key):
+                variable = env_key(values["base_url"])
+            else:
+                variable = env_key if same_origin(values["base_url"], official) else None
             if variable:
                 values["api_key"] = environ.get(variable) or None
     return Settings(provider=provider, extras=checked_extras, checks=dict(extras), **values)
+
+
+def spec_fields(base_url: str, parse: Callable[[Mapping[str, Any]], Settings]) -> dict[str, Any]:
+    """The :class:`wingspan.ProviderSpec` fields every HTTP provider shares: its official
+    endpoint, the options that choose or carry credentials, and ``parse`` as the check of an
+    agent's options."""
+    return {"base_url": base_url, "operator_options": OPERATOR_OPTIONS,
+            "secret_options": SECRET_OPTIONS, "check_options": parse}

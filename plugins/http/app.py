@@ -14,7 +14,7 @@ from quart import Quart, current_app, request
 from wingspan import Runtime, Store, ValidationError, wire
 
 from .config import ServerConfig
-from .errors import ApiError, install_error_handlers
+from .errors import ApiError, install_error_handlers, unsupported_media_type
 from .middleware import install_middleware
 from .runs import RunManager, TrackingStore
 
@@ -82,7 +82,7 @@ def create_app(
     server = ServerState(
         runtime=runtime,
         config=config,
-        runs=RunManager(buffer=config.subscriber_buffer),
+        runs=RunManager(buffer=config.subscriber_buffer, max_run_time=config.max_run_time),
         store=cast(Store, TrackingStore(store)) if store is not None else None,
         owns_store=store is None,
     )
@@ -111,6 +111,42 @@ def create_app(
     return app
 
 
+#: How deep a request body may nest. Agents' options and output schemas need a handful of
+#: levels; far deeper bodies only exhaust the stack of whatever reads them later.
+MAX_DEPTH = 64
+
+
+def json_problem(value: Any, max_depth: int = MAX_DEPTH) -> tuple[str, str] | None:
+    """What makes a decoded JSON value unfit to keep, as ``(field, reason)``: nesting beyond
+    ``max_depth``, or a string (value or key) holding a lone surrogate, which no UTF-8 text
+    (a database, a provider's API) can carry. ``None`` when it is fine."""
+    stack: list[tuple[Any, str, int]] = [(value, "$", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                return path, "holds a lone surrogate (such as \\ud800), which is not text"
+        elif isinstance(item, dict | list):
+            if depth >= max_depth:
+                return path, f"nested too deeply (more than {max_depth} levels)"
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not _encodable(key):
+                        return path, "a key holds a lone surrogate (such as \\ud800)"
+                    stack.append((child, f"{path}.{key}", depth + 1))
+            else:
+                stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 async def read_body(cls: type[T], *, optional: bool = False, what: str = "") -> tuple[T, set[str]]:
     """The request body structured as ``cls``, and the names of the fields it holds.
 
@@ -118,6 +154,8 @@ async def read_body(cls: type[T], *, optional: bool = False, what: str = "") -> 
         unknown fields (each named), 413 for a body over the limit.
     """
     data = await request.get_data(as_text=False)
+    if data and request.mimetype != "application/json":  # also when no length was declared
+        raise unsupported_media_type()
     if not data.strip():
         if optional:
             return wire.structure({}, cls, state().converter), set()
@@ -130,6 +168,10 @@ async def read_body(cls: type[T], *, optional: bool = False, what: str = "") -> 
     if not isinstance(value, dict):
         raise ApiError(400, "the body must be a JSON object",
                        details=[("$", "expected an object")])
+    problem = json_problem(value)
+    if problem is not None:
+        field, reason = problem
+        raise ApiError(400, f"invalid {what or 'body'}: {field}: {reason}", details=[problem])
     try:
         return wire.structure(value, cls, state().converter, what=what), set(value)
     except ValidationError as exc:

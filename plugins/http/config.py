@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -35,19 +36,35 @@ class ServerConfig:
     db: str | None = None
     token: str | None = attrs.field(default=None, repr=False)
     insecure: bool = False
+    #: Host header values answered beside the defaults (the bound host, localhost,
+    #: 127.0.0.1, [::1]): ``name`` (any port), ``name:port``, ``*.name``, or ``*`` for any.
+    allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     work_dir_roots: tuple[str, ...] = ()
     #: Tools agents on this server may use; ``None`` means every installed tool.
     allowed_tools: tuple[str, ...] | None = None
     env_fallback: bool = True
+    #: provider -> base URLs (origins) its stored or environment key may be sent to, beside
+    #: its official endpoint.
+    credential_urls: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    #: Origins agents' ``base_url`` options may name; ``None`` means any.
+    allowed_base_urls: tuple[str, ...] | None = None
+    #: Encrypts the stored provider keys (see docs/store.md); given to the store.
+    secret_key: str | None = attrs.field(default=None, repr=False)
     max_body_size: int = 1024 * 1024
     max_steps: int = 50
+    #: The most steps any agent on this server may take in one run.
+    max_steps_limit: int = 1000
+    #: Seconds a run may last before the server stops it (its finished steps are saved).
+    max_run_time: float = 3600.0
     log_level: str = "info"
     access_log: bool = True
     shutdown_grace: float = 10.0
     ping_interval: float = 15.0
     #: Events buffered for one streaming client before it is disconnected as too slow.
     subscriber_buffer: int = 1024
+    #: The config file's ``[tools]`` table: settings given to every tool call (docs/tools.md).
+    tools: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
     def store_url(self) -> str:
@@ -143,6 +160,51 @@ def _roots(value: Any) -> tuple[str, ...]:
     return tuple(str(Path(root).expanduser().resolve()) for root in roots)
 
 
+def _host_patterns(value: Any) -> tuple[str, ...]:
+    hosts = _names(",")(value)
+    for host in hosts:
+        if not host or any(c.isspace() or c in "/@" for c in host):
+            raise ValueError(f"expected host names such as example.com or example.com:8080, "
+                             f"got {host!r}")
+    return tuple(host.lower().rstrip(".") for host in hosts)
+
+
+def _url(value: Any) -> str:
+    url = _string(value)
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def _urls(value: Any) -> tuple[str, ...]:
+    return tuple(_url(url) for url in _names(",")(value))
+
+
+def _credential_urls(value: Any) -> dict[str, tuple[str, ...]]:
+    """A table of provider -> URL list, or (in the environment) ``provider=url,...``."""
+    bound: dict[str, list[str]] = {}
+    if type(value) is str:
+        for item in _names(",")(value):
+            provider, sep, url = item.partition("=")
+            if not sep or not provider.strip():
+                raise ValueError(f"expected provider=url items, got {item!r}")
+            bound.setdefault(provider.strip(), []).append(_url(url.strip()))
+    elif isinstance(value, dict):
+        for provider, urls in value.items():
+            try:
+                bound[provider] = list(_urls(urls))
+            except ValueError as exc:
+                raise ValueError(f"{provider}: {exc}") from None
+    else:
+        raise ValueError(f"expected a table of provider = [urls], got {_kind(value)}")
+    return {provider: tuple(urls) for provider, urls in bound.items()}
+
+
 def _log_level(value: Any) -> str:
     level = _string(value).lower()
     if level not in LOG_LEVELS:
@@ -165,12 +227,18 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "db": _string,
     "token": _optional_string,
     "insecure": _boolean,
+    "allowed_hosts": _host_patterns,
     "cors_origins": _names(","),
     "work_dir_roots": _roots,
     "allowed_tools": _names(","),
     "env_fallback": _boolean,
+    "credential_urls": _credential_urls,
+    "allowed_base_urls": _urls,
+    "secret_key": _optional_string,
     "max_body_size": _integer(1),
     "max_steps": _integer(1),
+    "max_steps_limit": _integer(1),
+    "max_run_time": _seconds,
     "log_level": _log_level,
     "access_log": _boolean,
     "shutdown_grace": _seconds,
@@ -196,14 +264,18 @@ def _read_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"server"})
+    unknown = sorted(set(data) - {"server", "tools"})
     if unknown:
         raise ConfigError(
-            f"config file {path}: unknown key {unknown[0]!r}; settings go in the [server] table"
+            f"config file {path}: unknown key {unknown[0]!r}; settings go in the [server] "
+            "table, tool settings in [tools]"
         )
-    server = data.get("server", {})
-    if not isinstance(server, dict):
-        raise ConfigError(f"config file {path}: key 'server': must be a table ([server])")
+    for table in ("server", "tools"):
+        if not isinstance(data.get(table, {}), dict):
+            raise ConfigError(f"config file {path}: key {table!r}: must be a table ([{table}])")
+    server = dict(data.get("server", {}))
+    if "tools" in data:
+        server["tools"] = data["tools"]
     return server
 
 
@@ -220,6 +292,9 @@ def load_config(
     config_path = settings.get("config") or env.get("WINGSPAN_CONFIG") or None
     if config_path:
         for key, raw in _read_file(str(config_path)).items():
+            if key == "tools":  # the [tools] table: checked by the tools themselves
+                values["tools"] = raw
+                continue
             parser = PARSERS.get(key)
             if parser is None:
                 raise ConfigError(
@@ -245,8 +320,15 @@ def load_config(
                 raise ConfigError(f"flag --{key}: {exc}") from None
     if "store" in values and "db" in values and settings.get("store") and settings.get("db"):
         raise ConfigError("give --store URL or --db PATH, not both")
+    limit = values.get("max_steps_limit")
+    if "max_steps" not in values and limit is not None:
+        default = attrs.fields(ServerConfig).max_steps.default
+        values["max_steps"] = min(default, limit)
     config = ServerConfig(**values)
     check_bind(config)
+    if config.max_steps > config.max_steps_limit:
+        raise ConfigError(f"max_steps ({config.max_steps}) is above max_steps_limit "
+                          f"({config.max_steps_limit}): lower it, or raise the limit")
     return config
 
 

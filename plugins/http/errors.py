@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from quart import Quart, Response
+from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from wingspan import (
@@ -28,18 +28,20 @@ from .shapes import ErrorBody, FieldError
 if TYPE_CHECKING:
     import cattrs
 
-__all__ = ["ApiError", "error_response", "install_error_handlers"]
+__all__ = ["ApiError", "error_response", "install_error_handlers", "unsupported_media_type"]
 
 log = logging.getLogger("wingspan.http")
 
 CODES = {
     400: "invalid_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
-    415: "invalid_request",
+    415: "unsupported_media_type",
+    421: "misdirected_request",
     500: "internal",
     502: "provider_error",
     503: "unavailable",
@@ -64,6 +66,15 @@ class ApiError(Exception):
         self.code = code or CODES.get(status, "internal")
         self.details = tuple(details)
         self.headers = headers or {}
+
+
+def unsupported_media_type() -> ApiError:
+    """The answer to a request body that is not JSON."""
+    return ApiError(
+        415,
+        "the request body must be JSON: send it with 'Content-Type: application/json' (got "
+        f"{request.mimetype or 'none'!r})",
+    )
 
 
 def error_response(

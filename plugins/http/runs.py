@@ -43,6 +43,7 @@ log = logging.getLogger("wingspan.http")
 ABORTED = "aborted"
 STOPPING = "server_stopping"
 TOO_SLOW = "too_slow"
+TIMEOUT = "timeout"
 
 #: The run whose task is running: lets :class:`TrackingStore` see which run claimed.
 _current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
@@ -193,6 +194,8 @@ class RunManager:
     """Starts, tracks, aborts and drains the server's runs."""
 
     buffer: int = 1024
+    #: Seconds a run may last before it is stopped (``None``: no limit).
+    max_run_time: float | None = None
     _runs: dict[str, list[Run]] = attrs.field(factory=dict, init=False)
     _shutdown: asyncio.Task[None] | None = attrs.field(default=None, init=False)
     stopping: bool = False
@@ -212,7 +215,9 @@ class RunManager:
     ) -> None:
         outcome: Done | ErrorEvent | None = None
         try:
-            async with session.stream(message, agent=agent, run_id=run.run_id) as events:
+            # The limit counts from admission: a run queued behind others spends its time too.
+            async with asyncio.timeout(self.max_run_time), session.stream(
+                    message, agent=agent, run_id=run.run_id) as events:
                 async for event in events:
                     if type(event) is Done:
                         outcome = event
@@ -223,6 +228,12 @@ class RunManager:
                         # of the loop lets it send its backlog; a client that really is
                         # slow still falls behind and is dropped, never waited for.
                         await asyncio.sleep(0)
+        except TimeoutError:
+            outcome = _error(TIMEOUT, f"the run went over this server's limit of "
+                             f"{self.max_run_time:g} s (its max_run_time setting) and was "
+                             "stopped; every finished step is saved")
+            log.warning("run on session %s stopped after %g s", run.session_id,
+                        self.max_run_time)
         except asyncio.CancelledError:
             if run.cancel_reason == STOPPING:
                 outcome = _error(STOPPING, "the server is stopping; the run was aborted and "

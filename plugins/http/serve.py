@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
@@ -42,6 +44,24 @@ def configure_logging(config: ServerConfig) -> None:
         logger.propagate = False
 
 
+def make_undumpable() -> None:
+    """Make this process non-dumpable (Linux): its ``/proc/<pid>/environ`` and memory, where
+    the keys of its environment live, are then closed to other processes of the same user,
+    the commands its agents run included. A no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_dumpable = 4
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+            log.warning("could not make the server non-dumpable: %s",
+                        os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as exc:
+        log.warning("could not make the server non-dumpable: %s", exc)
+
+
 def hypercorn_config(config: ServerConfig) -> HypercornConfig:
     hyper = HypercornConfig()
     host = f"[{config.host}]" if ":" in config.host else config.host
@@ -61,6 +81,13 @@ async def serve(runtime: Runtime, settings: Mapping[str, Any]) -> None:
     """
     config = load_config(settings)
     configure_logging(config)
+    make_undumpable()
+    if config.tools:
+        runtime.settings = attrs.evolve(
+            runtime.settings, tools={**runtime.settings.tools, **config.tools})
+    if config.secret_key:
+        runtime.settings = attrs.evolve(
+            runtime.settings, stores={**runtime.settings.stores, "secret_key": config.secret_key})
     # Opened here rather than in the app's start-up, so that a bad URL or database is a
     # clean start-up error, before anything is bound.
     store = await runtime.open_store(config.store_url)

@@ -67,6 +67,8 @@ class MessageRequest:
 class CredentialInput:
     type: str = "api_key"
     key: str
+    #: The endpoint the key belongs to, when not the provider's official one.
+    base_url: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -140,6 +142,8 @@ class ToolView:
 class CredentialStatus:
     type: str
     configured: bool
+    #: Where the stored key may be sent, when it is bound to a base URL.
+    base_url: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -12,13 +12,16 @@ from quart import Blueprint
 from wingspan import (
     Agent,
     AgentRecord,
+    ConfigError,
     NotFoundError,
     ProviderSpec,
+    StoreError,
     WingspanError,
     new_id,
     utc_now,
     wire,
 )
+from wingspan.plugins._http import same_origin
 
 from ..app import ServerState, read_body, state
 from ..errors import ApiError
@@ -26,14 +29,24 @@ from ..shapes import CreateAgentRequest, Status, UpdateAgentRequest
 
 blueprint = Blueprint("agents", __name__)
 
-#: Keys belong in the store (PUT /provider/auth), never in an agent, which GET returns.
-SECRET_OPTIONS = frozenset({"api_key"})
+#: What a server shows in place of a header value that carries a credential. Sent back
+#: unchanged in an update, it keeps the stored value.
+REDACTED = "[redacted]"
+#: Header names whose values carry credentials, as parts of the lower-case name.
+SECRET_HEADER_PARTS = ("auth", "key", "token", "secret", "cookie", "password", "session")
+
+
+def _is_secret_header(name: str) -> bool:
+    lowered = name.lower()
+    return any(part in lowered for part in SECRET_HEADER_PARTS)
 
 
 def _check_fields(
     server: ServerState, fields: set[str], *, name: str | None, tools: Iterable[str],
-    provider: str | None, options: Any, max_steps: int | None,
+    provider: str | None, options: Any, model: str | None, max_steps: int | None,
 ) -> None:
+    """Check what an agent create or update sets; ``provider`` is the agent's provider when
+    its options need checking (they or it changed), else ``None``."""
     problems: list[tuple[str, str]] = []
     if "name" in fields and not (name or "").strip():
         problems.append(("$.name", "must not be empty"))
@@ -43,21 +56,88 @@ def _check_fields(
             problems.append((f"$.tools[{i}]", f"unknown tool {tool!r}"))
         elif allowed is not None and tool not in allowed:
             problems.append((f"$.tools[{i}]", f"tool {tool!r} is not allowed on this server"))
-    if provider is not None and provider not in server.runtime.providers:
+    spec = server.runtime.providers.get(provider) if provider is not None else None
+    if provider is not None and spec is None:
         known = ", ".join(sorted(server.runtime.providers)) or "none"
         problems.append(("$.provider", f"unknown provider {provider!r} (installed: {known})"))
-    for key in SECRET_OPTIONS & set(options or {}):
-        problems.append((f"$.options.{key}",
-                         "keys are not kept in agents; store them with PUT /provider/auth"))
+    if spec is not None:
+        problems.extend(_option_problems(server, spec, options or {}, model))
     if max_steps is not None and max_steps < 1:
         problems.append(("$.max_steps", "must be at least 1"))
+    limit = server.config.max_steps_limit
+    if max_steps is not None and max_steps > limit:
+        problems.append(("$.max_steps", f"must be at most {limit} on this server "
+                                        "(its max_steps_limit)"))
     if problems:
         raise ApiError(400, "invalid agent: " + "; ".join(f"{f}: {r}" for f, r in problems),
                        details=problems)
 
 
+def _option_problems(
+    server: ServerState, spec: ProviderSpec, options: Mapping[str, Any], model: str | None
+) -> list[tuple[str, str]]:
+    """What is wrong with an agent's provider options: settings that only the operator may
+    make (where keys come from), a ``base_url`` outside the allow-list, and whatever the
+    provider's own check finds (an unknown or ill-typed option)."""
+    problems: list[tuple[str, str]] = []
+    for key in sorted(set(options) & set(spec.operator_options)):
+        problems.append((f"$.options.{key}",
+                         "chooses where the provider's key comes from, which only the server's "
+                         "operator may set; store keys with PUT /provider/auth"))
+    base_url = options.get("base_url")
+    if isinstance(base_url, str) and not base_url_allowed(server, base_url):
+        problems.append(("$.options.base_url",
+                         f"{base_url!r} is not among the base URLs this server allows "
+                         "(its allowed_base_urls setting)"))
+    if problems or spec.check_options is None:
+        return problems
+    checked = dict(options)
+    if model is not None:
+        checked.setdefault("model", model)
+    try:
+        spec.check_options(checked)
+    except ConfigError as exc:
+        field = f"$.options.{exc.option}" if exc.option else "$.options"
+        if exc.option == "model" and "model" not in options:
+            field = "$.model"
+        problems.append((field, str(exc)))
+    return problems
+
+
+def base_url_allowed(server: ServerState, base_url: str) -> bool:
+    allowed = server.config.allowed_base_urls
+    return allowed is None or any(same_origin(base_url, url) for url in allowed)
+
+
 def _json(record: AgentRecord) -> Any:
-    return wire.unstructure(record, state().converter)
+    """An agent as the API shows it: the values of headers that carry credentials are
+    never shown back."""
+    server = state()
+    data = wire.unstructure(record, server.converter)
+    spec = server.runtime.providers.get(record.provider)
+    secret = spec.secret_options if spec is not None else ()
+    options = data.get("options") or {}
+    for key in secret:
+        value = options.get(key)
+        if isinstance(value, Mapping):
+            options[key] = {name: REDACTED if _is_secret_header(name) else header
+                            for name, header in value.items()}
+        elif value is not None:
+            options[key] = REDACTED
+    return data
+
+
+def _keep_redacted(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` options with every :data:`REDACTED` value (an agent read and sent back)
+    replaced by the stored one."""
+    merged = dict(new)
+    for key, value in new.items():
+        if value == REDACTED and key in old:
+            merged[key] = old[key]
+        elif isinstance(value, Mapping) and isinstance(old.get(key), Mapping):
+            merged[key] = {name: old[key].get(name, item) if item == REDACTED else item
+                           for name, item in value.items()}
+    return merged
 
 
 @blueprint.post("/agents")
@@ -65,7 +145,8 @@ async def create_agent() -> Any:
     server = state()
     body, fields = await read_body(CreateAgentRequest, what="agent")
     _check_fields(server, fields | {"name"}, name=body.name, tools=body.tools,
-                  provider=body.provider, options=body.options, max_steps=body.max_steps)
+                  provider=body.provider, options=body.options, model=body.model,
+                  max_steps=body.max_steps)
     record = AgentRecord(
         id=new_id(),
         name=body.name,
@@ -91,7 +172,7 @@ async def list_agents() -> Any:
         records.extend(page.items)
         cursor = page.next_cursor
         if cursor is None:
-            return wire.unstructure(records, state().converter)
+            return [_json(record) for record in records]
 
 
 @blueprint.get("/agents/<agent_id>")
@@ -114,12 +195,14 @@ async def update_agent(agent_id: str) -> Any:
     if "tools" in changes:
         changes["tools"] = tuple(dict.fromkeys(changes["tools"]))
     if "options" in changes:
-        changes["options"] = dict(changes["options"])
+        changes["options"] = _keep_redacted(changes["options"], current.options)
     updated = attrs.evolve(current, **changes, updated_at=utc_now())
+    recheck = fields & {"provider", "options", "model"}
     _check_fields(server, fields, name=updated.name,
                   tools=updated.tools if "tools" in fields else (),
-                  provider=updated.provider if "provider" in fields else None,
-                  options=changes.get("options"), max_steps=changes.get("max_steps"))
+                  provider=updated.provider if recheck else None,
+                  options=updated.options, model=updated.model,
+                  max_steps=changes.get("max_steps"))
     return _json(await store.update_agent(updated))
 
 
@@ -130,8 +213,8 @@ async def delete_agent(agent_id: str) -> Any:
 
 
 async def build_agent(server: ServerState, record: AgentRecord) -> Agent:
-    """A runnable agent for ``record``, its provider given the stored key (or, unless the
-    config turns it off, the provider's environment variable).
+    """A runnable agent for ``record``, its provider given a key only where that key may go
+    (see :func:`credential_options`), its steps within the server's limit.
 
     :raises ApiError: 400 naming why the provider cannot be built.
     """
@@ -143,13 +226,28 @@ async def build_agent(server: ServerState, record: AgentRecord) -> Agent:
     if refused:
         raise ApiError(400, f"agent {record.id}: tools not allowed on this server: "
                        f"{', '.join(refused)}")
-    provider_options = await credential_options(server, spec)
-    if "api_key" in spec.auth_types and not provider_options and not server.config.env_fallback:
+    # An agent stored before the operator tightened the rules is held to them too.
+    problems = _option_problems(server, spec, record.options, None)
+    if problems:
+        raise ApiError(400, f"agent {record.id}: " + "; ".join(f"{f}: {r}" for f, r in problems),
+                       details=problems)
+    try:
+        provider_options = await credential_options(server, spec, record.options)
+    except StoreError as exc:  # a stored key that cannot be decrypted: the message says why
+        raise ApiError(400, f"agent {record.id}: {exc}") from None
+    target = provider_options.get("base_url") or record.options.get("base_url") or spec.base_url
+    official = (target is not None and spec.base_url is not None
+                and same_origin(target, spec.base_url))
+    if "api_key" in spec.auth_types and "api_key" not in provider_options and (
+            official or (spec.base_url is None and not server.config.env_fallback)):
+        fallback = (f" or set {spec.env_key} in the server's environment"
+                    if spec.env_key and server.config.env_fallback else "")
         raise ApiError(
-            400,
-            f"provider {spec.name!r} has no API key: store one with PUT /provider/auth "
-            "(the server's environment fallback is off)",
-        )
+            400, f"provider {spec.name!r} has no API key: store one with PUT /provider/auth"
+            f"{fallback}")
+    limit = server.config.max_steps_limit
+    if record.max_steps > limit:
+        record = attrs.evolve(record, max_steps=limit)
     try:
         return Agent.from_record(record, server.runtime, provider_options=provider_options)
     except NotFoundError as exc:
@@ -158,13 +256,47 @@ async def build_agent(server: ServerState, record: AgentRecord) -> Agent:
         raise ApiError(400, f"the provider of agent {record.id} cannot be built: {exc}") from None
 
 
-async def credential_options(server: ServerState, spec: ProviderSpec) -> dict[str, Any]:
-    """``{"api_key": ...}`` for a provider that takes a key: the stored one, else (unless the
-    config turns it off) its environment variable's; ``{}`` when there is none."""
-    if "api_key" not in spec.auth_types:
-        return {}
-    credential = await server.require_store().get_credential(spec.name)
-    key = credential.key if credential is not None else None
-    if key is None and spec.env_key and server.config.env_fallback:
+async def credential_options(
+    server: ServerState, spec: ProviderSpec, options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The options the server adds to an agent's (``options``) for ``spec``: the key, and
+    where it goes.
+
+    A key is sent only to the endpoint it belongs to. A stored key bound to a base URL (``PUT
+    /provider/auth`` with ``base_url``) goes only there, and agents that name no base URL
+    use that one; an unbound stored key, and the environment's (unless ``env_fallback`` is
+    off), go to the provider's official endpoint or a base URL the operator bound to the
+    provider (``credential_urls``). An agent naming any other base URL gets no key: a
+    keyless local server works as it is. The provider itself is told not to look in the
+    environment (``env_fallback: false``), so the server alone decides.
+    """
+    options = options or {}
+    if spec.base_url is None:  # a provider that names no endpoint: its stored key, if any
+        if "api_key" not in spec.auth_types:
+            return {}
+        credential = await server.require_store().get_credential(spec.name)
+        key = credential.key if credential is not None else None
+        if key is None and spec.env_key and server.config.env_fallback:
+            key = os.environ.get(spec.env_key) or None
+        return {"api_key": key} if key is not None else {}
+    added: dict[str, Any] = {"env_fallback": False}
+    credential = None
+    if "api_key" in spec.auth_types:
+        credential = await server.require_store().get_credential(spec.name)
+    if "base_url" not in options and credential is not None and credential.base_url:
+        added["base_url"] = credential.base_url
+    target = options.get("base_url") or added.get("base_url") or spec.base_url
+    if not isinstance(target, str):
+        return added
+    official = (spec.base_url, *server.config.credential_urls.get(spec.name, ()))
+    key = None
+    if credential is not None:
+        homes = (credential.base_url,) if credential.base_url else official
+        if any(same_origin(target, home) for home in homes):
+            key = credential.key
+    if (key is None and spec.env_key and server.config.env_fallback
+            and any(same_origin(target, home) for home in official)):
         key = os.environ.get(spec.env_key) or None
-    return {"api_key": key} if key is not None else {}
+    if key is not None:
+        added["api_key"] = key
+    return added

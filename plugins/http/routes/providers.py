@@ -7,7 +7,8 @@ from typing import Any
 
 from quart import Blueprint
 
-from wingspan import Credential, ModelInfo, ProviderSpec, utc_now, wire
+from wingspan import Credential, ModelInfo, ProviderSpec, StoreError, utc_now, wire
+from wingspan.plugins._http import check_base_url
 
 from ..app import read_body, state
 from ..errors import ApiError
@@ -82,15 +83,30 @@ async def get_credentials() -> Any:
     for name in sorted(server.runtime.providers):
         spec = server.runtime.providers[name]
         if name in stored:
-            statuses[name] = CredentialStatus(type=stored[name], configured=True)
+            statuses[name] = CredentialStatus(type=stored[name], configured=True,
+                                              base_url=await _bound_url(name))
         elif spec.auth_types:
             from_env = bool(server.config.env_fallback and spec.env_key
                             and os.environ.get(spec.env_key))
             statuses[name] = CredentialStatus(type=spec.auth_types[0], configured=from_env)
     for name, kind in stored.items():  # credentials of providers not installed any more
         statuses.setdefault(name, CredentialStatus(type=kind, configured=True))
-    view = CredentialsView(providers=statuses, updated_at=server.credentials_updated_at)
-    return wire.unstructure(view, server.converter)
+    view = wire.unstructure(CredentialsView(providers=statuses,
+                                            updated_at=server.credentials_updated_at),
+                            server.converter)
+    for status in view["providers"].values():
+        if status["base_url"] is None:
+            del status["base_url"]  # shown only for a key bound to a base URL
+    return view
+
+
+async def _bound_url(provider: str) -> str | None:
+    """The base URL a stored key is bound to (``None`` when it cannot be read)."""
+    try:
+        credential = await state().require_store().get_credential(provider)
+    except StoreError:
+        return None
+    return credential.base_url if credential is not None else None
 
 
 @blueprint.put("/provider/auth")
@@ -108,12 +124,19 @@ async def put_credentials() -> Any:
                              f"provider {name!r} accepts credential types: {accepted}"))
         elif not given.key.strip():
             problems.append((f"$.providers.{name}.key", "must not be empty"))
+        elif given.base_url is not None:
+            try:
+                check_base_url(given.base_url)
+            except ValueError as exc:
+                problems.append((f"$.providers.{name}.base_url", str(exc)))
     if problems:
         raise ApiError(400, "invalid credentials: " + "; ".join(r for _, r in problems),
                        details=problems)
     store = server.require_store()
     for name, given in body.providers.items():
-        await store.set_credential(name, Credential(type=given.type, key=given.key))
+        base_url = check_base_url(given.base_url) if given.base_url is not None else None
+        await store.set_credential(name, Credential(type=given.type, key=given.key,
+                                                    base_url=base_url))
     server.credentials_updated_at = utc_now()
     return wire.unstructure(Status(status="ok"), server.converter)
 

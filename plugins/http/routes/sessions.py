@@ -23,7 +23,7 @@ from wingspan import (
 
 from ..app import ServerState, read_body, state
 from ..errors import ApiError
-from ..runs import ABORTED, STOPPING, Run
+from ..runs import ABORTED, STOPPING, TIMEOUT, Run
 from ..shapes import (
     AbortAnswer,
     MessageRequest,
@@ -87,8 +87,9 @@ async def create_session() -> Any:
 async def list_sessions() -> Any:
     server = state()
     raw = request.args.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw!r}",
+    # isdigit() alone takes "²" and "①", which int() refuses
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw[:20]!r}",
                        details=[("limit", f"an integer from 1 to {MAX_LIMIT}")])
     limit = int(raw)
     cursor = request.args.get("cursor") or None
@@ -183,7 +184,8 @@ async def _start_run(session_id: str) -> tuple[ServerState, Run]:
     return server, server.runs.start(session, body.message, agent)
 
 
-ERROR_STATUS = {"provider_error": 502, ABORTED: 409, STOPPING: 503, "too_slow": 500}
+ERROR_STATUS = {"provider_error": 502, ABORTED: 409, STOPPING: 503, "too_slow": 500,
+                TIMEOUT: 504}
 
 
 @blueprint.post("/sessions/<session_id>/message")
@@ -196,7 +198,7 @@ async def send_message(session_id: str) -> Any:
     assert type(outcome) is ErrorEvent
     code = outcome.error.code
     status = ERROR_STATUS.get(code, 500)
-    codes = {409: "conflict", 503: "unavailable", 500: "internal"}
+    codes = {409: "conflict", 503: "unavailable", 500: "internal", 504: TIMEOUT}
     raise ApiError(status, outcome.error.message,
                    code="provider_error" if status == 502 else codes[status])
 

@@ -17,6 +17,9 @@ from wingspan.plugins.http.openapi import undocumented_routes
 from .conftest import WAIT, make_config, parse_sse
 from .tooling import KEY_ENV, SLOW_STARTED, key_digest
 
+#: A body sent by hand must say it is JSON (``json=`` says so itself).
+JSON = {"Content-Type": "application/json"}
+
 
 async def create_agent(client: Client, **fields: Any) -> str:
     body = {"name": "a", "provider": "test", **fields}
@@ -261,7 +264,8 @@ async def test_validation_order(client: Client) -> None:
 
     async def post(session_id: str, body: Any, raw: bytes | None = None) -> Any:
         if raw is not None:
-            return await client.post(f"/sessions/{session_id}/message", data=raw)
+            return await client.post(f"/sessions/{session_id}/message", data=raw,
+                                     headers=JSON)
         return await client.post(f"/sessions/{session_id}/message", json=body)
 
     # 1. session exists — even with a bad body
@@ -327,7 +331,8 @@ async def test_abort_during_a_slow_tool(client: Client) -> None:
     body = await error_of(await client.post(f"/sessions/{sid}/abort"), 409)
     assert body["code"] == "conflict"
     await error_of(await client.post("/sessions/01NOSUCHSESSION0000000000/abort"), 404)
-    async with client.request(f"/sessions/{sid}/message/stream", method="POST") as connection:
+    async with client.request(f"/sessions/{sid}/message/stream", method="POST",
+                              headers=JSON) as connection:
         await connection.send(b'{"agent_id": "%s", "message": "go"}' % agent.encode())
         await connection.send_complete()
         text = ""
@@ -368,7 +373,8 @@ async def test_blocking_request_of_an_aborted_run_is_409(client: Client) -> None
 async def test_delete_session_aborts_its_run(client: Client) -> None:
     agent, sid, started = await slow_agent_and_session(client)
     app_state = client.app.extensions["wingspan"]  # type: ignore[attr-defined]
-    async with client.request(f"/sessions/{sid}/message/stream", method="POST") as connection:
+    async with client.request(f"/sessions/{sid}/message/stream", method="POST",
+                              headers=JSON) as connection:
         await connection.send(b'{"agent_id": "%s", "message": "go"}' % agent.encode())
         await connection.send_complete()
         async with asyncio.timeout(WAIT):

@@ -96,3 +96,50 @@ def test_every_setting_is_documented() -> None:
     text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     for key in PARSERS:
         assert f"| `{key}` | `WINGSPAN_{key.upper()}`" in text, key
+
+
+def test_the_safety_settings(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text(
+        "[server]\nallowed_hosts = ['Agents.Example.com.', '*.corp.example']\n"
+        "allowed_base_urls = ['http://127.0.0.1:8080/']\nmax_steps_limit = 40\n"
+        "max_run_time = 90\nsecret_key = 'k'\n"
+        "[server.credential_urls]\nopenai = ['http://127.0.0.1:8080/v1']\n"
+        "[tools]\nbash_env = ['GOPATH']\n"
+    )
+    config = load_config({"config": str(path)}, environ={})
+    assert config.allowed_hosts == ("agents.example.com", "*.corp.example")
+    assert config.allowed_base_urls == ("http://127.0.0.1:8080",)
+    assert config.credential_urls == {"openai": ("http://127.0.0.1:8080/v1",)}
+    assert (config.max_steps_limit, config.max_run_time, config.secret_key) == (40, 90.0, "k")
+    assert config.tools == {"bash_env": ["GOPATH"]}
+    assert "secret_key" not in repr(config)
+    env = load_config({}, environ={
+        "WINGSPAN_CREDENTIAL_URLS": "openai=http://a:1/v1, openai=http://b:2/v1,anthropic=https://c",
+        "WINGSPAN_ALLOWED_HOSTS": "x.example"})
+    assert env.credential_urls == {"openai": ("http://a:1/v1", "http://b:2/v1"),
+                                   "anthropic": ("https://c",)}
+    assert env.allowed_hosts == ("x.example",)
+    defaults = load_config({}, environ={})
+    assert (defaults.max_steps_limit, defaults.max_run_time) == (1000, 3600.0)
+    assert defaults.allowed_base_urls is None and defaults.allowed_hosts == ()
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({"WINGSPAN_CREDENTIAL_URLS": "openai"}, "WINGSPAN_CREDENTIAL_URLS: expected provider=url"),
+    ({"WINGSPAN_CREDENTIAL_URLS": "openai=ftp://x"}, "expected an http:// or https:// URL"),
+    ({"WINGSPAN_ALLOWED_BASE_URLS": "localhost:8080"}, "WINGSPAN_ALLOWED_BASE_URLS"),
+    ({"WINGSPAN_ALLOWED_HOSTS": "http://x.example/"}, "expected host names"),
+    ({"WINGSPAN_MAX_STEPS": "60", "WINGSPAN_MAX_STEPS_LIMIT": "50"}, "above max_steps_limit"),
+    ({"WINGSPAN_MAX_RUN_TIME": "0"}, "WINGSPAN_MAX_RUN_TIME"),
+])
+def test_bad_safety_settings(environ: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config({}, environ=environ)
+
+
+def test_a_bad_tools_table_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text("tools = 3\n")
+    with pytest.raises(ConfigError, match=r"key 'tools': must be a table \(\[tools\]\)"):
+        load_config({"config": str(path)}, environ={})

@@ -132,3 +132,38 @@ def test_api_messages_from_error_bodies() -> None:
         '[{"loc": ["body"], "msg": "x"}]')
     assert _http.api_message(b"<html>Bad gateway</html>") == "<html>Bad gateway</html>"
     assert _http.api_message(b"") == "(empty body)"
+
+
+@pytest.mark.parametrize(("provider", "variable", "official", "same"), [
+    ("anthropic", "ANTHROPIC_API_KEY", "https://api.anthropic.com", "https://API.anthropic.com:443/"),
+    ("openai", "OPENAI_API_KEY", "https://api.openai.com/v1", "https://api.OpenAI.com/v1/"),
+    ("ollama", "OLLAMA_API_KEY", "http://localhost:11434", "http://LOCALHOST:11434/"),
+])
+def test_an_environment_key_goes_only_to_the_official_endpoint(
+    provider: str, variable: str, official: str, same: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib
+
+    module = importlib.import_module(f"wingspan.plugins.{provider}")
+    monkeypatch.setenv(variable, "sk-from-the-environment")
+
+    def key(options: dict[str, object]) -> object:
+        return module.parse_options({"model": "m", **options}).api_key
+
+    assert key({}) == "sk-from-the-environment"
+    assert key({"base_url": same}) == "sk-from-the-environment"  # the origin, spelled otherwise
+    for elsewhere in ("http://127.0.0.1:8080", official.replace("://", "://evil."),
+                      official.replace("https://", "http://") if "https" in official
+                      else official.replace("http://", "https://")):
+        assert key({"base_url": elsewhere}) is None, elsewhere
+    # the key is given explicitly: then it goes where it is told, as the operator chose
+    assert key({"base_url": "http://127.0.0.1:8080", "api_key_env": variable}) == (
+        "sk-from-the-environment")
+    assert key({"env_fallback": False}) is None
+
+
+def test_base_url_must_be_a_real_url() -> None:
+    for bad in ("http:\\\\host", "http://", "https://host:port", "ftp://host", "http://a b"):
+        with pytest.raises(ConfigError, match="base_url") as caught:
+            _http.parse_options({"base_url": bad}, provider="p", base_url="https://x")
+        assert caught.value.option == "base_url"
