@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -12,6 +14,9 @@ import attrs
 from wingspan import ToolContext, ToolError, ToolOutcome
 
 T = TypeVar("T")
+
+#: Seconds a read, write, edit, glob or grep call may run (the ``tool_timeout`` setting).
+DEFAULT_TOOL_TIMEOUT = 60.0
 
 #: The signature of a built-in tool's body: validated input and the call's context.
 ToolBody = Callable[[dict[str, Any], ToolContext], Awaitable[str | ToolOutcome]]
@@ -40,6 +45,12 @@ def setting(context: ToolContext, key: str, default: T) -> T:
     kind = type(default)
     if kind is int and (type(value) is not int or value < 1):
         raise ToolError(f"the tool setting {key!r} must be a positive integer, not {value!r}")
+    if kind is float:
+        if type(value) not in (int, float) or not (value > 0 and math.isfinite(value)):
+            raise ToolError(
+                f"the tool setting {key!r} must be a positive number, not {value!r}"
+            )
+        return float(value)  # type: ignore[return-value]
     if kind is not int and not isinstance(value, kind):
         raise ToolError(
             f"the tool setting {key!r} must be a {kind.__name__}, not {type(value).__name__}"
@@ -68,15 +79,59 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-async def run_blocking(function: Callable[[threading.Event], T]) -> T:
-    """Run blocking ``function(stop)`` in a worker thread, keeping the event loop free.
+def tool_timeout(context: ToolContext) -> float:
+    """The time limit of one file tool call: the ``tool_timeout`` setting, in seconds."""
+    return setting(context, "tool_timeout", DEFAULT_TOOL_TIMEOUT)
 
-    Cancelling the caller sets ``stop``; long loops check it so that the thread ends soon
-    after the call is cancelled instead of running on unobserved.
+
+async def run_blocking(
+    function: Callable[[threading.Event], T], *, limit: float | None = None, name: str = "tool"
+) -> T:
+    """Run blocking ``function(stop)`` in a worker thread of its own, keeping the event
+    loop free.
+
+    ``stop`` is set once the call is over, whether it returned, was cancelled or ran out of
+    time; long loops check it so that the thread ends soon after instead of running on
+    unobserved. A thread stuck in a system call (a hung network file system, say) is no
+    longer awaited after ``limit`` seconds, and since each call has its own (daemon) thread,
+    it cannot starve other calls of workers or keep the process from exiting, as a stuck
+    thread of the loop's small default executor would.
+
+    :param limit: seconds before the call gives up, or ``None`` for no limit.
+    :param name: the tool's name, for the time-out message.
+    :raises ToolError: when the limit passes first.
     """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
     stop = threading.Event()
+
+    def work() -> None:
+        try:
+            result = function(stop)
+        except BaseException as exc:
+            deliver(done.set_exception, exc)
+        else:
+            deliver(done.set_result, result)
+
+    def deliver(setter: Callable[[Any], None], value: Any) -> None:
+        def settle() -> None:
+            if not done.done():
+                setter(value)
+
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle)
+
+    threading.Thread(target=work, name=f"wingspan-{name}", daemon=True).start()
+    timeout = asyncio.timeout(limit)
     try:
-        return await asyncio.to_thread(function, stop)
-    except asyncio.CancelledError:
+        async with timeout:
+            return await done
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        raise ToolError(
+            f"{name} timed out after {limit:g} s and was stopped (the server's "
+            "'tool_timeout' setting); try a smaller request, e.g. a narrower path or pattern"
+        ) from None
+    finally:
         stop.set()
-        raise

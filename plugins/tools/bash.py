@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from wingspan import ToolContext, ToolError, ToolOutcome
@@ -29,14 +32,34 @@ _UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h)", re.IGNORECASE)
 #: Keep pagers and colour codes out of the output a model reads.
 _ENVIRONMENT = {"PAGER": "cat", "GIT_PAGER": "cat", "TERM": "dumb", "NO_COLOR": "1"}
+#: The server's variables a command sees (when set); others only through ``bash_env``.
+_PASSED = ("PATH", "HOME", "LANG", "TERM", "USER", "TMPDIR")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Capabilities that let a process read a non-dumpable process's /proc/<pid>/environ and
+#: memory: CAP_SYS_PTRACE, and CAP_PERFMON and CAP_SYS_ADMIN (the kernel lets either read
+#: another process's environ under PTRACE_MODE_READ).
+_PEEKING = {"sys_ptrace": 19, "sys_admin": 21, "perfmon": 38}
+_CAP_SETPCAP = 8
+_PR_CAPBSET_DROP = 24
+#: Drops the capabilities, then runs bash: for hosts without util-linux's setpriv. A fresh
+#: interpreter is single-threaded, so this is safe where a preexec_fn in the server is not.
+_DROP_THEN_EXEC = f"""\
+import ctypes, os, sys
+prctl = ctypes.CDLL(None, use_errno=True).prctl
+for cap in map(int, sys.argv[1].split(",")):
+    if prctl({_PR_CAPBSET_DROP}, cap, 0, 0, 0) != 0:
+        sys.exit(f"cannot drop capability {{cap}}: {{os.strerror(ctypes.get_errno())}}")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 DESCRIPTION = f"""\
 Run a bash command in the work dir and return its output and exit code.
 
 Usage:
 - The command runs as `bash -c <command>` with the work dir as current directory, with no \
-input (stdin is empty: interactive prompts get end-of-file) and the server's environment. \
-Use non-interactive flags (`-y`, `--no-pager`, ...). Chain dependent commands with `&&`; \
+input (stdin is empty: interactive prompts get end-of-file) and a minimal environment (PATH, \
+HOME, LANG, USER, TMPDIR; no credentials of the server). Use non-interactive flags (`-y`, \
+`--no-pager`, ...). Chain dependent commands with `&&`; \
 quote paths that contain spaces.
 - stdout and stderr are returned together, in the order they were written, followed by the \
 exit code. A non-zero exit code is reported as an error, with the output.
@@ -127,12 +150,66 @@ class _Output:
         return f"{head}\n[... about {cut:,} bytes of output cut ...]\n{tail}"
 
 
-async def bash(input: dict[str, Any], context: ToolContext) -> ToolOutcome:
+def _effective_capabilities() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def launcher() -> tuple[str, ...]:
+    """What runs before ``bash -c``: on Linux, when this process holds capabilities that
+    read other processes' environments (root has them), a program that drops them from the
+    command's bounding and inheritable sets, so neither bash nor anything it starts (setuid
+    programs included) has them. util-linux's ``setpriv`` when installed, else a short
+    Python program; nothing when there is nothing to drop or no right to drop it."""
+    if not sys.platform.startswith("linux"):
+        return ()
+    capabilities = _effective_capabilities()
+    held = {name: bit for name, bit in _PEEKING.items() if capabilities >> bit & 1}
+    if not held or not capabilities >> _CAP_SETPCAP & 1:
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        drop = ",".join(f"-{name}" for name in held)
+        return (setpriv, "--bounding-set", drop, "--inh-caps", drop, "--")
+    bits = ",".join(str(bit) for bit in held.values())
+    return (sys.executable, "-I", "-S", "-c", _DROP_THEN_EXEC, bits)
+
+
+def environment(context: ToolContext, server: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment of a command: a few of the server's variables, those the
+    ``bash_env`` setting names, and the pager and colour settings.
+
+    :raises ToolError: when ``bash_env`` is not a list of variable names.
+    """
+    allowed = context.settings.get("bash_env", [])
+    if (
+        isinstance(allowed, str)
+        or not isinstance(allowed, Sequence)
+        or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in allowed)
+    ):
+        raise ToolError(
+            "the tool setting 'bash_env' must be a list of environment variable names such "
+            f"as [\"JAVA_HOME\", \"GOPATH\"], not {allowed!r}"
+        )
+    passed = {name: server[name] for name in (*_PASSED, *allowed) if name in server}
+    return {**passed, **_ENVIRONMENT}
+
+
+async def _bash(
+    input: dict[str, Any], context: ToolContext, prefix: tuple[str, ...]
+) -> ToolOutcome:
     work_dir = WorkDir.of(context)
     timeout = parse_timeout(input.get("timeout"))
     limit = setting(context, "bash_output_limit", DEFAULT_OUTPUT_LIMIT)
     command: str = input["command"]
-    spawn = asyncio.ensure_future(_start(command, work_dir.root))
+    env = environment(context)
+    spawn = asyncio.ensure_future(_start(prefix, command, work_dir.root, env))
     try:
         process = await asyncio.shield(spawn)
     except asyncio.CancelledError:
@@ -169,16 +246,20 @@ async def bash(input: dict[str, Any], context: ToolContext) -> ToolOutcome:
     return ToolOutcome(content=f"{body}\n[exit code: {code}]", is_error=code != 0)
 
 
-async def _start(command: str, cwd: str) -> asyncio.subprocess.Process:
+async def _start(
+    prefix: tuple[str, ...], command: str, cwd: str, env: dict[str, str]
+) -> asyncio.subprocess.Process:
+    # bash is found on the server's PATH, whatever the command's PATH is.
+    shell = shutil.which("bash") or "bash"
     try:
         return await asyncio.create_subprocess_exec(
-            "bash", "-c", command,
+            *prefix, shell, "-c", command,
             cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **_ENVIRONMENT},
+            env=env,
         )
     except OSError as exc:
         raise ToolError(f"cannot start bash: {exc.strerror or exc}") from None
@@ -276,4 +357,9 @@ def _seconds(seconds: float) -> str:
 
 
 def bash_tools() -> list[BuiltinTool]:
+    prefix = launcher()  # once: the server's capabilities do not change
+
+    async def bash(input: dict[str, Any], context: ToolContext) -> ToolOutcome:
+        return await _bash(input, context, prefix)
+
     return [BuiltinTool(name="bash", description=DESCRIPTION, input_schema=SCHEMA, body=bash)]

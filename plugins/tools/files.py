@@ -7,8 +7,10 @@ hold a per-file lock so that two calls of one batch never lose each other's chan
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import difflib
+import io
 import os
 import re
 import secrets
@@ -19,8 +21,8 @@ from typing import Any
 
 from wingspan import ToolContext, ToolError
 
-from .base import BuiltinTool, cut_line, plural, run_blocking
-from .paths import WorkDir
+from .base import BuiltinTool, cut_line, plural, run_blocking, setting, tool_timeout
+from .paths import Location, WorkDir, display, kind_of
 
 DEFAULT_LIMIT = 2000
 MAX_LINE = 2000
@@ -32,6 +34,11 @@ MAX_DIFF_LINES = 80
 SNIFF = 8192
 #: Beyond this many remaining bytes, read says that more remains without counting lines.
 MAX_COUNTED = 32 * 1024 * 1024
+#: Bytes of one line read at once; the rest of a longer line is read block by block.
+LINE_BYTES = 64 * 1024
+BLOCK = 1024 * 1024
+#: Files larger than this are refused by edit (the ``edit_max_bytes`` setting).
+DEFAULT_EDIT_MAX_BYTES = 10 * 1024 * 1024
 
 
 class FileLocks:
@@ -84,7 +91,7 @@ are not part of the file: never copy them into `old_string` of the edit tool.
 call returns at most {MAX_READ_OUTPUT:,} characters.
 - Text is decoded as UTF-8; undecodable bytes show as U+FFFD.
 - Binary files are not shown (you get a note with their size). A directory gives the list of \
-its entries (use glob to find files by pattern).
+its entries (use glob to find files by pattern). Named pipes, devices and sockets are refused.
 - Read a file before editing it. Several reads may be issued at once."""
 
 READ_SCHEMA: dict[str, Any] = {
@@ -112,55 +119,86 @@ async def read(input: dict[str, Any], context: ToolContext) -> str:
     path: str = input["path"]
     offset: int = input.get("offset", 1)
     limit: int = input.get("limit", DEFAULT_LIMIT)
-    return await run_blocking(lambda stop: _read(work_dir, path, offset, limit, stop))
+    return await run_blocking(
+        lambda stop: _read(work_dir, path, offset, limit, stop),
+        limit=tool_timeout(context), name="read",
+    )
 
 
 def _read(work_dir: WorkDir, path: str, offset: int, limit: int, stop: threading.Event) -> str:
-    real = work_dir.resolve(path)
-    shown = work_dir.show(real)
-    if os.path.isdir(real):
-        return _list_directory(work_dir, real)
-    try:
-        with open(real, "rb") as file:
-            head = file.read(SNIFF)
-            size = os.fstat(file.fileno()).st_size
-            if b"\0" in head:
-                return (
-                    f"{shown} is a binary file ({size:,} bytes); read shows text files only."
-                )
-            file.seek(0)
-            lines: list[str] = []
-            chars = 0
-            number = 0
-            full = False
-            for raw in file:
-                number += 1
-                if number < offset:
-                    continue
-                if len(lines) >= limit or chars >= MAX_READ_OUTPUT:
-                    full = True
-                    break
-                if stop.is_set():
-                    break
-                text = raw.decode("utf-8", "replace").rstrip("\n").removesuffix("\r")
-                line = f"{number:>6}\t{cut_line(text, MAX_LINE)}"
-                lines.append(line)
-                chars += len(line) + 1
-            total = number if not full else _count_rest(file, size, number)
-    except FileNotFoundError:
+    with work_dir.locate(path) as location:
+        shown = work_dir.show(location.real)
+        if location.is_dir:
+            return _list_directory(location, shown)
+        try:
+            fd, status = location.open_file()
+        except FileNotFoundError:
+            raise ToolError(
+                f"there is no file {shown!r} in the work dir {work_dir.root}; check the name, "
+                "or use glob to find it"
+            ) from None
+        except OSError as exc:
+            raise ToolError(f"cannot read {shown!r}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(status.st_mode):  # a directory appeared where the file was
+        os.close(fd)
+        raise ToolError(f"{shown!r} changed into a directory while being read; try again")
+    if not stat.S_ISREG(status.st_mode):
+        os.close(fd)
         raise ToolError(
-            f"there is no file {shown!r} in the work dir {work_dir.root}; check the name, or "
-            "use glob to find it"
-        ) from None
+            f"{shown} is {kind_of(status.st_mode)}, not a regular file; read reads regular "
+            "files only"
+        )
+    try:
+        with open(fd, "rb") as file:
+            return _read_lines(file, shown, status.st_size, offset, limit, stop)
     except OSError as exc:
         raise ToolError(f"cannot read {shown!r}: {exc.strerror or exc}") from None
-    if size == 0:
+
+
+def _read_lines(
+    file: io.BufferedReader, shown: str, size: int, offset: int, limit: int, stop: threading.Event
+) -> str:
+    head = file.read(SNIFF)
+    if b"\0" in head:
+        return f"{shown} is a binary file ({size:,} bytes); read shows text files only."
+    file.seek(0)
+    lines: list[str] = []
+    chars = 0
+    number = 0
+    full = False
+    while True:
+        if number + 1 >= offset and (len(lines) >= limit or chars >= MAX_READ_OUTPUT):
+            full = bool(file.peek(1))
+            break
+        if stop.is_set():
+            break
+        raw = file.readline(LINE_BYTES)
+        if not raw:
+            break
+        number += 1
+        whole = raw.endswith(b"\n") or len(raw) < LINE_BYTES
+        if number < offset:
+            if not whole:
+                _skip_line(file, stop)
+            continue
+        if whole:
+            text = raw.decode("utf-8", "replace").rstrip("\n").removesuffix("\r")
+            line = cut_line(text, MAX_LINE)
+        else:
+            text = raw.decode("utf-8", "replace")
+            more = len(text) - MAX_LINE + _count_line(file, text, stop)
+            line = f"{text[:MAX_LINE]}... [line cut: {more} more characters]"
+        entry = f"{number:>6}\t{line}"
+        lines.append(entry)
+        chars += len(entry) + 1
+    if size == 0 and not lines:
         return f"{shown} is empty (0 bytes)."
     if not lines:
         raise ToolError(
             f"offset {offset} is past the end of {shown}, which has {plural(number, 'line')}; "
             "use a smaller offset"
         )
+    total = _count_rest(file, size, number) if full else number
     last = offset + len(lines) - 1
     if full:
         of = f"of {total:,} " if total is not None else ""
@@ -171,7 +209,32 @@ def _read(work_dir: WorkDir, path: str, offset: int, limit: int, stop: threading
     return "\n".join(lines)
 
 
-def _count_rest(file: Any, size: int, counted: int) -> int | None:
+def _skip_line(file: io.BufferedReader, stop: threading.Event) -> None:
+    """Read past the rest of a long line, holding one block of it at a time."""
+    while not stop.is_set():
+        block = file.readline(BLOCK)
+        if not block or block.endswith(b"\n"):
+            return
+
+
+def _count_line(file: io.BufferedReader, head: str, stop: threading.Event) -> int:
+    """Characters in the rest of a long line whose first part decoded to ``head`` (the
+    line end not counted), read block by block, never whole."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    count = 0
+    last = head[-1:]
+    while not stop.is_set():
+        block = file.readline(BLOCK)
+        ended = block.endswith(b"\n")
+        text = decoder.decode(block[:-1] if ended else block, final=not block or ended)
+        count += len(text)
+        last = text[-1:] if text else last
+        if not block or ended:
+            break
+    return count - 1 if last == "\r" else count
+
+
+def _count_rest(file: io.BufferedReader, size: int, counted: int) -> int | None:
     """The file's total line count, from the line just read on, or ``None`` when the rest
     is too large to count quickly."""
     if size - file.tell() > MAX_COUNTED:
@@ -184,11 +247,17 @@ def _count_rest(file: Any, size: int, counted: int) -> int | None:
     return counted + newlines + (0 if last == b"\n" else 1)
 
 
-def _list_directory(work_dir: WorkDir, real: str) -> str:
-    shown = work_dir.show(real)
+def _list_directory(location: Location, shown: str) -> str:
     try:
-        with os.scandir(real) as scan:
-            names = sorted(e.name + ("/" if e.is_dir() else "") for e in scan)
+        fd = location.open_directory()
+        try:
+            with os.scandir(fd) as scan:
+                names = sorted(
+                    display(e.name) + ("/" if e.is_dir(follow_symlinks=False) else "")
+                    for e in scan
+                )
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ToolError(f"cannot list the directory {shown!r}: {exc.strerror or exc}") from None
     if not names:
@@ -239,51 +308,64 @@ def make_write(locks: FileLocks) -> Any:
         work_dir = WorkDir.of(context)
         path: str = input["path"]
         data = input["content"].encode("utf-8", "replace")
-        return await run_blocking(lambda stop: _write(work_dir, locks, path, data))
+        return await run_blocking(
+            lambda stop: _write(work_dir, locks, path, data),
+            limit=tool_timeout(context), name="write",
+        )
 
     return write
 
 
 def _write(work_dir: WorkDir, locks: FileLocks, path: str, data: bytes) -> str:
-    real = work_dir.resolve(path)
-    shown = work_dir.show(real)
-    if real == work_dir.root or os.path.isdir(real):
-        raise ToolError(f"{shown!r} is a directory; give the path of a file to write")
-    with locks.lock_for(real):
-        try:
-            previous = os.stat(real).st_size if os.path.exists(real) else None
-            os.makedirs(os.path.dirname(real), exist_ok=True)
-            replace_atomically(real, data)
-        except OSError as exc:
-            raise ToolError(f"cannot write {shown!r}: {exc.strerror or exc}") from None
-    if previous is None:
+    with work_dir.locate(path) as location:
+        shown = work_dir.show(location.real)
+        if location.is_dir:
+            raise ToolError(f"{shown!r} is a directory; give the path of a file to write")
+        with locks.lock_for(location.real):
+            try:
+                location.make_parents()
+                status = location.lstat()
+                if status is not None and stat.S_ISDIR(status.st_mode):
+                    raise ToolError(f"{shown!r} is a directory; give the path of a file to write")
+                if status is not None and not stat.S_ISREG(status.st_mode):
+                    raise ToolError(
+                        f"{shown} is {kind_of(status.st_mode)}, not a regular file; write "
+                        "replaces regular files only"
+                    )
+                mode = stat.S_IMODE(status.st_mode) if status is not None else None
+                replace_atomically(location, data, mode)
+            except OSError as exc:
+                raise ToolError(f"cannot write {shown!r}: {exc.strerror or exc}") from None
+    if status is None:
         return f"Wrote {len(data):,} bytes to {shown} (new file)."
-    return f"Wrote {len(data):,} bytes to {shown} (replaced {previous:,} bytes)."
+    return f"Wrote {len(data):,} bytes to {shown} (replaced {status.st_size:,} bytes)."
 
 
-def replace_atomically(real: str, data: bytes) -> None:
-    """Write ``data`` to a new file beside ``real``, flush it to disk, rename it over ``real``.
+def replace_atomically(location: Location, data: bytes, mode: int | None) -> None:
+    """Write ``data`` to a new file beside the location's target, flush it to disk, rename
+    it over the target; all of it relative to the directory's descriptor, so the file lands
+    in the directory that was checked even if its path changes meanwhile.
 
-    A new file gets the usual permissions (0666 less the umask); an existing one keeps its own.
+    A new file gets the usual permissions (0666 less the umask); an existing one keeps
+    ``mode``, its own.
     """
-    directory, name = os.path.split(real)
-    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-    try:
-        mode = stat.S_IMODE(os.stat(real).st_mode)
-    except FileNotFoundError:
-        mode = None
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    directory, name = location.directory, location.name
+    temporary = f".{name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(
+        temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
+        dir_fd=directory,
+    )
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
+            if mode is not None:
+                os.fchmod(file.fileno(), mode)
             os.fsync(file.fileno())
-        if mode is not None:
-            os.chmod(temporary, mode)
-        os.replace(temporary, real)
+        os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
+            os.unlink(temporary, dir_fd=directory)
         raise
 
 
@@ -306,7 +388,8 @@ or single-byte) are preserved: write `old_string` and `new_string` with plain ne
 - When `old_string` is not found the error shows the closest lines of the file; when it \
 occurs more than once the error gives the count and line numbers.
 - Answers with a short diff of the change. The file is replaced atomically.
-- To create a file, use the write tool. Paths outside the work dir are refused."""
+- To create a file, use the write tool. Paths outside the work dir are refused. Files over \
+10 MiB (the server may set another limit) are refused: change those with bash."""
 
 EDIT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -351,8 +434,10 @@ def make_edit(locks: FileLocks) -> Any:
             )
         replace_all: bool = input.get("replace_all", False)
         path: str = input["path"]
+        max_size = setting(context, "edit_max_bytes", DEFAULT_EDIT_MAX_BYTES)
         return await run_blocking(
-            lambda stop: _edit(work_dir, locks, path, old, new, replace_all)
+            lambda stop: _edit(work_dir, locks, path, old, new, replace_all, max_size),
+            limit=tool_timeout(context), name="edit",
         )
 
     return edit
@@ -378,52 +463,83 @@ def _decode(data: bytes, shown: str) -> tuple[bytes, str, str]:
 
 
 def _edit(
-    work_dir: WorkDir, locks: FileLocks, path: str, old: str, new: str, replace_all: bool
+    work_dir: WorkDir, locks: FileLocks, path: str, old: str, new: str, replace_all: bool,
+    max_size: int,
 ) -> str:
-    real = work_dir.resolve(path)
-    shown = work_dir.show(real)
-    if os.path.isdir(real):
-        raise ToolError(f"{shown!r} is a directory; give the path of a file to edit")
-    with locks.lock_for(real):
-        try:
-            with open(real, "rb") as file:
-                data = file.read()
-        except FileNotFoundError:
-            raise ToolError(
-                f"there is no file {shown!r} in the work dir; check the path (glob finds "
-                "files), or use write to create it"
-            ) from None
-        except OSError as exc:
-            raise ToolError(f"cannot read {shown!r}: {exc.strerror or exc}") from None
-        bom, encoding, text = _decode(data, shown)
-        count = text.count(old)
-        if count == 0 and "\r\n" in text and "\r" not in old:
-            # The model writes plain newlines; the file uses CRLF.
-            old, new = old.replace("\n", "\r\n"), new.replace("\n", "\r\n")
-            count = text.count(old)
-        if count == 0:
-            raise ToolError(_not_found(text, old, shown))
-        if count > 1 and not replace_all:
-            lines = _match_lines(text, old)
-            raise ToolError(
-                f"old_string occurs {count} times in {shown} (at lines {lines}); include "
-                "more surrounding lines to make it unique, or set replace_all to true to "
-                "replace every occurrence"
-            )
-        updated = text.replace(old, new) if replace_all else text.replace(old, new, 1)
-        try:
-            encoded = bom + updated.encode(encoding)
-        except UnicodeEncodeError:
-            raise ToolError(
-                f"{shown} is encoded as {encoding}, which cannot hold some characters of "
-                "new_string; use characters that encoding has"
-            ) from None
-        try:
-            replace_atomically(real, encoded)
-        except OSError as exc:
-            raise ToolError(f"cannot write {shown!r}: {exc.strerror or exc}") from None
+    with work_dir.locate(path) as location:
+        shown = work_dir.show(location.real)
+        if location.is_dir:
+            raise ToolError(f"{shown!r} is a directory; give the path of a file to edit")
+        with locks.lock_for(location.real):
+            text, updated, count = _edit_file(location, shown, old, new, replace_all, max_size)
     replaced = plural(count if replace_all else 1, "replacement")
     return f"Edited {shown}: {replaced}.\n{_diff(text, updated, shown)}"
+
+
+def _edit_file(
+    location: Location, shown: str, old: str, new: str, replace_all: bool, max_size: int
+) -> tuple[str, str, int]:
+    try:
+        fd, status = location.open_file()
+    except FileNotFoundError:
+        raise ToolError(
+            f"there is no file {shown!r} in the work dir; check the path (glob finds "
+            "files), or use write to create it"
+        ) from None
+    except OSError as exc:
+        raise ToolError(f"cannot read {shown!r}: {exc.strerror or exc}") from None
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(status.st_mode):
+            what = "a directory" if stat.S_ISDIR(status.st_mode) else kind_of(status.st_mode)
+            raise ToolError(f"{shown} is {what}, not a regular file; edit changes files only")
+        if status.st_size > max_size:
+            raise ToolError(_too_big(shown, status.st_size, max_size))
+        try:
+            data = file.read(max_size + 1)
+        except OSError as exc:
+            raise ToolError(f"cannot read {shown!r}: {exc.strerror or exc}") from None
+    if len(data) > max_size:  # it grew since
+        raise ToolError(_too_big(shown, len(data), max_size))
+    bom, encoding, text = _decode(data, shown)
+    count = text.count(old)
+    if count == 0 and "\r\n" in text and "\r" not in old:
+        # The model writes plain newlines; the file uses CRLF.
+        old, new = old.replace("\n", "\r\n"), new.replace("\n", "\r\n")
+        count = text.count(old)
+    if count == 0:
+        raise ToolError(_not_found(text, old, shown))
+    if count > 1 and not replace_all:
+        lines = _match_lines(text, old)
+        raise ToolError(
+            f"old_string occurs {count} times in {shown} (at lines {lines}); include "
+            "more surrounding lines to make it unique, or set replace_all to true to "
+            "replace every occurrence"
+        )
+    updated = text.replace(old, new) if replace_all else text.replace(old, new, 1)
+    try:
+        encoded = bom + updated.encode(encoding)
+    except UnicodeEncodeError:
+        raise ToolError(
+            f"{shown} is encoded as {encoding}, which cannot hold some characters of "
+            "new_string; use characters that encoding has"
+        ) from None
+    try:
+        replace_atomically(location, encoded, stat.S_IMODE(status.st_mode))
+    except OSError as exc:
+        raise ToolError(f"cannot write {shown!r}: {exc.strerror or exc}") from None
+    return text, updated, count
+
+
+def _too_big(shown: str, size: int, limit: int) -> str:
+    return (
+        f"{shown} is {_mib(size)} ({size:,} bytes), over edit's limit of {_mib(limit)} "
+        f"({limit:,} bytes, the server's 'edit_max_bytes' setting); change it with bash "
+        "(e.g. sed) or split the file"
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _match_lines(text: str, old: str, most: int = 10) -> str:

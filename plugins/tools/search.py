@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import threading
 from typing import Any
 
 from wingspan import ToolContext, ToolError
 
-from .base import BuiltinTool, cut_line, plural, run_blocking
-from .paths import WorkDir
+from .base import BuiltinTool, cut_line, plural, run_blocking, tool_timeout
+from .paths import Location, WorkDir, display, kind_of
 
 MAX_GLOB_RESULTS = 1000
 MAX_GREP_MATCHES = 250
@@ -187,52 +188,44 @@ async def glob(input: dict[str, Any], context: ToolContext) -> str:
     work_dir = WorkDir.of(context)
     pattern: str = input["pattern"]
     path: str = input.get("path", ".")
-    return await run_blocking(lambda stop: _glob(work_dir, pattern, path, stop))
+    return await run_blocking(
+        lambda stop: _glob(work_dir, pattern, path, stop),
+        limit=tool_timeout(context), name="glob",
+    )
 
 
-def _search_dir(work_dir: WorkDir, path: str) -> str:
-    real = work_dir.resolve(path)
-    if not os.path.isdir(real):
-        what = "a file" if os.path.exists(real) else "not found"
+def _search_dir(work_dir: WorkDir, path: str) -> Location:
+    location = work_dir.locate(path)
+    if not location.is_dir:
+        try:
+            what = "not found" if location.lstat() is None else "a file"
+        except OSError as exc:
+            what = f"not readable ({exc.strerror or exc})"
+        finally:
+            location.close()
         raise ToolError(
             f"`path` {path!r} is {what}; give a directory inside the work dir (or leave it out "
             "to search the whole work dir)"
         )
-    return real
+    return location
 
 
 def _glob(work_dir: WorkDir, pattern: str, path: str, stop: threading.Event) -> str:
-    base = _search_dir(work_dir, path)
-    if os.path.isabs(pattern):
-        prefix = base.rstrip("/") + "/"
-        if not pattern.startswith(prefix):
-            raise ToolError(
-                f"the pattern {pattern!r} is absolute and not under {base}; use a pattern "
-                "relative to `path`"
-            )
-        pattern = pattern[len(prefix):]
-    matcher = GlobMatcher(pattern)
-    top = base
-    if matcher.prefix:
-        top = work_dir.resolve(os.path.join(base, matcher.prefix))
-        if not os.path.isdir(top):
-            return _no_glob_match(pattern, _where(work_dir, base))
-    base_prefix = base.rstrip("/") + "/"
-    depth = None
-    if matcher.max_depth is not None:
-        depth = matcher.max_depth - (matcher.prefix.count("/") + 1 if matcher.prefix else 0)
-    found: list[tuple[float, str]] = []
-    for entry in work_dir.walk_files(top, stop, max_depth=depth):
-        relative = entry.path[len(base_prefix):]
-        if matcher.matches(relative):
-            try:
-                mtime = entry.stat().st_mtime
-            except OSError:
-                continue
-            found.append((-mtime, entry.path))
+    with _search_dir(work_dir, path) as location:
+        base = location.real
+        if os.path.isabs(pattern):
+            prefix = base.rstrip("/") + "/"
+            if not pattern.startswith(prefix):
+                raise ToolError(
+                    f"the pattern {pattern!r} is absolute and not under {display(base)}; use a "
+                    "pattern relative to `path`"
+                )
+            pattern = pattern[len(prefix):]
+        matcher = GlobMatcher(pattern)
+        found = _glob_walk(work_dir, location, matcher, stop)
     if stop.is_set():
         return ""
-    if not found:
+    if found is None or not found:
         return _no_glob_match(pattern, _where(work_dir, base))
     found.sort()
     shown = [work_dir.show(p) for _, p in found[:MAX_GLOB_RESULTS]]
@@ -244,6 +237,37 @@ def _glob(work_dir: WorkDir, pattern: str, path: str, stop: threading.Event) -> 
             "narrow the pattern or path.]"
         )
     return text
+
+
+def _glob_walk(
+    work_dir: WorkDir, base: Location, matcher: GlobMatcher, stop: threading.Event
+) -> list[tuple[float, str]] | None:
+    """``(-mtime, path)`` of the matching files, or ``None`` when the pattern's literal
+    directory does not exist."""
+    top = base
+    if matcher.prefix:
+        top = work_dir.locate(os.path.join(work_dir.relative(base.real), matcher.prefix))
+        if not top.is_dir:
+            top.close()
+            return None
+    base_prefix = base.real.rstrip("/") + "/"
+    depth = None
+    if matcher.max_depth is not None:
+        depth = matcher.max_depth - (matcher.prefix.count("/") + 1 if matcher.prefix else 0)
+    found: list[tuple[float, str]] = []
+    try:
+        for entry in work_dir.walk_files(top, stop, max_depth=depth):
+            relative = entry.path[len(base_prefix):]
+            if matcher.matches(relative):
+                try:
+                    mtime = entry.stat().st_mtime
+                except (OSError, ToolError):
+                    continue
+                found.append((-mtime, entry.path))
+    finally:
+        if top is not base:
+            top.close()
+    return found
 
 
 def _no_glob_match(pattern: str, shown_base: str) -> str:
@@ -319,7 +343,9 @@ async def grep(input: dict[str, Any], context: ToolContext) -> str:
         include_matcher = GlobMatcher(include)
     path: str = input.get("path", ".")
     search = Grep(work_dir, regex, include_matcher, include is not None and "/" in include)
-    return await run_blocking(lambda stop: search.run(path, stop))
+    return await run_blocking(
+        lambda stop: search.run(path, stop), limit=tool_timeout(context), name="grep"
+    )
 
 
 class Grep:
@@ -347,23 +373,42 @@ class Grep:
 
     def run(self, path: str, stop: threading.Event) -> str:
         work_dir = self.work_dir
-        real = work_dir.resolve(path)
-        if os.path.isfile(real):
-            self.search_file(real)
-        elif os.path.isdir(real):
-            prefix = real.rstrip("/") + "/"
-            include, by_path = self.include, self.include_by_path
-            for entry in work_dir.walk_files(real, stop):
-                if include is not None and not include.matches(
-                    entry.path[len(prefix):] if by_path else entry.name
-                ):
-                    continue
-                self.search_file(entry.path)
-        else:
-            raise ToolError(
-                f"there is no file or directory {path!r} in the work dir; check the path "
-                "(or leave it out to search the whole work dir)"
-            )
+        with work_dir.locate(path) as location:
+            real = location.real
+            if location.is_dir:
+                prefix = real.rstrip("/") + "/"
+                include, by_path = self.include, self.include_by_path
+                for entry in work_dir.walk_files(location, stop):
+                    if include is not None and not include.matches(
+                        entry.path[len(prefix):] if by_path else entry.name
+                    ):
+                        continue
+                    try:
+                        fd = entry.open_regular()
+                    except (OSError, ToolError):
+                        self.unreadable += 1
+                        continue
+                    if fd is not None:
+                        self.search_file(fd, entry.path, stop)
+            else:
+                try:
+                    fd, status = location.open_file()
+                except FileNotFoundError:
+                    raise ToolError(
+                        f"there is no file or directory {path!r} in the work dir; check the "
+                        "path (or leave it out to search the whole work dir)"
+                    ) from None
+                except OSError as exc:
+                    raise ToolError(
+                        f"cannot read {work_dir.show(real)!r}: {exc.strerror or exc}"
+                    ) from None
+                if not stat.S_ISREG(status.st_mode):
+                    os.close(fd)
+                    raise ToolError(
+                        f"{work_dir.show(real)} is {kind_of(status.st_mode)}, not a regular "
+                        "file; grep searches regular files only"
+                    )
+                self.search_file(fd, real, stop)
         if stop.is_set():
             return ""
         if not self.matches:
@@ -379,12 +424,8 @@ class Grep:
             text += f"\n[{plural(self.unreadable, 'file')} could not be read.]"
         return text
 
-    def search_file(self, real: str) -> None:
-        try:
-            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self.unreadable += 1
-            return
+    def search_file(self, fd: int, real: str, stop: threading.Event) -> None:
+        """Search the open file ``fd`` (found at ``real``), and close it."""
         before = self.matches
         try:
             # A small first read: allocating a large buffer for every small file costs more
@@ -398,7 +439,7 @@ class Grep:
                 return
             line = 1
             carry = b""
-            while block:
+            while block and not stop.is_set():
                 data = carry + block
                 end = data.rfind(b"\n") + 1
                 if end == 0:  # one giant line so far: search what we have

@@ -161,19 +161,47 @@ async def webfetch(input: dict[str, Any], context: ToolContext) -> ToolOutcome:
         ) from None
 
 
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+#: The scheme and the authority (up to the path, query or fragment) of a URL.
+_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[/\\]*[^/?#]*")
+
+
 def _parse(url: str) -> httpx.URL:
+    """The URL, checked: http(s), a host, a port in range, nothing httpx would choke on.
+
+    :raises ToolError: naming the URL and what is wrong with it.
+    """
     import httpx
 
+    start = _AUTHORITY.match(url.strip())
+    if start is not None and "\\" in start.group():
+        meant = start.group().replace("\\", "/") + url.strip()[start.end():]
+        raise ToolError(
+            f"{url!r} contains a backslash ('\\'); URLs use forward slashes: did you mean "
+            f"{meant!r}?"
+        )
+    bad = _CONTROL.search(url.strip())
+    if bad is not None:
+        what = "a space" if bad.group() == " " else f"the control character {bad.group()!r}"
+        raise ToolError(
+            f"{url!r} contains {what}; percent-encode it (a space is %20) or remove it"
+        )
     try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        parsed = httpx.URL(url.strip())
+        port = parsed.port
+    except (httpx.InvalidURL, TypeError, ValueError, UnicodeError) as exc:
         raise ToolError(f"{url!r} is not a valid URL: {exc}") from None
     if parsed.scheme not in ("http", "https"):
         raise ToolError(
             f"{url!r} is not an http:// or https:// URL; webfetch fetches only those"
         )
     if not parsed.host:
-        raise ToolError(f"{url!r} has no host; give a complete URL such as https://example.com/")
+        raise ToolError(
+            f"{url!r} has no host; give a complete URL such as https://example.com/ (the "
+            "scheme is followed by '//' and the host)"
+        )
+    if port is not None and not 0 < port < 65536:
+        raise ToolError(f"{url!r} has the port {port}, which does not exist (1-65535)")
     return parsed
 
 
@@ -191,7 +219,7 @@ async def _pinned_address(url: httpx.URL, policy: AddressPolicy) -> str:
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, port, type=socket.SOCK_STREAM
             )
-        except (socket.gaierror, UnicodeError) as exc:
+        except (socket.gaierror, UnicodeError, OverflowError, ValueError) as exc:
             raise ToolError(f"cannot resolve the host {host!r}: {exc}; check the URL") from None
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if not addresses:
@@ -222,14 +250,21 @@ async def _fetch(url: str, form: str, policy: AddressPolicy) -> ToolOutcome:
     ) as client:
         for _hop in range(MAX_REDIRECTS + 1):
             address = await _pinned_address(current, policy)
-            request = client.build_request(
-                "GET",
-                current.copy_with(host=address),
-                headers={"Host": current.netloc.decode("ascii")},
-                extensions={"sni_hostname": current.host},
-            )
+            try:
+                request = client.build_request(
+                    "GET",
+                    current.copy_with(host=address),
+                    headers={"Host": current.netloc.decode("ascii")},
+                    extensions={"sni_hostname": current.host},
+                )
+            except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+                raise ToolError(f"{current} is not a URL webfetch can fetch: {exc}") from None
             try:
                 response = await client.send(request, stream=True)
+            except httpx.InvalidURL as exc:  # httpx reads a redirect's location early
+                raise ToolError(
+                    f"{current} redirected to a location that is not a valid URL: {exc}"
+                ) from None
             except httpx.HTTPError as exc:
                 raise ToolError(f"fetching {current} failed: {_describe(exc)}") from None
             try:
@@ -237,6 +272,11 @@ async def _fetch(url: str, form: str, policy: AddressPolicy) -> ToolOutcome:
                 if response.is_redirect and location:
                     try:
                         current = _parse(str(current.join(location)))
+                    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+                        raise ToolError(
+                            f"{current} redirected to {location!r}, which is not a valid URL: "
+                            f"{exc}"
+                        ) from None
                     except ToolError as exc:
                         raise ToolError(f"{current} redirected to a bad location: {exc}") from None
                     continue

@@ -392,3 +392,25 @@ async def test_the_bearer_scheme_is_case_insensitive(runtime: Any) -> None:
                        "Basic s3cret-token", "Bearer s3cret-token-and-more"):
             await error_of(await client.get("/agents", headers={"Authorization": header}), 401)
 
+
+def test_bash_cannot_see_the_servers_secrets(tmp_path: Path) -> None:
+    secrets = {"ANTHROPIC_API_KEY": "sk-ant-in-the-env-1234", "AWS_SECRET_ACCESS_KEY": "aws-5678",
+               "OPENAI_API_KEY": "sk-openai-in-the-env-90"}
+    server = start_server(env=secrets)
+    try:
+        command = ("cat /proc/$PPID/environ | tr '\\0' '\\n'; "
+                   "cat /proc/$PPID/cmdline >/dev/null && echo parent-readable; env")
+        script = {"script": [[{"name": "bash", "input": {"command": command}}], "done"]}
+        with httpx.Client(base_url=server.base_url, timeout=WAIT) as client:
+            agent = client.post("/agents", json={"name": "b", "tools": ["bash"],
+                                                 "options": script})
+            session = client.post("/sessions", json={"work_dir": str(tmp_path)})
+            result = client.post(f"/sessions/{session.json()['id']}/message", json={
+                "agent_id": agent.json()["id"], "message": "go"}).json()
+        output = result["tool_calls"][0]["output"]
+        assert "parent-readable" in output  # the command ran, and saw its parent
+        assert "PATH=" in output
+        for name, value in secrets.items():
+            assert value not in output, name
+    finally:
+        assert server.stop() == 0

@@ -229,3 +229,36 @@ def test_a_bad_allow_setting_is_named() -> None:
 def test_xhtml_converts_without_warnings() -> None:
     xhtml = '<?xml version="1.0"?><html xmlns="http://www.w3.org/1999/xhtml"><body><p>hi</p>'
     assert html_to(xhtml, "markdown") == "hi"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http:\\\\host", "contains a backslash ('\\'); URLs use forward slashes: did you mean "
+                          "'http://host'?"),
+        ("http:\\\\example.com\\page", "did you mean 'http://example.com/page'?"),
+        ("http://exa mple.com/", "contains a space; percent-encode it"),
+        ("http://example.com/a\nb", "contains the control character '\\n'"),
+        ("http://example.com:99999/", "has the port 99999, which does not exist"),
+        ("http://[::1/", "is not a valid URL: "),
+        ("http:example.com", "has no host"),
+        ("ftp://example.com/", "is not an http:// or https:// URL"),
+    ],
+)
+async def test_malformed_urls_are_named_with_what_is_wrong(url: str, message: str) -> None:
+    out = await call(build_runtime(), "webfetch", {"url": url}, None)
+    assert out.is_error and out.content.startswith(repr(url)) and message in out.content, (
+        out.content
+    )
+
+
+@pytest.mark.parametrize(
+    "location", ["http://[::1", "http://exa mple.com:99999/", "http:\\\\evil.example/"]
+)
+async def test_a_redirect_to_a_malformed_url_is_named(
+    allowed: wingspan.Runtime, server: Server, location: str
+) -> None:
+    url = f"{server.base}/redirect?to={location.replace(' ', '%20')}"
+    out = await call(allowed, "webfetch", {"url": url}, None)
+    assert out.is_error and f"{server.base}/redirect" in out.content, out.content
+    assert "redirected to" in out.content or "location header" in out.content
