@@ -1,7 +1,8 @@
 """The one place where JSON shapes are defined.
 
 :func:`make_converter` builds a strict cattrs converter: no silent coercion (``1`` never
-becomes ``"1"``, ``true`` is not an integer), unknown keys rejected, tagged unions on
+becomes ``"1"``, ``true`` is not an integer, ``1.5`` is not one either though ``1.0``, the
+same JSON number as ``1``, is), unknown keys rejected, tagged unions on
 ``"type"``, and failures reported as :class:`~wingspan.errors.ValidationError` naming the
 failing field. Types defined by plugins are registered on the same converter.
 """
@@ -78,6 +79,9 @@ def _strict_primitive(tp: type) -> Callable[[Any, Any], Any]:
         # bool is a subclass of int; JSON true is never an integer.
         if type(value) is tp or (tp is float and type(value) is int):
             return value
+        # JSON has one number type: 1.0 is the integer 1 (as JSON Schema says), 1.5 is not.
+        if tp is int and type(value) is float and value.is_integer():
+            return int(value)
         raise _WireError(f"expected {_type_name(tp)}, got {_json_type(value)}")
 
     return check

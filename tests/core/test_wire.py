@@ -284,8 +284,8 @@ def _fields(exc: pytest.ExceptionInfo[wingspan.ValidationError]) -> list[str]:
             "$.is_error",
             "boolean",
         ),
-        # floats are not integers, even whole ones
-        ({"type": "text_delta", "text": "a", "index": 1.0}, t.TextDelta, "$.index", "integer"),
+        # fractions are not integers (1.0 is: see test_a_whole_number_is_an_integer...)
+        ({"type": "text_delta", "text": "a", "index": 1.25}, t.TextDelta, "$.index", "integer"),
         ({"input_tokens": 1.5}, t.Usage, "$.input_tokens", "integer"),
         # strings are not arrays, arrays not objects
         ({"role": "user", "content": "hi"}, t.Message, "$.content", "array"),
@@ -495,7 +495,9 @@ def _value_of_kind(kind: str) -> st.SearchStrategy[Any]:
         "null": st.none(),
         "boolean": st.booleans(),
         "integer": st.integers(),
-        "float": st.floats(allow_nan=False, allow_infinity=False),
+        # a whole float is the integer it equals (JSON has one number type)
+        "float": st.floats(allow_nan=False, allow_infinity=False).filter(
+            lambda number: not number.is_integer()),
         "string": st.text(max_size=5),
         "array": st.lists(s.json_scalars, max_size=2),
         "object": st.dictionaries(st.text(max_size=4), s.json_scalars, max_size=2),
@@ -690,3 +692,13 @@ def test_message_content_may_be_given_as_a_string_or_a_list() -> None:
     assert t.Message(role="user", content=[block]).content == (block,)
     with pytest.raises(TypeError, match="tuple of blocks or a string"):
         t.Message(role="user", content=5)  # type: ignore[arg-type]
+
+
+def test_a_whole_number_is_an_integer_however_it_is_written() -> None:
+    # JSON has one number type, and JSON Schema counts 1.0 as an integer: so does the wire.
+    usage = wire.structure({"input_tokens": 3.0, "output_tokens": 4}, t.Usage)
+    assert usage == t.Usage(input_tokens=3, output_tokens=4)
+    assert type(usage.input_tokens) is int
+    for bad in (3.5, True, "3", float("inf"), float("nan")):
+        with pytest.raises(wingspan.ValidationError, match="input_tokens"):
+            wire.structure({"input_tokens": bad, "output_tokens": 4}, t.Usage)
