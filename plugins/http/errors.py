@@ -45,6 +45,7 @@ CODES = {
     500: "internal",
     502: "provider_error",
     503: "unavailable",
+    504: "timeout",
 }
 
 
