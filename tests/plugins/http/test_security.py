@@ -414,3 +414,35 @@ def test_bash_cannot_see_the_servers_secrets(tmp_path: Path) -> None:
             assert value not in output, name
     finally:
         assert server.stop() == 0
+
+
+def test_the_config_files_secret_key_and_tool_settings_reach_the_store_and_tools(
+    tmp_path: Path,
+) -> None:
+    import base64
+
+    secret = base64.urlsafe_b64encode(bytes(range(32))).decode()
+    database = tmp_path / "w.db"
+    config = tmp_path / "server.toml"
+    config.write_text(f'[server]\nsecret_key = "{secret}"\n[tools]\nbash_env = ["PASSED_ON"]\n')
+    server = start_server("--db", str(database), "--config", str(config),
+                          env={"PASSED_ON": "visible-1", "NOT_PASSED": "hidden-2"})
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=WAIT) as client:
+            put = client.put("/provider/auth", json={"providers": {
+                "anthropic": {"type": "api_key", "key": STORED_KEY}}})
+            assert put.status_code == 200, put.text
+            script = {"script": [[{"name": "bash", "input": {"command": "env"}}], "done"]}
+            agent = client.post("/agents", json={"name": "b", "tools": ["bash"],
+                                                 "options": script})
+            session = client.post("/sessions", json={"work_dir": str(tmp_path)})
+            result = client.post(f"/sessions/{session.json()['id']}/message", json={
+                "agent_id": agent.json()["id"], "message": "go"}).json()
+        output = result["tool_calls"][0]["output"]
+        assert "PASSED_ON=visible-1" in output and "hidden-2" not in output
+    finally:
+        assert server.stop() == 0
+    for path in tmp_path.iterdir():
+        if path.name.startswith("w.db"):
+            assert STORED_KEY.encode() not in path.read_bytes(), path.name
+    assert secret not in server.stderr()
