@@ -393,6 +393,17 @@ async def test_the_bearer_scheme_is_case_insensitive(runtime: Any) -> None:
             await error_of(await client.get("/agents", headers={"Authorization": header}), 401)
 
 
+def run_bash(base_url: str, command: str, work_dir: Path) -> str:
+    """Run ``command`` with the bash tool through a real server; its output."""
+    script = {"script": [[{"name": "bash", "input": {"command": command}}], "done"]}
+    with httpx.Client(base_url=base_url, timeout=WAIT) as client:
+        agent = client.post("/agents", json={"name": "b", "tools": ["bash"], "options": script})
+        session = client.post("/sessions", json={"work_dir": str(work_dir)})
+        result = client.post(f"/sessions/{session.json()['id']}/message", json={
+            "agent_id": agent.json()["id"], "message": "go"}).json()
+    return str(result["tool_calls"][0]["output"])
+
+
 def test_bash_cannot_see_the_servers_secrets(tmp_path: Path) -> None:
     secrets = {"ANTHROPIC_API_KEY": "sk-ant-in-the-env-1234", "AWS_SECRET_ACCESS_KEY": "aws-5678",
                "OPENAI_API_KEY": "sk-openai-in-the-env-90"}
@@ -400,14 +411,7 @@ def test_bash_cannot_see_the_servers_secrets(tmp_path: Path) -> None:
     try:
         command = ("cat /proc/$PPID/environ | tr '\\0' '\\n'; "
                    "cat /proc/$PPID/cmdline >/dev/null && echo parent-readable; env")
-        script = {"script": [[{"name": "bash", "input": {"command": command}}], "done"]}
-        with httpx.Client(base_url=server.base_url, timeout=WAIT) as client:
-            agent = client.post("/agents", json={"name": "b", "tools": ["bash"],
-                                                 "options": script})
-            session = client.post("/sessions", json={"work_dir": str(tmp_path)})
-            result = client.post(f"/sessions/{session.json()['id']}/message", json={
-                "agent_id": agent.json()["id"], "message": "go"}).json()
-        output = result["tool_calls"][0]["output"]
+        output = run_bash(server.base_url, command, tmp_path)
         assert "parent-readable" in output  # the command ran, and saw its parent
         assert "PATH=" in output
         for name, value in secrets.items():
@@ -428,17 +432,10 @@ def test_the_config_files_secret_key_and_tool_settings_reach_the_store_and_tools
     server = start_server("--db", str(database), "--config", str(config),
                           env={"PASSED_ON": "visible-1", "NOT_PASSED": "hidden-2"})
     try:
-        with httpx.Client(base_url=server.base_url, timeout=WAIT) as client:
-            put = client.put("/provider/auth", json={"providers": {
-                "anthropic": {"type": "api_key", "key": STORED_KEY}}})
-            assert put.status_code == 200, put.text
-            script = {"script": [[{"name": "bash", "input": {"command": "env"}}], "done"]}
-            agent = client.post("/agents", json={"name": "b", "tools": ["bash"],
-                                                 "options": script})
-            session = client.post("/sessions", json={"work_dir": str(tmp_path)})
-            result = client.post(f"/sessions/{session.json()['id']}/message", json={
-                "agent_id": agent.json()["id"], "message": "go"}).json()
-        output = result["tool_calls"][0]["output"]
+        put = httpx.put(server.base_url + "/provider/auth", timeout=WAIT, json={
+            "providers": {"anthropic": {"type": "api_key", "key": STORED_KEY}}})
+        assert put.status_code == 200, put.text
+        output = run_bash(server.base_url, "env", tmp_path)
         assert "PASSED_ON=visible-1" in output and "hidden-2" not in output
     finally:
         assert server.stop() == 0
