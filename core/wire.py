@@ -9,6 +9,7 @@ failing field. Types defined by plugins are registered on the same converter.
 
 from __future__ import annotations
 
+import collections.abc
 import functools
 import json
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, make_mapping_structure_fn
 from cattrs.preconf.json import make_converter as _make_json_converter
 
 from . import types as t
@@ -178,6 +179,26 @@ def _strict_tuple(converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
     return structure_tuple
 
 
+def _is_mapping(tp: Any) -> bool:
+    return getattr(tp, "__origin__", None) in (collections.abc.Mapping, dict)
+
+
+def _strict_mapping(converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """Mappings only from JSON objects: cattrs's own hook would call ``.items()`` on an
+    array and report Python's ``AttributeError`` instead of what is wrong."""
+    hooks: dict[Any, Callable[[Any, Any], Any]] = {}
+
+    def structure_mapping(value: Any, tp: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _WireError(f"expected an object, got {_json_type(value)}")
+        hook = hooks.get(tp)
+        if hook is None:
+            hook = hooks[tp] = make_mapping_structure_fn(tp, converter)
+        return hook(value, tp)
+
+    return structure_mapping
+
+
 def _literal_hook(value: Any, tp: Any) -> Any:
     allowed = get_args(tp)
     # ``type(value) is type(a)`` keeps True from matching 1.
@@ -299,6 +320,7 @@ def make_converter() -> cattrs.Converter:
     )
     for primitive in (str, int, float, bool):
         converter.register_structure_hook(primitive, _strict_primitive(primitive))
+    converter.register_structure_hook_func(_is_mapping, _strict_mapping(converter))
     converter.register_structure_hook_func(
         lambda tp: tp == t.JSONObject, _structure_json_object
     )

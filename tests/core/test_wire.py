@@ -296,6 +296,13 @@ def _fields(exc: pytest.ExceptionInfo[wingspan.ValidationError]) -> list[str]:
             "object",
         ),
         ({"messages": [], "options": None}, t.InferenceRequest, "$.options", "object"),
+        # mappings come from objects only (not Python's AttributeError about .items())
+        ({"messages": [], "options": []}, t.InferenceRequest, "$.options", "expected an object"),
+        (
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "a", "name": "b",
+                                              "input": "x"}]},
+            t.Message, "$.content[0].input", "expected an object",
+        ),
         # unknown keys
         ({"role": "user", "content": [], "name": "bob"}, t.Message, "$.name", "unknown field"),
         # missing fields
@@ -702,3 +709,22 @@ def test_a_whole_number_is_an_integer_however_it_is_written() -> None:
     for bad in (3.5, True, "3", float("inf"), float("nan")):
         with pytest.raises(wingspan.ValidationError, match="input_tokens"):
             wire.structure({"input_tokens": bad, "output_tokens": 4}, t.Usage)
+
+
+@attrs.frozen(kw_only=True)
+class _Tally:
+    by_model: Mapping[str, t.Usage]
+
+
+@pytest.mark.parametrize(("value", "field", "reason"), [
+    ([], "$.by_model", "expected an object, got an array"),
+    ("x", "$.by_model", "expected an object, got a string"),
+    ({"m": []}, "$.by_model['m']", "expected an object, got an array"),
+])
+def test_a_mapping_comes_from_an_object_only(value: Any, field: str, reason: str) -> None:
+    with pytest.raises(wingspan.ValidationError) as caught:
+        wire.structure({"by_model": value}, _Tally, wire.make_converter())
+    assert caught.value.details == ((field, reason),)
+    tally = wire.structure({"by_model": {"m": {"input_tokens": 1, "output_tokens": 2}}}, _Tally,
+                           wire.make_converter())
+    assert tally.by_model == {"m": t.Usage(input_tokens=1, output_tokens=2)}

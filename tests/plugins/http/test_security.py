@@ -374,8 +374,8 @@ async def test_deeply_nested_json_is_a_400(client: Client, depth: int) -> None:
 
 async def test_credentials_of_the_wrong_shape_are_a_clear_400(client: Client) -> None:
     body = await error_of(await client.put("/provider/auth", json={"providers": []}), 400)
-    assert body["details"][0]["field"] == "$.providers"
-    assert "Traceback" not in body["error"] and "<class" not in body["error"]
+    assert body["details"] == [{"field": "$.providers",
+                                "reason": "expected an object, got an array"}]
     body = await error_of(await client.put("/provider/auth", json={"providers": {
         "anthropic": {"key": "k", "base_url": "javascript:alert(1)"}}}), 400)
     assert body["details"][0]["field"] == "$.providers.anthropic.base_url"
