@@ -13,11 +13,11 @@ import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
 from wingspan import ConfigError
+from wingspan.plugins._http import check_base_url
 
 __all__ = ["ServerConfig", "load_config", "sqlite_url", "store_url"]
 
@@ -171,14 +171,10 @@ def _host_patterns(value: Any) -> tuple[str, ...]:
 
 def _url(value: Any) -> str:
     url = _string(value)
-    parts = urlsplit(url)
     try:
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        return check_base_url(url)  # the check agents' and credentials' base URLs pass
     except ValueError:
         raise ValueError(f"expected an http:// or https:// URL, got {url!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
-    return url.rstrip("/")
 
 
 def _urls(value: Any) -> tuple[str, ...]:

@@ -114,6 +114,7 @@ async def put_credentials() -> Any:
     server = state()
     body, _ = await read_body(PutCredentialsRequest, what="credentials")
     problems = []
+    credentials: dict[str, Credential] = {}
     for name, given in body.providers.items():
         spec = server.runtime.providers.get(name)
         if spec is None:
@@ -124,19 +125,19 @@ async def put_credentials() -> Any:
                              f"provider {name!r} accepts credential types: {accepted}"))
         elif not given.key.strip():
             problems.append((f"$.providers.{name}.key", "must not be empty"))
-        elif given.base_url is not None:
+        else:
             try:
-                check_base_url(given.base_url)
+                base_url = check_base_url(given.base_url) if given.base_url is not None else None
             except ValueError as exc:
                 problems.append((f"$.providers.{name}.base_url", str(exc)))
+            else:
+                credentials[name] = Credential(type=given.type, key=given.key, base_url=base_url)
     if problems:
         raise ApiError(400, "invalid credentials: " + "; ".join(r for _, r in problems),
                        details=problems)
     store = server.require_store()
-    for name, given in body.providers.items():
-        base_url = check_base_url(given.base_url) if given.base_url is not None else None
-        await store.set_credential(name, Credential(type=given.type, key=given.key,
-                                                    base_url=base_url))
+    for name, credential in credentials.items():
+        await store.set_credential(name, credential)
     server.credentials_updated_at = utc_now()
     return wire.unstructure(Status(status="ok"), server.converter)
 

@@ -196,11 +196,7 @@ async def send_message(session_id: str) -> Any:
     if type(outcome) is Done:
         return wire.unstructure(outcome.result, server.converter)
     assert type(outcome) is ErrorEvent
-    code = outcome.error.code
-    status = ERROR_STATUS.get(code, 500)
-    codes = {409: "conflict", 503: "unavailable", 500: "internal", 504: TIMEOUT}
-    raise ApiError(status, outcome.error.message,
-                   code="provider_error" if status == 502 else codes[status])
+    raise ApiError(ERROR_STATUS.get(outcome.error.code, 500), outcome.error.message)
 
 
 @blueprint.post("/sessions/<session_id>/message/stream")
