@@ -15,6 +15,7 @@ from .errors import (
     ConfigError,
     ConflictError,
     NotFoundError,
+    PluginError,
     PluginLoadError,
     ProviderError,
     StoreError,
@@ -22,7 +23,7 @@ from .errors import (
     ValidationError,
     WingspanError,
 )
-from .history import check_history, repair_history
+from .history import alternates, alternating, check_history, repair_history
 from .hookspecs import hookimpl, hookspec
 from .ids import new_id
 from .loader import PluginInfo
@@ -97,6 +98,7 @@ __all__ = [
     "NotFoundError",
     "Page",
     "Ping",
+    "PluginError",
     "PluginInfo",
     "PluginLoadError",
     "Provider",
@@ -132,6 +134,8 @@ __all__ = [
     "ValidationError",
     "WingspanError",
     "__version__",
+    "alternates",
+    "alternating",
     "check_history",
     "complete",
     "default_runtime",

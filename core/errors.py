@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "NotFoundError",
+    "PluginError",
     "PluginLoadError",
     "ProviderError",
     "StoreError",
@@ -36,13 +37,22 @@ class ConfigError(WingspanError):
         self.option = option
 
 
-class PluginLoadError(WingspanError):
-    """A plugin could not be found, imported or registered."""
+class PluginError(WingspanError):
+    """A plugin failed: its run-time hook raised or broke the hook's contract (a
+    :func:`wingspan_prepare_request` returning something other than a request, say).
+
+    :param plugin: the name of the plugin at fault.
+    """
 
     def __init__(self, message: str, *, plugin: str | None = None) -> None:
         super().__init__(message)
         #: Name of the plugin at fault, when one is.
         self.plugin = plugin
+
+
+class PluginLoadError(PluginError):
+    """A plugin could not be found, imported or registered, or what it registered was
+    refused."""
 
 
 class ProviderError(WingspanError):

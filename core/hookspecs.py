@@ -10,12 +10,14 @@ async methods. Implement a hook in a plugin module with :data:`wingspan.hookimpl
         return [my_tool]
 
 Specs are grouped by lifecycle phase. Every call is made with keyword arguments, so specs
-can gain arguments later without breaking plugins that do not take them.
+can gain arguments later without breaking plugins that do not take them. The run-time hooks
+``wingspan_prepare_request`` and ``wingspan_event`` are called by :class:`Runtime` methods
+(``prepare_request``, ``observe``), in plugin order: first loaded first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Awaitable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -39,7 +41,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 # -------------------------------------------------------------------------------------------
-# Registration hooks (called once while the runtime is built)
+# Registration hooks (called once while the runtime is built). What an implementation raises,
+# and every item it returns that is not of the hook's type, is reported as that plugin's
+# failure (Runtime.plugin_errors, the wingspan.plugins logger); the rest is registered.
 # -------------------------------------------------------------------------------------------
 
 
@@ -121,19 +125,22 @@ def wingspan_unconfigure(runtime: Runtime) -> None:
 # -------------------------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@hookspec
 def wingspan_prepare_request(
     request: InferenceRequest, session: Session
-) -> InferenceRequest | None:
+) -> InferenceRequest | Awaitable[InferenceRequest | None] | None:
     """Rewrite a request before it goes to the provider (compaction, redaction, ...).
 
-    Called before every model call of every run.
+    Called before every model call of every run, through :meth:`Runtime.prepare_request`.
+    Every implementation runs, in plugin order (the order plugins were loaded, first loaded
+    first; ``tryfirst`` ones before the others, ``trylast`` ones after), each given the
+    request the previous one returned. It may be ``async def`` (to call a model, say).
 
-    :param request: the request the loop is about to send.
+    :param request: the request the loop is about to send, as the plugins before left it.
     :param session: the session running.
-    :returns: a replacement request, or ``None`` to keep it.
-
-    Stops at first non-None result.
+    :returns: a replacement request, ``None`` to keep it, or an awaitable resolving to
+        either. Anything else, or an exception, fails the run with a
+        :class:`~wingspan.PluginError` naming the plugin.
     """
 
 
@@ -168,7 +175,9 @@ def wingspan_tool_call(
 def wingspan_event(event: StreamEvent, session: Session) -> None:
     """Observe every event of every run, as it happens.
 
-    Must return quickly; it runs on the event loop.
+    Called through :meth:`Runtime.observe`, in plugin order. Must return quickly; it runs
+    on the event loop. An observer cannot end a run: what it raises is logged to the
+    ``wingspan.plugins`` logger, and the run and the other observers go on.
 
     :param event: the event about to be yielded to the caller.
     :param session: the session running.

@@ -4,13 +4,18 @@ Order: blocked names (``WINGSPAN_DISABLE`` / settings) -> built-ins (the entry p
 ``wingspan`` distribution) -> third-party entry points in group ``wingspan`` (skipped when
 ``WINGSPAN_DISABLE_PLUGIN_AUTOLOAD`` is set; then only those named in ``WINGSPAN_PLUGINS``
 load) -> ``check_pending()``. Contrib plugins load only when named. A named plugin that cannot
-be found is a usage error; one that fails to import is reported and the rest still load.
+be found is a usage error; every other failure of a plugin (it fails to import, cannot be
+registered, implements a hook that does not exist, takes the name of another plugin) is
+reported — :attr:`Runtime.plugin_errors` and the ``wingspan.plugins`` logger — and the rest
+still load.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
+import re
 from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import Any
@@ -20,11 +25,21 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginLoadError
+from .log import plugin_logger
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "load_plugins", "make_plugin_manager"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginInfo",
+    "PluginManager",
+    "hookimpls",
+    "load_plugins",
+    "make_plugin_manager",
+    "report_failure",
+]
 
 ENTRY_POINT_GROUP = "wingspan"
-BUILTIN_PREFIX = "wingspan.plugins."
+#: The distribution whose own entry points are the built-in plugins.
+DISTRIBUTION = "wingspan"
 #: The kernel's own hook implementations (not listed as a plugin).
 KERNEL = "wingspan.kernel"
 CONTRIB_PREFIX = "wingspan.contrib."
@@ -40,13 +55,100 @@ class PluginInfo:
     hooks: tuple[str, ...] = ()
 
 
-def make_plugin_manager() -> pluggy.PluginManager:
+class PluginManager(pluggy.PluginManager):
+    """pluggy's plugin manager, keeping each hook's implementations in plugin order until
+    a plugin is registered or unregistered: the runtime asks which run-time hooks are
+    implemented on every run, and a plugin registered late must count at once."""
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self._ordered: dict[str, tuple[pluggy.HookImpl, ...]] = {}
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        try:
+            return super().register(plugin, name)
+        finally:
+            # A new dict, not clear(): an ordering computed meanwhile lands in the old one.
+            self._ordered = {}
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any | None:
+        try:
+            return super().unregister(plugin, name)
+        finally:
+            self._ordered = {}
+
+    def plugin_hookimpls(self, hook_name: str) -> tuple[pluggy.HookImpl, ...]:
+        """:func:`hookimpls`, cached."""
+        cache = self._ordered
+        impls = cache.get(hook_name)
+        if impls is None:
+            impls = cache[hook_name] = _ordered_hookimpls(self, hook_name)
+        return impls
+
+
+def make_plugin_manager() -> PluginManager:
     from .tools import KernelToolCall
 
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm = PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(KernelToolCall(), name=KERNEL)
     return pm
+
+
+def hookimpls(pm: pluggy.PluginManager, hook_name: str) -> tuple[pluggy.HookImpl, ...]:
+    """The plugins' implementations of ``hook_name`` (the kernel's own left out) in plugin
+    order: those marked ``tryfirst`` first, then first registered first, ``trylast`` last.
+    pluggy itself calls them the other way round (last registered first)."""
+    if isinstance(pm, PluginManager):
+        return pm.plugin_hookimpls(hook_name)
+    return _ordered_hookimpls(pm, hook_name)
+
+
+def _ordered_hookimpls(pm: pluggy.PluginManager, hook_name: str) -> tuple[pluggy.HookImpl, ...]:
+    caller: pluggy.HookCaller | None = getattr(pm.hook, hook_name, None)
+    if caller is None:
+        return ()
+    # By name: plugin objects need not be hashable. list_name_plugin() is in registration order.
+    position = {name: i for i, (name, _) in enumerate(pm.list_name_plugin())}
+    impls = [impl for impl in caller.get_hookimpls() if impl.plugin_name != KERNEL]
+    impls.sort(
+        key=lambda impl: (
+            0 if impl.tryfirst else 2 if impl.trylast else 1,
+            position.get(impl.plugin_name, len(position)),
+        )
+    )
+    return tuple(impls)
+
+
+def report_failure(
+    errors: list[PluginLoadError],
+    message: str,
+    *,
+    plugin: str,
+    cause: BaseException | None = None,
+) -> None:
+    """Record that a plugin failed to load, or that something it registered was refused:
+    as a :class:`PluginLoadError` in ``errors`` (what becomes ``Runtime.plugin_errors``) and
+    as an ERROR record of the ``wingspan.plugins`` logger, with the traceback of ``cause``."""
+    error = PluginLoadError(message, plugin=plugin)
+    error.__cause__ = cause
+    errors.append(error)
+    plugin_logger.error("%s", message, exc_info=cause, extra={"plugin": plugin})
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _is_wingspan_own(ep: importlib.metadata.EntryPoint) -> bool:
+    """An entry point of the wingspan distribution itself: by its distribution, never by
+    the module it names (any distribution can name a ``wingspan.plugins.`` module)."""
+    return ep.dist is not None and _canonical(ep.dist.name) == DISTRIBUTION
+
+
+def _origin(ep: importlib.metadata.EntryPoint) -> str:
+    dist = f"distribution {ep.dist.name!r}" if ep.dist is not None else "an unknown distribution"
+    return f"{dist} ({ep.name} = {ep.value})"
 
 
 @attrs.define
@@ -54,23 +156,48 @@ class _Loader:
     pm: pluggy.PluginManager
     errors: list[PluginLoadError] = attrs.field(factory=list)
     origins: dict[str, tuple[str | None, str | None]] = attrs.field(factory=dict)
+    #: The entry point each plugin loaded from one came from, by plugin name.
+    entry_points: dict[str, importlib.metadata.EntryPoint] = attrs.field(factory=dict)
+
+    def fail(self, message: str, plugin: str, cause: BaseException | None = None) -> None:
+        report_failure(self.errors, message, plugin=plugin, cause=cause)
 
     def load_entry_point(self, ep: importlib.metadata.EntryPoint) -> None:
-        if self.pm.is_blocked(ep.name) or self.pm.has_plugin(ep.name):
+        if self.pm.is_blocked(ep.name):
+            return
+        if self.pm.has_plugin(ep.name):
+            first = self.entry_points.get(ep.name)
+            if first is not ep:  # the same entry point named again is no clash
+                self.fail(self.clash(ep, first), ep.name)
             return
         try:
             plugin = ep.load()
-        except Exception as exc:
-            self.errors.append(
-                PluginLoadError(
-                    f"plugin {ep.name!r} ({ep.value}) failed to import: "
-                    f"{type(exc).__name__}: {exc}",
-                    plugin=ep.name,
-                )
+        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() on import too
+            self.fail(
+                f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}",
+                ep.name,
+                exc,
             )
             return
         dist = ep.dist
-        self.register(plugin, ep.name, dist.name if dist else None, dist.version if dist else None)
+        if self.register(plugin, ep.name, dist.name if dist else None,
+                         dist.version if dist else None):
+            self.entry_points[ep.name] = ep
+
+    def clash(
+        self, ep: importlib.metadata.EntryPoint, first: importlib.metadata.EntryPoint | None
+    ) -> str:
+        if first is None:
+            holder = f"plugin {ep.name!r}"
+        elif _is_wingspan_own(first):
+            holder = f"the built-in plugin {ep.name!r} ({first.value})"
+        else:
+            holder = f"plugin {ep.name!r} of {_origin(first)}"
+        return (
+            f"the entry point {ep.name!r} of {_origin(ep)} was not loaded: {holder} has that "
+            f"name, and plugin names are unique; uninstall one of the two distributions or "
+            f"have the entry point renamed"
+        )
 
     def load_module(self, name: str) -> None:
         if self.pm.is_blocked(name) or self.pm.has_plugin(name):
@@ -84,30 +211,53 @@ class _Loader:
                     f"{ENTRY_POINT_GROUP!r} and no module of that name; is it installed?",
                     plugin=name,
                 ) from None
-            self.errors.append(
-                PluginLoadError(f"plugin {name!r} failed to import: {exc}", plugin=name)
-            )
+            self.fail(f"plugin {name!r} failed to import: {exc}", name, exc)
             return
-        except Exception as exc:
-            self.errors.append(
-                PluginLoadError(
-                    f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}", plugin=name
-                )
+        except (Exception, SystemExit) as exc:
+            self.fail(
+                f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}", name, exc
             )
             return
         self.register(module, name, None, None)
 
     def register(
         self, plugin: Any, name: str, distribution: str | None, version: str | None
-    ) -> None:
+    ) -> bool:
         try:
             self.pm.register(plugin, name=name)
-        except (ValueError, pluggy.PluginValidationError) as exc:
-            self.errors.append(
-                PluginLoadError(f"plugin {name!r} could not be registered: {exc}", plugin=name)
-            )
-            return
+        except Exception as exc:  # pluggy's ValueError, PluginValidationError, a broken getattr
+            self.fail(f"plugin {name!r} could not be registered: {exc}", name, exc)
+            return False
         self.origins[name] = (distribution, version)
+        return True
+
+    def drop_unknown_hooks(self) -> None:
+        """Unregister and report every plugin implementing a hook that has no spec (a
+        misspelt name, most likely), which would make ``check_pending()`` raise."""
+        known = sorted(name for name in vars(hookspecs) if name.startswith("wingspan_"))
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None or name == KERNEL:
+                continue
+            unknown = []
+            for caller in self.pm.get_hookcallers(plugin) or ():
+                if caller.has_spec() or all(
+                    impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin is plugin
+                ):
+                    continue
+                close = difflib.get_close_matches(caller.name, known, n=1)
+                unknown.append(
+                    f"{caller.name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                )
+            if unknown:
+                self.pm.unregister(plugin)
+                self.origins.pop(name, None)
+                self.entry_points.pop(name, None)
+                self.fail(
+                    f"plugin {name!r} was not loaded: it implements "
+                    f"{'hooks' if len(unknown) > 1 else 'a hook'} that wingspan does not have: "
+                    f"{', '.join(unknown)}",
+                    name,
+                )
 
 
 def load_plugins(
@@ -124,20 +274,24 @@ def load_plugins(
     :param autoload: load every third-party entry point (else only ``names``).
     :param names: plugins to load by entry-point name or module path.
     :param objects: ``(name, plugin)`` pairs registered directly (tests, embedding apps).
-    :returns: the loaded plugins and the failures of those that did not load.
+    :returns: the loaded plugins and the failures of those that did not load (each also
+        logged to ``wingspan.plugins``).
     :raises PluginLoadError: when a plugin named in ``names`` does not exist.
     """
     loader = _Loader(pm)
     for name in disable:
         pm.set_blocked(name)
     entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    by_name = {ep.name: ep for ep in entry_points}
-    for ep in entry_points:
-        if ep.value.startswith(BUILTIN_PREFIX):
+    own = [ep for ep in entry_points if _is_wingspan_own(ep)]
+    others = [ep for ep in entry_points if not _is_wingspan_own(ep)]
+    # A name given in WINGSPAN_PLUGINS means wingspan's own entry point when there is one.
+    by_name = {ep.name: ep for ep in others} | {ep.name: ep for ep in own}
+    for ep in own:
+        if not ep.value.startswith(CONTRIB_PREFIX):
             loader.load_entry_point(ep)
     if autoload:
-        for ep in entry_points:
-            if not ep.value.startswith((BUILTIN_PREFIX, CONTRIB_PREFIX)):
+        for ep in others:
+            if not ep.value.startswith(CONTRIB_PREFIX):
                 loader.load_entry_point(ep)
     for name in names:
         if name in by_name:
@@ -147,6 +301,7 @@ def load_plugins(
     for name, plugin in objects:
         if not pm.is_blocked(name):
             loader.register(plugin, name, None, None)
+    loader.drop_unknown_hooks()
     pm.check_pending()
     return _describe(pm, loader.origins), loader.errors
 

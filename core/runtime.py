@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import re
+import reprlib
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
 import cattrs
 import pluggy
 
-from .errors import ConfigError, NotFoundError, PluginLoadError
-from .loader import PluginInfo, load_plugins, make_plugin_manager
+from .errors import ConfigError, NotFoundError, PluginError, PluginLoadError
+from .loader import PluginInfo, hookimpls, load_plugins, make_plugin_manager, report_failure
+from .log import plugin_logger
 from .providers import Provider, ProviderSpec
 from .store import Store, StoreSpec
 from .tools import Tool
 from .transports import TransportSpec
+from .types import InferenceRequest
 from .wire import make_converter
+
+if TYPE_CHECKING:
+    from .session import Session
+    from .types import StreamEvent
 
 __all__ = ["Runtime", "Settings", "default_runtime"]
 
@@ -80,14 +90,33 @@ class Runtime:
     converter: cattrs.Converter
     #: Which plugin registered each tool (for listings).
     tool_plugins: Mapping[str, str]
-    has_event_hook: bool = False
-    has_prepare_request_hook: bool = False
-    has_tool_call_hook: bool = False
+    #: How often each plugin's wingspan_event failed (to log the 1st, 2nd, 4th... failure).
+    _observer_failures: dict[str, int] = attrs.field(factory=dict, init=False, repr=False)
 
     @property
     def hooks(self) -> Any:
-        """The hook relay (``runtime.hooks.wingspan_event(...)``)."""
+        """The hook relay (``runtime.hooks.wingspan_tool_call(...)``)."""
         return self.plugin_manager.hook
+
+    # The loop reads these once a run, so that a hook nobody implements costs nothing. They
+    # follow registrations: a plugin registered on ``plugin_manager`` after the runtime was
+    # built counts from the next run on (a lookup, recomputed after each registration).
+
+    @property
+    def has_event_hook(self) -> bool:
+        """Whether some plugin implements :func:`wingspan_event`."""
+        return bool(hookimpls(self.plugin_manager, "wingspan_event"))
+
+    @property
+    def has_prepare_request_hook(self) -> bool:
+        """Whether some plugin implements :func:`wingspan_prepare_request`."""
+        return bool(hookimpls(self.plugin_manager, "wingspan_prepare_request"))
+
+    @property
+    def has_tool_call_hook(self) -> bool:
+        """Whether some plugin wraps tool calls (:func:`wingspan_tool_call`); the kernel's
+        own innermost implementation does not count."""
+        return bool(hookimpls(self.plugin_manager, "wingspan_tool_call"))
 
     @classmethod
     def from_settings(
@@ -112,10 +141,10 @@ class Runtime:
             names=settings.plugins,
             objects=plugins,
         )
-        providers = _collect(pm.hook.wingspan_providers, "provider", lambda s: s.name, errors)
-        tools = _collect(pm.hook.wingspan_tools, "tool", lambda t: t.name, errors)
-        stores = _collect(pm.hook.wingspan_stores, "store scheme", lambda s: s.scheme, errors)
-        transports = _collect(pm.hook.wingspan_transports, "transport", lambda s: s.name, errors)
+        providers = _collect(pm, _PROVIDERS, errors)
+        tools = _collect(pm, _TOOLS, errors)
+        stores = _collect(pm, _STORES, errors)
+        transports = _collect(pm, _TRANSPORTS, errors)
         runtime = cls(
             settings=settings,
             plugin_manager=pm,
@@ -127,10 +156,6 @@ class Runtime:
             plugin_errors=tuple(errors),
             converter=make_converter(),
             tool_plugins={k: plugin for k, (_, plugin) in tools.items()},
-            has_event_hook=bool(pm.hook.wingspan_event.get_hookimpls()),
-            has_prepare_request_hook=bool(pm.hook.wingspan_prepare_request.get_hookimpls()),
-            # The kernel implements the innermost call; only plugins' wrappers cost a hook call.
-            has_tool_call_hook=len(pm.hook.wingspan_tool_call.get_hookimpls()) > 1,
         )
         pm.hook.wingspan_configure.call_historic(kwargs={"runtime": runtime})
         return runtime
@@ -138,6 +163,86 @@ class Runtime:
     def close(self) -> None:
         """Let plugins release what they set up (:func:`wingspan_unconfigure`)."""
         self.plugin_manager.hook.wingspan_unconfigure(runtime=self)
+
+    # --- run-time hooks (called by the loop) -------------------------------------------------
+
+    async def prepare_request(
+        self, request: InferenceRequest, session: Session
+    ) -> InferenceRequest:
+        """Pass ``request`` through every :func:`wingspan_prepare_request` implementation, in
+        plugin order (first loaded first; ``tryfirst`` ones before, ``trylast`` ones after),
+        each given what the one before returned. An implementation returns ``None`` (keep
+        the request), an :class:`InferenceRequest`, or an awaitable resolving to either.
+
+        :returns: the request to send.
+        :raises PluginError: naming the plugin, when an implementation raises or returns
+            something else.
+        """
+        for impl in hookimpls(self.plugin_manager, "wingspan_prepare_request"):
+            arguments = {"request": request, "session": session}
+            name = impl.plugin_name
+            try:
+                result = impl.function(*[arguments[arg] for arg in impl.argnames])
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {name!r} failed in wingspan_prepare_request(): "
+                    f"{type(exc).__name__}: {exc}",
+                    plugin=name,
+                ) from exc
+            if result is None:
+                continue
+            if not isinstance(result, InferenceRequest):
+                raise PluginError(
+                    f"plugin {name!r}: wingspan_prepare_request() returned "
+                    f"{_describe_item(result)}; it must return an InferenceRequest or None "
+                    f"(or an awaitable resolving to one)",
+                    plugin=name,
+                )
+            request = result
+        return request
+
+    def observe(self, event: StreamEvent, session: Session) -> None:
+        """Show ``event`` to every :func:`wingspan_event` implementation, in plugin order.
+
+        An observer cannot end a run: what one raises is logged to ``wingspan.plugins``
+        (with the plugin's name and the traceback; the 1st, 2nd, 4th, 8th... failure of
+        each plugin, so that one failing on every event does not flood the log) and the
+        others are still called.
+        """
+        arguments = {"event": event, "session": session}
+        for impl in hookimpls(self.plugin_manager, "wingspan_event"):
+            try:
+                result = impl.function(*[arguments[arg] for arg in impl.argnames])
+            except Exception as exc:
+                self._observer_failed(
+                    impl.plugin_name, f"{type(exc).__name__}: {exc}", exc
+                )
+                continue
+            if result is not None:
+                if inspect.iscoroutine(result):
+                    result.close()  # never awaited: say so here, not in a RuntimeWarning
+                self._observer_failed(
+                    impl.plugin_name,
+                    f"it returned {_describe_item(result)}; observers are synchronous and "
+                    f"return None",
+                    None,
+                )
+
+    def _observer_failed(self, plugin: str, problem: str, cause: Exception | None) -> None:
+        count = self._observer_failures[plugin] = self._observer_failures.get(plugin, 0) + 1
+        if count & (count - 1):  # not a power of two
+            return
+        plugin_logger.error(
+            "plugin %r failed in wingspan_event(): %s; the run goes on (failure %d of this "
+            "plugin; the 1st, 2nd, 4th, 8th... are logged)",
+            plugin,
+            problem,
+            count,
+            exc_info=cause,
+            extra={"plugin": plugin},
+        )
 
     # --- façade ------------------------------------------------------------------------------
 
@@ -191,33 +296,121 @@ class Runtime:
         return list(self.plugins)
 
 
+@attrs.frozen
+class _Registration:
+    """What a registration hook must return, and how its items are named."""
+
+    hook: str
+    what: str  # "provider", used in messages
+    kind: type[Any]
+    key: Callable[[Any], object]
+    #: What a valid name looks like, and how to say so.
+    name_pattern: re.Pattern[str]
+    name_rule: str
+    #: How to build a right item, for the message about a wrong one.
+    hint: str
+
+
+_ANY_NAME = re.compile(r"\S(?:.*\S)?", re.S)
+_PROVIDERS = _Registration(
+    "wingspan_providers", "provider", ProviderSpec, lambda spec: spec.name,
+    _ANY_NAME, "a non-empty string", "return wingspan.ProviderSpec objects",
+)
+_TOOLS = _Registration(
+    "wingspan_tools", "tool", Tool, lambda tool: tool.name,
+    re.compile(r"[a-zA-Z0-9_-]{1,64}"), "1-64 characters of [a-zA-Z0-9_-]",
+    "decorate the function with @wingspan.tool, or implement the wingspan.Tool protocol",
+)
+_STORES = _Registration(
+    "wingspan_stores", "store scheme", StoreSpec, lambda spec: spec.scheme,
+    re.compile(r"[a-z][a-z0-9+.-]*"), "a lower-case URL scheme such as 'sqlite'",
+    "return wingspan.StoreSpec objects",
+)
+_TRANSPORTS = _Registration(
+    "wingspan_transports", "transport", TransportSpec, lambda spec: spec.name,
+    _ANY_NAME, "a non-empty string", "return wingspan.TransportSpec objects",
+)
+
+
+_brief = reprlib.Repr()
+_brief.maxother = _brief.maxstring = 80
+
+
+def _describe_item(item: object) -> str:
+    """``function 'shout'``, ``str 'abc'``, ``StoreSpec(scheme='s', ...)``: what a plugin
+    returned, briefly."""
+    kind = type(item).__name__
+    qualname = getattr(item, "__qualname__", None)
+    if isinstance(qualname, str):
+        return f"{kind} {qualname!r}"
+    text = _brief.repr(item)
+    return text if text.startswith(kind) else f"{kind} {text}"
+
+
+def _refuse(
+    errors: list[PluginLoadError], plugin: str, message: str, cause: BaseException | None = None
+) -> None:
+    report_failure(errors, f"plugin {plugin!r}: {message}", plugin=plugin, cause=cause)
+
+
 def _collect(
-    hook: Any, what: str, key: Callable[[Any], str], errors: list[PluginLoadError]
+    pm: pluggy.PluginManager, registration: _Registration, errors: list[PluginLoadError]
 ) -> dict[str, tuple[Any, str]]:
-    """Call a registration hook plugin by plugin, so that a duplicate names both plugins
-    and a plugin whose hook raises is reported as that plugin's failure."""
+    """Call a registration hook plugin by plugin, so that a duplicate names both plugins,
+    a plugin whose hook raises is reported as that plugin's failure, and an item that is
+    not what the hook registers is skipped and reported naming the plugin and the item."""
+    hook = registration.hook
+    what = registration.what
     found: dict[str, tuple[Any, str]] = {}
-    for impl in hook.get_hookimpls():  # registration order
+    for impl in hookimpls(pm, hook):  # plugin order
+        plugin = impl.plugin_name
+        refuse = functools.partial(_refuse, errors, plugin)
+        if impl.wrapper or impl.hookwrapper:
+            refuse(f"{hook}() is a registration hook and cannot be a wrapper; it was ignored")
+            continue
         try:
-            items = list(impl.function() or ())
-        except Exception as exc:
-            errors.append(
-                PluginLoadError(
-                    f"plugin {impl.plugin_name!r} failed in {hook.name}(): "
-                    f"{type(exc).__name__}: {exc}",
-                    plugin=impl.plugin_name,
+            result = impl.function()
+            if result is None:
+                continue
+            if isinstance(result, str | bytes | Mapping) or not isinstance(result, Iterable):
+                refuse(
+                    f"{hook}() returned {_describe_item(result)}, not a list of "
+                    f"{registration.kind.__name__}s; nothing it returned was registered"
                 )
-            )
+                continue
+            items = list(result)
+        except Exception as exc:
+            refuse(f"failed in {hook}(): {type(exc).__name__}: {exc}", exc)
             continue
         for item in items:
-            name = key(item)
+            if not isinstance(item, registration.kind):
+                refuse(
+                    f"{hook}() returned {_describe_item(item)}, which is not a "
+                    f"{registration.kind.__name__} ({registration.hint}); it was skipped"
+                )
+                continue
+            try:
+                name = registration.key(item)
+            except Exception as exc:
+                refuse(
+                    f"{hook}() returned {_describe_item(item)}, whose name cannot be read: "
+                    f"{type(exc).__name__}: {exc}; it was skipped",
+                    exc,
+                )
+                continue
+            if not isinstance(name, str) or not registration.name_pattern.fullmatch(name):
+                refuse(
+                    f"{hook}() returned a {what} named {name!r}; a {what} name is "
+                    f"{registration.name_rule}; it was skipped"
+                )
+                continue
             if name in found:
                 raise PluginLoadError(
                     f"{what} {name!r} is registered by both plugin {found[name][1]!r} and "
-                    f"plugin {impl.plugin_name!r}; disable one of them (WINGSPAN_DISABLE)",
-                    plugin=impl.plugin_name,
+                    f"plugin {plugin!r}; disable one of them (WINGSPAN_DISABLE)",
+                    plugin=plugin,
                 )
-            found[name] = (item, impl.plugin_name)
+            found[name] = (item, plugin)
     return found
 
 

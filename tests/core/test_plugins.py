@@ -130,14 +130,22 @@ def test_a_plugin_whose_hook_raises_is_reported_and_others_load() -> None:
     assert "test" in runtime.providers
 
 
-def test_an_unknown_hook_is_refused_at_load() -> None:
+def test_an_unknown_hook_is_reported_and_its_plugin_not_loaded() -> None:
     class Typo:
         @wingspan.hookimpl
         def wingspan_toolz(self) -> list[object]:
             return []
 
-    with pytest.raises(Exception, match="wingspan_toolz"):
-        make_runtime(plugins=[("typo", Typo())])
+        @wingspan.hookimpl
+        def wingspan_providers(self) -> list[wingspan.ProviderSpec]:
+            return [wingspan.ProviderSpec(name="typo", display_name="Typo", factory=dict)]
+
+    runtime = make_runtime(plugins=[("typo", Typo())])
+    (error,) = runtime.plugin_errors
+    assert error.plugin == "typo"
+    assert "'wingspan_toolz' (did you mean 'wingspan_tools'?)" in str(error)
+    assert "typo" not in {plugin.name for plugin in runtime.list_plugins()}
+    assert "typo" not in runtime.providers and "test" in runtime.providers
 
 
 def test_lifecycle_hooks_are_called() -> None:
