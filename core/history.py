@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .types import Message, ToolResultBlock, ToolUseBlock
+from .types import ContentBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 
-__all__ = ["check_history", "repair_history"]
+__all__ = ["alternates", "alternating", "check_history", "repair_history"]
 
 INTERRUPTED = "the run was interrupted before this tool call finished; nothing more is known"
+#: The user turn put before a history that starts with an assistant turn.
+OPENING = "(the conversation so far)"
 
 
 def check_history(messages: Sequence[Message]) -> list[str]:
@@ -62,3 +64,60 @@ def repair_history(messages: Sequence[Message], *, reason: str = INTERRUPTED) ->
             ),
         )
     ]
+
+
+def alternates(messages: Sequence[Message], start: int = 0) -> bool:
+    """Whether ``messages[start:]`` (after ``messages[:start]``, known to alternate) keep
+    the turn rules every provider accepts: user first, then user and assistant turns in
+    turn, none empty, and a user turn's tool results before its other blocks."""
+    previous = messages[start - 1].role if start else "assistant"
+    for message in messages[start:] if start else messages:
+        if message.role == previous or not message.content:
+            return False
+        if message.role == "user" and not _results_first(message):
+            return False
+        previous = message.role
+    return True
+
+
+def alternating(messages: Sequence[Message]) -> tuple[Message, ...]:
+    """``messages`` as a request must carry them (invariant 6): empty messages dropped,
+    consecutive messages of one role merged into one turn (a failed run's dangling user
+    message joins the next one; adjoining texts become paragraphs of one), tool results
+    first in a user turn, and a user turn first.
+
+    The stored history is never rewritten: this is what a provider is sent.
+    """
+    turns: list[tuple[str, list[ContentBlock]]] = []
+    for message in messages:
+        if not message.content:
+            continue
+        if turns and turns[-1][0] == message.role:
+            blocks, content = turns[-1][1], list(message.content)
+            last, first = blocks[-1], content[0]
+            if isinstance(last, TextBlock) and isinstance(first, TextBlock):
+                # Two turns' texts stay two paragraphs for providers that join blocks.
+                blocks[-1] = TextBlock(text=f"{last.text}\n\n{first.text}")
+                del content[0]
+            blocks.extend(content)
+        else:
+            turns.append((message.role, list(message.content)))
+    if turns and turns[0][0] == "assistant":
+        turns.insert(0, ("user", [TextBlock(text=OPENING)]))
+    out = []
+    for role, blocks in turns:
+        if role == "user":
+            blocks.sort(key=lambda b: type(b) is not ToolResultBlock)  # stable: results first
+        out.append(Message(role=role, content=tuple(blocks)))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+def _results_first(message: Message) -> bool:
+    seen_other = False
+    for block in message.content:
+        if type(block) is ToolResultBlock:
+            if seen_other:
+                return False
+        else:
+            seen_other = True
+    return True

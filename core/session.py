@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ import attrs
 
 from .agent import Agent
 from .errors import ConfigError, ConflictError, NotFoundError, ProviderError, WingspanError
-from .history import repair_history
+from .history import alternates, alternating, repair_history
 from .ids import new_id
 from .providers import Accumulator
 from .store import RunRecord, SessionRecord, Store, utc_now
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["RunStream", "Session"]
 
 CANCELLED = "the run was cancelled before this tool call finished"
+
+log = logging.getLogger("wingspan.session")
 
 
 class Session:
@@ -86,6 +89,8 @@ class Session:
         self._stored = False
         #: Whether the history here is known to mirror the store's (as of our last write).
         self._synced = False
+        #: How many messages at the start of the history are known to alternate turns.
+        self._alternating = 0
         self._run: RunStream | None = None
 
     def __repr__(self) -> str:
@@ -142,7 +147,7 @@ class Session:
                     session._history = await store.load_messages(session_id)
                 await session._repair()
             finally:
-                await _shielded(store.release_session(session_id, holder))
+                await _shielded(_release(store, session_id, holder))
         return session
 
     # --- running ----------------------------------------------------------------------------
@@ -195,10 +200,8 @@ class Session:
     ) -> AsyncGenerator[StreamEvent, None]:
         runtime = self.runtime
         store = self.store
-        event_hook = runtime.hooks.wingspan_event if runtime.has_event_hook else None
-        prepare_hook = (
-            runtime.hooks.wingspan_prepare_request if runtime.has_prepare_request_hook else None
-        )
+        observe = runtime.observe if runtime.has_event_hook else None
+        prepare = runtime.prepare_request if runtime.has_prepare_request_hook else None
         history = self._history
         provider = agent.provider
         tool_map = agent.tool_map
@@ -213,22 +216,34 @@ class Session:
         outcomes: list[ToolOutcome | None] = []
 
         context = _ContextFactory(self, run_id, tool_settings)
+        run_record: RunRecord | None = None
         async with self._lock:
             if store is not None:
                 run_record = await self._claim(store, run_id, agent)
             try:
                 await self._append(message)
+                # Invariant 6: what earlier runs left (a failed run's dangling user message)
+                # is merged into alternating turns, in requests only. Checked once a run.
+                opening: tuple[Message, ...] | None = None
+                if alternates(history, self._alternating):
+                    self._alternating = len(history)
+                else:
+                    opening, opened_at = alternating(history), len(history)
                 while True:
                     steps += 1
                     request = InferenceRequest(
-                        messages=tuple(history),
+                        messages=(
+                            tuple(history)
+                            if opening is None
+                            else opening + tuple(history[opened_at:])
+                        ),
                         tools=agent.tool_definitions,
                         instructions=agent.instructions or None,
                         output_schema=agent.output_schema,
                         options=agent.options,
                     )
-                    if prepare_hook is not None:
-                        request = prepare_hook(request=request, session=self) or request
+                    if prepare is not None:
+                        request = await prepare(request, self)
                     accumulator = Accumulator()
                     add = accumulator.add
                     events = provider.stream(request)
@@ -237,8 +252,8 @@ class Session:
                             add(event)
                             if type(event) is MessageStart:
                                 event = MessageStart(step=steps)
-                            if event_hook is not None:
-                                event_hook(event=event, session=self)
+                            if observe is not None:
+                                observe(event, self)
                             yield event
                     except WingspanError:
                         raise
@@ -268,8 +283,8 @@ class Session:
                         outcome = await _call_one(runtime, tool_map, pending[0], invalid, context)
                         outcomes[0] = outcome
                         event = _result_event(pending[0], outcome)
-                        if event_hook is not None:
-                            event_hook(event=event, session=self)
+                        if observe is not None:
+                            observe(event, self)
                         yield event
                     else:
                         results = self._call_tools(
@@ -278,8 +293,8 @@ class Session:
                         async with contextlib.aclosing(results):
                             async for position, outcome in results:
                                 event = _result_event(pending[position], outcome)
-                                if event_hook is not None:
-                                    event_hook(event=event, session=self)
+                                if observe is not None:
+                                    observe(event, self)
                                 yield event
                     await self._append(_results_message(pending, outcomes, ""))
                     for use, done_outcome in zip(pending, outcomes, strict=True):
@@ -306,26 +321,25 @@ class Session:
                 status, error = "aborted", "the caller stopped reading the run"
                 raise
             except WingspanError as exc:
-                error = str(exc)
+                error = _printable(str(exc))
                 raise
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                error = _printable(f"{type(exc).__name__}: {exc}")
                 raise
             finally:
-                # Whatever ended the run, leave a history the next run accepts.
-                if status != "completed" and repair_history(history):
-                    # Calls that finished keep their results; the others get an error result.
-                    reason = CANCELLED if status == "aborted" else f"the run failed: {error}"
-                    uses = history[-1].tool_uses
-                    known: list[ToolOutcome | None] = (
-                        outcomes if len(outcomes) == len(uses) else [None] * len(uses)
+                # Whatever ended the run, and whatever fails meanwhile (invariant 7): a
+                # history the next run accepts, the run recorded, the claim released.
+                await _shielded(
+                    self._clean_up(
+                        run_record,
+                        status,
+                        error,
+                        outcomes,
+                        steps,
+                        Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+                        stop_reason,
                     )
-                    await _shielded(self._append(_results_message(uses, known, reason)))
-                if store is not None:
-                    usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
-                    await _shielded(
-                        self._finish(store, run_record, status, steps, usage, stop_reason, error)
-                    )
+                )
 
         done = Done(
             usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
@@ -335,8 +349,8 @@ class Session:
             stop_reason=stop_reason,
             run_id=run_id,
         )
-        if event_hook is not None:
-            event_hook(event=done, session=self)
+        if observe is not None:
+            observe(done, self)
         yield done
 
     async def _call_tools(
@@ -415,20 +429,48 @@ class Session:
             run = RunRecord(id=run_id, session_id=self.id, agent_id=agent.id)
             await store.save_run(run)
         except BaseException:
-            await _shielded(store.release_session(self.id, run_id))
+            await _shielded(_release(store, self.id, run_id))
             raise
         return run
 
-    async def _finish(
+    async def _clean_up(
         self,
-        store: Store,
-        run: RunRecord,
+        run: RunRecord | None,
         status: Any,
+        error: str | None,
+        outcomes: list[ToolOutcome | None],
         steps: int,
         usage: Usage,
         stop_reason: str,
-        error: str | None,
     ) -> None:
+        """End a run; never raises. Each step is tried whatever the one before did."""
+        history = self._history
+        if status != "completed" and repair_history(history):
+            # Calls that finished keep their results; the others get an error result. If
+            # that cannot be stored (a result the store refuses, a full disk), plain error
+            # results are tried; if those fail too, the history here is repaired alone and
+            # the next run brings the store's copy up to date (it reloads and repairs it).
+            reason = CANCELLED if status == "aborted" else f"the run failed: {error}"
+            uses = history[-1].tool_uses
+            known: list[ToolOutcome | None] = (
+                outcomes if len(outcomes) == len(uses) else [None] * len(uses)
+            )
+            repairs = [_results_message(uses, known, reason)]
+            if any(outcome is not None for outcome in known):
+                repairs.append(_results_message(uses, [None] * len(uses), reason))
+            for repair in repairs:
+                try:
+                    await self._append(repair)
+                    break
+                except Exception as exc:
+                    log.warning("session %s: storing the repair of run %s failed: %s: %s",
+                                self.id, run and run.id, type(exc).__name__, exc)
+            else:
+                history.append(repairs[-1])
+                self._synced = False
+        if run is None or self.store is None:
+            return
+        store = self.store
         try:
             await store.save_run(
                 attrs.evolve(
@@ -441,22 +483,36 @@ class Session:
                     error=error,
                 )
             )
-        finally:
-            await store.release_session(self.id, run.id)
+        except Exception as exc:
+            log.warning("session %s: recording run %s as %s failed: %s: %s",
+                        self.id, run.id, status, type(exc).__name__, exc)
+        await _release(store, self.id, run.id)
 
 
 class RunStream:
-    """The events of one run, as an async iterator; :attr:`result` once it is done."""
+    """The events of one run, as an async iterator; :attr:`result` once it is done.
+
+    It is the loop's own iterator, with no generator of its own and no reference cycle: a
+    stream dropped without :meth:`aclose` (``break`` out of ``async for``) is closed as soon
+    as it is garbage, its provider stream and running tools with it.
+    """
+
+    __slots__ = ("_loop_events", "_result", "run_id")
 
     def __init__(self, events: AsyncGenerator[StreamEvent, None], run_id: str) -> None:
         #: The run's id, known before it starts.
         self.run_id = run_id
         self._loop_events = events
-        self._events = _capture(self, events)
         self._result: Result | None = None
 
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        return self._events
+    def __aiter__(self) -> RunStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        event = await self._loop_events.__anext__()
+        if type(event) is Done:
+            self._result = event.result
+        return event
 
     async def __aenter__(self) -> RunStream:
         return self
@@ -471,7 +527,7 @@ class RunStream:
 
     async def aclose(self) -> None:
         """Stop the run if it is still going (running tools are cancelled)."""
-        await self._events.aclose()
+        await self._loop_events.aclose()
 
     @property
     def result(self) -> Result:
@@ -479,18 +535,6 @@ class RunStream:
         if self._result is None:
             raise RuntimeError("the run is not done yet: iterate the stream to its end first")
         return self._result
-
-
-async def _capture(
-    owner: RunStream, events: AsyncGenerator[StreamEvent, None]
-) -> AsyncGenerator[StreamEvent, None]:
-    try:
-        async for event in events:
-            if type(event) is Done:
-                owner._result = event.result
-            yield event
-    finally:
-        await events.aclose()
 
 
 class _ContextFactory:
@@ -577,6 +621,28 @@ async def _shielded(coro: Any) -> Any:
     except asyncio.CancelledError:
         await task
         raise
+
+
+async def _release(store: Store, session_id: str, holder: str) -> None:
+    """Give a claim up; a failure is logged, not raised (the store retries or its lease
+    lapses), so that it never hides why a run ended."""
+    try:
+        await store.release_session(session_id, holder)
+    except Exception as exc:
+        log.error("session %s: releasing the claim of %s failed: %s: %s",
+                  session_id, holder, type(exc).__name__, exc)
+
+
+def _printable(text: str) -> str:
+    """``text`` encodable as UTF-8 (an error naming a file whose name is not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:  # bytes that os.fsdecode kept as surrogates: shown as \xNN
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _result_event(use: ToolUseBlock, outcome: ToolOutcome) -> ToolResultEvent:

@@ -1,5 +1,5 @@
-"""Property: whatever the script, failures and interruptions, the history stays valid and
-the next run is accepted."""
+"""Property: whatever the script, failures and interruptions, the history stays valid, every
+request alternates turns as strict chat templates demand, and the next run is accepted."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 import wingspan
 from wingspan import Agent, Session, check_history
 from wingspan.testing import make_runtime, scripted
+
+from .test_loop_failures import Alternating
 
 RUNTIME = make_runtime()
 
@@ -88,14 +90,18 @@ def test_history_stays_valid(runs: list[tuple[list[Any], int, Any]]) -> None:
         session = Session(agent=Agent(name="a", provider=scripted(["x"])), store=store,
                           runtime=RUNTIME)
         for script, max_steps, interruption in runs:
-            session.agent = Agent(name="a", provider=scripted(script), tools=[ok, boom],
+            provider = Alternating(scripted(script))
+            session.agent = Agent(name="a", provider=provider, tools=[ok, boom],
                                   max_steps=max_steps)
             await _consume(session, "go", interruption)
+            assert provider.refused == [], session.history
             assert check_history(session.history) == [], session.history
             assert await store.load_messages(session.id) == list(session.history)
         # the next run is accepted and answers
-        session.agent = Agent(name="a", provider=scripted(["fine"]), tools=[ok, boom])
+        provider = Alternating(scripted(["fine"]))
+        session.agent = Agent(name="a", provider=provider, tools=[ok, boom])
         assert (await session.run("last")).response == "fine"
+        assert provider.refused == []
         assert check_history(session.history) == []
 
     asyncio.run(scenario())
