@@ -10,9 +10,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -33,6 +33,8 @@ WAIT = 20.0
 #: The test plugin (a slow tool, a provider needing a key, a dumping store) that every
 #: server process loads beside the installed plugins, by module path.
 TEST_PLUGINS = "tests.plugins.http.tooling"
+
+T = TypeVar("T")
 
 
 def runtime_with_plugins() -> Runtime:
@@ -151,6 +153,17 @@ def server() -> Iterator[Server]:
     running = start_server()
     yield running
     assert running.stop() == 0
+
+
+def bounded(items: Iterable[T], within: float = WAIT) -> Iterator[T]:
+    """``items`` (the chunks or lines of a streaming response), failing once ``within``
+    seconds have passed: a stream that never ends but pings now and then would keep an
+    HTTP client's read timeout from ever firing."""
+    deadline = time.monotonic() + within
+    for item in items:
+        yield item
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the stream did not end within {within:g} s")
 
 
 def parse_sse(text: str) -> list[tuple[int, str, dict[str, Any]]]:

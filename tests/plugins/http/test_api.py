@@ -225,8 +225,9 @@ async def test_blocking_and_streaming_messages(client: Client, tmp_path: Path) -
     agent = await create_agent(client, options={"script": [
         [{"name": "slow", "input": {"seconds": 0}}], "All done."]}, tools=["slow"])
     sid = await create_session(client, tmp_path)
-    response = await client.post(f"/sessions/{sid}/message",
-                                 json={"agent_id": agent, "message": "go"})
+    async with asyncio.timeout(WAIT):
+        response = await client.post(f"/sessions/{sid}/message",
+                                     json={"agent_id": agent, "message": "go"})
     result = await response.get_json()
     assert response.status_code == 200, result
     assert list(result) == ["response", "tool_calls", "usage", "steps", "stop_reason", "run_id"]
@@ -234,13 +235,15 @@ async def test_blocking_and_streaming_messages(client: Client, tmp_path: Path) -
     assert result["tool_calls"][0]["output"] == "slept 0"
     assert result["usage"]["input_tokens"] > 0 and len(result["run_id"]) == 26
 
-    response = await client.post(f"/sessions/{sid}/message/stream",
-                                 json={"agent_id": agent, "message": "again"})
+    async with asyncio.timeout(WAIT):  # the test client reads the whole stream
+        response = await client.post(f"/sessions/{sid}/message/stream",
+                                     json={"agent_id": agent, "message": "again"})
+        body = await response.get_data()
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/event-stream")
     assert response.headers["Cache-Control"] == "no-cache"
     assert response.headers["X-Accel-Buffering"] == "no"
-    frames = parse_sse((await response.get_data()).decode())
+    frames = parse_sse(body.decode())
     assert [n for n, _, _ in frames] == list(range(1, len(frames) + 1))
     kinds = [kind for _, kind, _ in frames]
     assert kinds[0] == "message_start" and kinds[-1] == "done"
@@ -294,12 +297,13 @@ async def test_validation_order(client: Client) -> None:
 async def test_provider_failure_is_502_and_keeps_history(client: Client) -> None:
     agent = await create_agent(client, options={"script": [{"text": "partial", "error": "boom"}]})
     sid = await create_session(client)
-    body = await error_of(await client.post(f"/sessions/{sid}/message",
-                                            json={"agent_id": agent, "message": "hi"}), 502)
-    assert body["code"] == "provider_error" and "boom" in body["error"]
-    response = await client.post(f"/sessions/{sid}/message/stream",
-                                 json={"agent_id": agent, "message": "hi"})
-    frames = parse_sse((await response.get_data()).decode())
+    async with asyncio.timeout(WAIT):
+        body = await error_of(await client.post(f"/sessions/{sid}/message",
+                                                json={"agent_id": agent, "message": "hi"}), 502)
+        assert body["code"] == "provider_error" and "boom" in body["error"]
+        response = await client.post(f"/sessions/{sid}/message/stream",
+                                     json={"agent_id": agent, "message": "hi"})
+        frames = parse_sse((await response.get_data()).decode())
     assert frames[-1][1] == "error" and frames[-1][2]["error"]["code"] == "provider_error"
     assert [k for _, k, _ in frames].count("error") == 1
     history = history_of(await (await client.get(f"/sessions/{sid}")).get_json())
@@ -310,10 +314,10 @@ async def test_concurrent_messages_on_one_session(client: Client) -> None:
     agent = await create_agent(client, tools=["slow"], options={"script": [
         [{"name": "slow", "input": {"seconds": 0.01}}], "done"]})
     sid = await create_session(client)
-    responses = await asyncio.gather(*(
+    responses = await asyncio.wait_for(asyncio.gather(*(
         client.post(f"/sessions/{sid}/message", json={"agent_id": agent, "message": f"m{i}"})
         for i in range(6)
-    ))
+    )), WAIT)
     assert [r.status_code for r in responses] == [200] * 6
     history = history_of(await (await client.get(f"/sessions/{sid}")).get_json())
     assert check_history(history) == [] and len(history) == 6 * 4

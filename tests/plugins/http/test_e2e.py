@@ -11,7 +11,7 @@ import httpx
 
 from wingspan import Message, check_history, wire
 
-from .conftest import WAIT, Server, parse_sse, start_server
+from .conftest import WAIT, Server, bounded, parse_sse, start_server
 
 JSON = {"Content-Type": "application/json"}
 
@@ -45,7 +45,7 @@ def test_seed_walkthrough(server: Server, tmp_path: Path) -> None:
                                              "message": "Explain this codebase."})) as stream:
             assert stream.status_code == 200
             assert stream.headers["content-type"].startswith("text/event-stream")
-            for chunk in stream.iter_text():
+            for chunk in bounded(stream.iter_text()):
                 frames_text += chunk
         frames = parse_sse(frames_text)
         kinds = [k for _, k, _ in frames]
@@ -71,7 +71,7 @@ def test_streaming_client_that_disconnects_does_not_stop_the_run(server: Server)
         session_id = http.post("/sessions").json()["id"]
         with http.stream("POST", f"/sessions/{session_id}/message/stream",
                          json={"agent_id": agent_id, "message": "go"}) as stream:
-            for line in stream.iter_lines():
+            for line in bounded(stream.iter_lines()):
                 if line == "event: message_stop":
                     break  # leave while the tool runs
         # a blocking message waits its turn behind the first run, which must have finished
@@ -127,7 +127,7 @@ def test_sigterm_during_a_run(tmp_path: Path) -> None:
         text = ""
         with http.stream("POST", f"/sessions/{session_id}/message/stream",
                          json={"agent_id": agent_id, "message": "go"}) as stream:
-            for line in stream.iter_lines():
+            for line in bounded(stream.iter_lines()):
                 text += line + "\n"
                 if line == "event: message_stop":  # the 60 s tool is running
                     running.process.send_signal(signal.SIGTERM)
@@ -198,9 +198,10 @@ def test_a_burst_of_events_reaches_a_client_reading_as_fast_as_it_can(server: Se
             "name": "chatty", "options": {"script": [text], "chunk_size": 4},
         }).json()["id"]
         session_id = http.post("/sessions").json()["id"]
-        response = http.post(f"/sessions/{session_id}/message/stream",
-                             json={"agent_id": agent_id, "message": "talk"})
-    frames = parse_sse(response.text)
+        with http.stream("POST", f"/sessions/{session_id}/message/stream",
+                         json={"agent_id": agent_id, "message": "talk"}) as stream:
+            body = "".join(bounded(stream.iter_text()))
+    frames = parse_sse(body)
     kinds = [event for _, event, _ in frames]
     assert kinds[-1] == "done", kinds[-3:]
     assert [number for number, _, _ in frames] == list(range(1, len(frames) + 1))

@@ -4,6 +4,7 @@ answer (status, content type, headers and body) against it."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 import unicodedata
@@ -43,7 +44,7 @@ from wingspan.plugins.http.openapi import (
 )
 from wingspan.plugins.http.shapes import ErrorBody, FieldError, SessionView
 
-from .conftest import Server, parse_sse, start_server
+from .conftest import WAIT, Server, parse_sse, start_server
 
 TOKEN = "schemathesis-token"
 #: The tools a fuzzed agent may name: none that write, run commands or reach the network.
@@ -166,17 +167,20 @@ async def test_run_answers_match_their_schema(client: Client, tmp_path: Path) ->
     session_id = (await response.get_json())["id"]
 
     message = {"agent_id": agent_id, "message": "go"}
-    response = await client.post(f"/sessions/{session_id}/message", json=message)
+    async with asyncio.timeout(WAIT):
+        response = await client.post(f"/sessions/{session_id}/message", json=message)
     assert response.status_code == 200
     validate(await response.get_json(),
              body_schema("/sessions/{session_id}/message", "post", "200"), components)
-    response = await client.post(f"/sessions/{session_id}/message/stream", json=message)
+    async with asyncio.timeout(WAIT):  # the test client reads the whole stream
+        response = await client.post(f"/sessions/{session_id}/message/stream", json=message)
+        body = await response.get_data()
     described = paths["/sessions/{session_id}/message/stream"]["post"]["responses"]["200"]
     assert response.status_code == 200
     assert response.mimetype in described["content"]
     for name, header in described["headers"].items():
         assert response.headers[name] == header["schema"]["const"]
-    frames = parse_sse((await response.get_data()).decode())
+    frames = parse_sse(body.decode())
     assert frames[-1][1] == "done"
     for _, _, data in frames:
         validate(data, {"$ref": "#/components/schemas/StreamEvent"}, components)
@@ -251,7 +255,7 @@ def test_fuzzed_server_is_confined_and_serves_the_fuzzed_document(
 ) -> None:
     def get(path: str) -> Any:
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        return httpx.get(fuzzed_server.base_url + path, headers=headers).json()
+        return httpx.get(fuzzed_server.base_url + path, headers=headers, timeout=WAIT).json()
 
     assert [p["id"] for p in get("/provider")] == ["test"]
     assert sorted(t["name"] for t in get("/tools")) == sorted(SAFE_TOOLS.split(","))

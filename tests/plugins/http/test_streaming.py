@@ -76,7 +76,8 @@ async def test_event_stream_pings_while_silent() -> None:
     assert b"event: ping" in first and first.startswith(b"id: 1\n")
     run.publish(Done(usage=Usage(), steps=1, response="ok", tool_calls=(),
                      stop_reason="end_turn"))
-    rest = [chunk async for chunk in frames]
+    async with asyncio.timeout(WAIT):
+        rest = [chunk async for chunk in frames]
     assert b"event: done" in rest[-1]
     assert json.loads(rest[-1].decode().split("data: ")[1])["response"] == "ok"
     assert not run.subscribers
