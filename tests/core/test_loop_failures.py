@@ -162,9 +162,10 @@ def test_breaking_out_of_a_stream_closes_it_at_once_and_quietly() -> None:
                 "base_url": server.base_url, "api_key": "sk-test", "model": "m",
                 "max_retries": 0})
             session = Session(agent=Agent(name="a", provider=provider), runtime=RUNTIME)
-            async for event in session.stream("talk"):
-                if type(event) is wingspan.TextDelta:
-                    break
+            async with asyncio.timeout(5):
+                async for event in session.stream("talk"):
+                    if type(event) is wingspan.TextDelta:
+                        break
             async with asyncio.timeout(5):
                 await server.disconnected.wait()
             async with asyncio.timeout(5):

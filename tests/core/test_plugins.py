@@ -172,7 +172,8 @@ def test_import_wingspan_imports_no_transport_or_storage_library() -> None:
         "heavy = {'quart', 'hypercorn', 'httpx', 'sqlite3', '_sqlite3', 'jsonschema'}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=60)
     assert out.stdout.strip() == "[]"
 
 
@@ -198,5 +199,5 @@ def test_loading_every_builtin_imports_no_heavy_library() -> None:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("WINGSPAN_")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=env)
+                         check=True, env=env, timeout=60)
     assert out.stdout.strip() == "[]"
