@@ -27,6 +27,7 @@ from .history import alternates, alternating, check_history, repair_history
 from .hookspecs import hookimpl, hookspec
 from .ids import new_id
 from .loader import PluginInfo
+from .procs import ProcessIdentity
 from .providers import Accumulator, ModelInfo, Provider, ProviderSpec, complete
 from .runtime import Runtime, Settings, default_runtime
 from .session import RunStream, Session
@@ -101,6 +102,7 @@ __all__ = [
     "PluginError",
     "PluginInfo",
     "PluginLoadError",
+    "ProcessIdentity",
     "Provider",
     "ProviderError",
     "ProviderSpec",

@@ -154,12 +154,23 @@ class Store(Protocol):
         With ``wait`` the call waits its turn (first come, first served) up to ``timeout``
         seconds (``None``: forever). :returns: whether the claim was granted.
 
-        A store that serves several processes recovers a claim whose holder died once its
-        lease expires: it marks that run ``interrupted`` and appends the repair of the
-        history (:func:`wingspan.repair_history`) before granting the claim.
+        A store that serves several processes recovers a claim whose holder died: it marks
+        that run ``interrupted`` and appends the repair of the history
+        (:func:`wingspan.repair_history`) before granting the claim. It records the process
+        behind each claim (:class:`wingspan.procs.ProcessIdentity`), so a claimant on the
+        same host that finds that process gone (killed, even with ``SIGKILL``, or crashed)
+        recovers the claim at once, waiting or not; a claim of another host, or one whose
+        process cannot be judged, is recovered once its lease expires. A store may also
+        recover, when it is opened, the claims that ended processes of its host left.
         """
     async def release_session(self, session_id: str, holder: str) -> None:
-        """Give the claim up (a no-op if ``holder`` does not hold it)."""
+        """Give the claim up (a no-op if ``holder`` does not hold it).
+
+        A release is not refused for want of a write: a store that cannot write it now (a
+        full disk) stops renewing the claim and writes the release, with the recovery a
+        dead holder gets if the run's end was not recorded, as soon as it can write again;
+        other processes get the session once the claim expires at the latest.
+        """
     async def save_run(self, run: RunRecord) -> None:
         """Insert or replace a run record."""
     async def get_run(self, run_id: str) -> RunRecord: ...

@@ -1,7 +1,9 @@
 """The ``memory://`` store: everything in this process's memory, gone when it ends.
 
 It keeps the full store contract (the same state machine checks it as the SQLite store), so
-it suits tests and short-lived embedding. Claims are served first come, first served.
+it suits tests and short-lived embedding. Claims are served first come, first served. They
+live and end with this process, so there is never a dead holder's claim to recover, and a
+release, which writes nothing, is never put off.
 """
 
 from __future__ import annotations

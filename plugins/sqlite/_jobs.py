@@ -1,7 +1,9 @@
-"""What the store's threads run: one function per operation, given the thread's connection.
+"""What the store's threads run: one function per operation, given the thread's connection
+(the claims on sessions are in ``_leases``).
 
-A writer job runs inside the writer's transaction (and savepoint); it raises to undo
-itself. Effects on in-memory state wait for the commit (``tx.effects``).
+A writer job runs inside the writer's transaction; it raises to undo itself (the writer then
+runs each job of its batch on its own). Effects on in-memory state wait for the commit
+(``tx.effects``).
 """
 
 from __future__ import annotations
@@ -16,15 +18,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-import attrs
-
 import wingspan
 from wingspan import (
     ConfigError,
     ConflictError,
     Message,
     NotFoundError,
-    RunRecord,
     SessionRecord,
     StoreError,
     wire,
@@ -35,8 +34,6 @@ from ._worker import Tx
 MAX_PAGE = 500
 _CHUNK = 64  # messages converted between two chances for the event loop to run
 T = TypeVar("T")
-INTERRUPTED_RUN = "the process running it stopped before the run finished (its claim expired)"
-CLOSED_RUN = "the store was closed before the run finished"
 #: The message count of the session row ``sessions.pk`` (the next sequence number).
 MESSAGE_COUNT = "(SELECT coalesce(max(seq) + 1, 0) FROM messages WHERE session_pk = sessions.pk)"
 
@@ -292,185 +289,6 @@ def _load(tx: Tx, cache: HistoryCache, session_id: str) -> list[Message]:
     if new:
         cache.add(session_id, pk, start, new)
     return known[:start] + new
-
-
-def grant_next(tx: Tx, pk: int, ttl: float) -> None:
-    """Hand a free lease to the first live waiter, if any."""
-    conn, now = tx.conn, time.time()
-    conn.execute("DELETE FROM lease_waiters WHERE session_pk = ? AND expires_at < ?", (pk, now))
-    head = conn.execute(
-        "SELECT ticket, holder, owner FROM lease_waiters WHERE session_pk = ? "
-        "ORDER BY ticket LIMIT 1",
-        (pk,),
-    ).fetchone()
-    if head is not None:
-        ticket, holder, owner = head
-        conn.execute(
-            "INSERT INTO leases (session_pk, holder, owner, ticket, expires_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (pk, holder, owner, ticket, now + ttl),
-        )
-        conn.execute("DELETE FROM lease_waiters WHERE ticket = ?", (ticket,))
-
-
-def end_lease(
-    tx: Tx, cache: HistoryCache, session_id: str, pk: int, holder: str, reason: str, ttl: float
-) -> None:
-    """The holder is gone: mark its run interrupted, repair the history, hand the lease on."""
-    conn = tx.conn
-    row = conn.execute(
-        "SELECT body FROM runs WHERE id = ? AND session_pk = ? AND status = 'running'",
-        (holder, pk),
-    ).fetchone()
-    if row is not None:
-        run = attrs.evolve(
-            wire.loads(row[0], RunRecord),
-            status="interrupted",
-            finished_at=wingspan.utc_now(),
-            error=reason,
-        )
-        conn.execute(
-            "UPDATE runs SET status = ?, body = ? WHERE id = ?",
-            (run.status, wire.dumps(run), run.id),
-        )
-    last = conn.execute(
-        "SELECT body FROM messages WHERE session_pk = ? ORDER BY seq DESC LIMIT 1", (pk,)
-    ).fetchone()
-    if last is not None:
-        repair = wingspan.repair_history([wire.loads(last[0], Message)])
-        if repair:
-            append(tx, cache, session_id, tuple(repair))
-    conn.execute("DELETE FROM leases WHERE session_pk = ?", (pk,))
-    grant_next(tx, pk, ttl)
-
-
-def recover_lapsed(tx: Tx, cache: HistoryCache, session_id: str, pk: int, ttl: float) -> None:
-    row = tx.conn.execute(
-        "SELECT holder FROM leases WHERE session_pk = ? AND expires_at < ?", (pk, time.time())
-    ).fetchone()
-    if row is not None:
-        end_lease(tx, cache, session_id, pk, row[0], INTERRUPTED_RUN, ttl)
-
-
-def claim(
-    tx: Tx, cache: HistoryCache, session_id: str, holder: str, owner: str, ttl: float, wait: bool
-) -> tuple[bool, int | None]:
-    """Grant the lease now if it is free (or already ``holder``'s) and nobody waits;
-    else, with ``wait``, join the queue. :returns: ``(granted, ticket)``."""
-    conn = tx.conn
-    pk = session_pk(tx, session_id)
-    recover_lapsed(tx, cache, session_id, pk, ttl)
-    now = time.time()
-    conn.execute("DELETE FROM lease_waiters WHERE session_pk = ? AND expires_at < ?", (pk, now))
-    lease = conn.execute("SELECT holder FROM leases WHERE session_pk = ?", (pk,)).fetchone()
-    queued = conn.execute(
-        "SELECT 1 FROM lease_waiters WHERE session_pk = ? LIMIT 1", (pk,)
-    ).fetchone()
-    if lease is None and queued is None:
-        conn.execute(
-            "INSERT INTO leases (session_pk, holder, owner, expires_at) VALUES (?, ?, ?, ?)",
-            (pk, holder, owner, now + ttl),
-        )
-        return True, None
-    if lease is not None and lease[0] == holder and queued is None:
-        return True, None
-    if not wait:
-        return False, None
-    cursor = conn.execute(
-        "INSERT INTO lease_waiters (session_pk, holder, owner, expires_at) VALUES (?, ?, ?, ?)",
-        (pk, holder, owner, now + ttl),
-    )
-    return False, cursor.lastrowid
-
-
-def claim_state(tx: Tx, session_id: str, ticket: int) -> tuple[str, float]:
-    """``("granted" | "act" | "wait", when the lease lapses)`` for a waiting ticket."""
-    row = tx.conn.execute(
-        "SELECT l.ticket, l.expires_at, "
-        "EXISTS (SELECT 1 FROM lease_waiters w WHERE w.ticket = ?2) "
-        "FROM sessions s LEFT JOIN leases l ON l.session_pk = s.pk WHERE s.id = ?1",
-        (session_id, ticket),
-    ).fetchone()
-    if row is None:
-        raise NotFoundError(f"session {session_id!r} not found")
-    lease_ticket, expires_at, waiting = row
-    if lease_ticket == ticket:
-        return "granted", 0.0
-    if expires_at is None or expires_at < time.time() or not waiting:
-        return "act", 0.0
-    return "wait", float(expires_at)
-
-
-def poll_claim(
-    tx: Tx,
-    cache: HistoryCache,
-    session_id: str,
-    ticket: int,
-    holder: str,
-    owner: str,
-    ttl: float,
-) -> tuple[bool, int]:
-    conn = tx.conn
-    pk = session_pk(tx, session_id)
-    recover_lapsed(tx, cache, session_id, pk, ttl)
-    lease = conn.execute("SELECT ticket FROM leases WHERE session_pk = ?", (pk,)).fetchone()
-    if lease is None:
-        grant_next(tx, pk, ttl)
-        lease = conn.execute("SELECT ticket FROM leases WHERE session_pk = ?", (pk,)).fetchone()
-    if lease is not None and lease[0] == ticket:
-        return True, ticket
-    if conn.execute("SELECT 1 FROM lease_waiters WHERE ticket = ?", (ticket,)).fetchone():
-        return False, ticket
-    # Our place lapsed (this process could not renew it in time): queue again.
-    cursor = conn.execute(
-        "INSERT INTO lease_waiters (session_pk, holder, owner, expires_at) VALUES (?, ?, ?, ?)",
-        (pk, holder, owner, time.time() + ttl),
-    )
-    return False, cursor.lastrowid or 0
-
-
-def abandon(tx: Tx, session_id: str, ticket: int, hand_on: bool, ttl: float) -> bool:
-    """Stop waiting. :returns: whether the lease was granted meanwhile (and is kept unless
-    ``hand_on``)."""
-    conn = tx.conn
-    conn.execute("DELETE FROM lease_waiters WHERE ticket = ?", (ticket,))
-    row = conn.execute(
-        "SELECT l.session_pk FROM leases l JOIN sessions s ON s.pk = l.session_pk "
-        "WHERE s.id = ? AND l.ticket = ?",
-        (session_id, ticket),
-    ).fetchone()
-    if row is None:
-        return False
-    if hand_on:
-        conn.execute("DELETE FROM leases WHERE session_pk = ?", (row[0],))
-        grant_next(tx, row[0], ttl)
-    return True
-
-
-def release(tx: Tx, session_id: str, holder: str, ttl: float) -> bool:
-    row = returning(
-        tx.conn.execute(
-            "DELETE FROM leases WHERE holder = ? AND session_pk = "
-            "(SELECT pk FROM sessions WHERE id = ?) RETURNING session_pk",
-            (holder, session_id),
-        )
-    )
-    if row is None:
-        return False
-    grant_next(tx, row[0], ttl)
-    return True
-
-
-def give_up(tx: Tx, cache: HistoryCache, owner: str, ttl: float) -> None:
-    conn = tx.conn
-    conn.execute("DELETE FROM lease_waiters WHERE owner = ?", (owner,))
-    held = conn.execute(
-        "SELECT s.id, s.pk, l.holder FROM leases l JOIN sessions s ON s.pk = l.session_pk "
-        "WHERE l.owner = ?",
-        (owner,),
-    ).fetchall()
-    for session_id, pk, holder in held:
-        end_lease(tx, cache, session_id, pk, holder, CLOSED_RUN, ttl)
 
 
 def save_run(tx: Tx, run_id: str, session_id: str, status: str, body: str) -> None:

@@ -77,6 +77,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE credentials",
         "ALTER TABLE credentials_2 RENAME TO credentials",
     ),
+    (
+        # The process behind a claim or a waiting ticket (``wingspan.procs``): its host (the
+        # machine, boot and pid namespace), pid and start time. A claimant on the same host
+        # that finds that process gone recovers the claim at once. NULL (rows written before
+        # this version): it lapses, as claims of other hosts do.
+        "ALTER TABLE leases ADD COLUMN host TEXT",
+        "ALTER TABLE leases ADD COLUMN pid INTEGER",
+        "ALTER TABLE leases ADD COLUMN started INTEGER",
+        "ALTER TABLE lease_waiters ADD COLUMN host TEXT",
+        "ALTER TABLE lease_waiters ADD COLUMN pid INTEGER",
+        "ALTER TABLE lease_waiters ADD COLUMN started INTEGER",
+    ),
 )
 
 

@@ -14,11 +14,13 @@ from typing import Any, TypeVar
 
 import attrs
 
+import wingspan
 from wingspan import (
     AgentRecord,
     Credential,
     Message,
     Page,
+    ProcessIdentity,
     RunRecord,
     SessionRecord,
     StoreError,
@@ -26,6 +28,7 @@ from wingspan import (
 )
 
 from . import _jobs as jobs
+from . import _leases as leases
 from ._options import Options
 from ._schema import connect, create_file, migrate, store_error, truncate_wal
 from ._secrets import Cipher, check_format, no_key_error
@@ -43,8 +46,12 @@ class SqliteStore:
         self.options = options
         self._cipher = cipher  # None: credentials are kept as they are given
         self._timeout = options.timeout
-        self._ttl = options.lease_ttl
-        self._owner = uuid.uuid4().hex  # renews this store's leases and waiting tickets
+        self._me = leases.Claimant(
+            owner=uuid.uuid4().hex,  # renews this store's leases and waiting tickets
+            ttl=options.lease_ttl,
+            process=ProcessIdentity.current(),
+        )
+        self._unreleased = leases.Unreleased()
         self._cache = jobs.HistoryCache(options.cache_messages)
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._waiters_lock = threading.Lock()
@@ -54,8 +61,9 @@ class SqliteStore:
             self._open_writer,
             self._error,
             writer=True,
+            before_write=self._write_unreleased,
             idle=self._renew,
-            idle_interval=self._ttl / 3,
+            idle_interval=options.lease_ttl / 3,
         )
         self._reader = Worker(
             f"wingspan-sqlite-reader {path}",
@@ -74,6 +82,11 @@ class SqliteStore:
         except BaseException:
             await self._writer.stop()
             raise
+        # Claims left by processes of this host that ended (a server killed with SIGKILL)
+        # are recovered now rather than when they lapse. Best effort: a claim recovers
+        # them one session at a time too, and a store on a full disk must still open.
+        with contextlib.suppress(wingspan.WingspanError):
+            await self._write(leases.sweep, self._cache, self._me)
 
     def _open_writer(self) -> sqlite3.Connection:
         create_file(self.path)
@@ -185,7 +198,7 @@ class SqliteStore:
         self, session_id: str, holder: str, *, wait: bool = True, timeout: float | None = None
     ) -> bool:
         granted, ticket = await self._write(
-            jobs.claim, self._cache, session_id, holder, self._owner, self._ttl, wait
+            leases.claim, self._cache, self._unreleased, session_id, holder, self._me, wait
         )
         if granted or not wait:
             return granted
@@ -199,22 +212,21 @@ class SqliteStore:
                 with self._waiters_lock:
                     self._waiters.setdefault(session_id, set()).add(woken)
                 try:
-                    state, expires_at = await self._read(jobs.claim_state, session_id, ticket)
+                    state, expires_at = await self._read(
+                        leases.claim_state, session_id, ticket, self._me
+                    )
                     if state == "granted":
                         return True
-                    if state == "act":  # a lapsed lease to recover, or we lost our place
+                    # "act": a lapsed lease or a dead holder to recover, or we lost our
+                    # place. A release of ours that failed is retried before any write.
+                    if state == "act" or self._unreleased.on(session_id):
                         granted, ticket = await self._write(
-                            jobs.poll_claim,
-                            self._cache,
-                            session_id,
-                            ticket,
-                            holder,
-                            self._owner,
-                            self._ttl,
+                            leases.poll_claim, self._cache, session_id, ticket, holder, self._me
                         )
                         if granted:
                             return True
-                        continue
+                        if state == "act":
+                            continue
                     # Other processes cannot wake us: look again after a while, and when
                     # the holder's lease would lapse.
                     delay = min(interval, max(0.0, expires_at - time.time()) + 0.001)
@@ -230,18 +242,28 @@ class SqliteStore:
                         self._waiters.get(session_id, set()).discard(woken)
         except TimeoutError:
             return await asyncio.shield(
-                self._write(jobs.abandon, session_id, ticket, False, self._ttl)
+                self._write(leases.abandon, session_id, ticket, False, self._me)
             )
         except BaseException:
             if not self._closed:
                 # Granted meanwhile? Then hand it on; else leave the queue.
-                handed_on = self._write(jobs.abandon, session_id, ticket, True, self._ttl)
+                handed_on = self._write(leases.abandon, session_id, ticket, True, self._me)
                 if await asyncio.shield(handed_on):
                     self._wake(session_id)
             raise
 
     async def release_session(self, session_id: str, holder: str) -> None:
-        if await self._write(jobs.release, session_id, holder, self._ttl):
+        try:
+            released = await self._write(leases.release, session_id, holder, self._me)
+        except StoreError as exc:
+            if self._closed:
+                raise
+            # The disk is full, or another process kept the write lock too long. The claim
+            # must not outlive its run: it is no longer renewed, and it is released by the
+            # first write that succeeds (this store's next call, or the idle renewer).
+            self._unreleased.add(session_id, holder, str(exc))
+            return
+        if released:
             self._wake(session_id)
 
     def _wake(self, session_id: str) -> None:
@@ -251,15 +273,34 @@ class SqliteStore:
             if not future.done():
                 notify(future.get_loop(), [(future, None, None)])
 
-    def _renew(self, connection: sqlite3.Connection) -> None:
-        """Keep this store's claims alive (run in the writer thread while it is idle)."""
-        expires_at = time.time() + self._ttl
+    def _write_unreleased(self, connection: sqlite3.Connection) -> None:
+        """Write the releases that failed, in a transaction of their own (run in the writer
+        thread before each write transaction, and while it is idle)."""
+        if not self._unreleased:
+            return
+        tx = Tx(connection)
         connection.execute("BEGIN IMMEDIATE")
         try:
-            for table in ("leases", "lease_waiters"):
-                connection.execute(
-                    f"UPDATE {table} SET expires_at = ? WHERE owner = ?", (expires_at, self._owner)
-                )
+            released = leases.release_unreleased(tx, self._cache, self._unreleased, self._me)
+            connection.execute("COMMIT")
+        finally:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+        for effect in tx.effects:
+            effect()
+        for session_id in released:
+            self._wake(session_id)
+
+    def _renew(self, connection: sqlite3.Connection) -> None:
+        """Keep this store's claims alive, but for those it gave up (run in the writer
+        thread while it is idle)."""
+        with contextlib.suppress(sqlite3.Error, wingspan.WingspanError):
+            self._write_unreleased(connection)
+        if connection.in_transaction:  # see Worker._begin
+            connection.execute("ROLLBACK")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            leases.renew(Tx(connection), self._me, self._unreleased.snapshot().keys())
             connection.execute("COMMIT")
         finally:
             if connection.in_transaction:
@@ -305,7 +346,7 @@ class SqliteStore:
         if self._closed:
             return
         with contextlib.suppress(StoreError):
-            await asyncio.shield(self._write(jobs.give_up, self._cache, self._owner, self._ttl))
+            await asyncio.shield(self._write(leases.give_up, self._cache, self._me))
         self._closed = True
         with self._waiters_lock:
             sessions = list(self._waiters)

@@ -46,7 +46,9 @@ class Worker:
     """A thread owning one connection, running jobs sent from event loops.
 
     A writer runs each batch of queued jobs in one ``BEGIN IMMEDIATE`` transaction; a
-    reader runs jobs one by one in autocommit mode.
+    reader runs jobs one by one in autocommit mode. ``before_write`` runs in the thread before
+    each write transaction, ``idle`` whenever ``idle_interval`` seconds have passed since it
+    last ran; both are best effort (a database error they raise is dropped).
     """
 
     def __init__(
@@ -56,12 +58,14 @@ class Worker:
         error: Callable[[sqlite3.Error], StoreError],
         *,
         writer: bool,
+        before_write: Callable[[sqlite3.Connection], None] | None = None,
         idle: Callable[[sqlite3.Connection], None] | None = None,
         idle_interval: float = 3600.0,
     ) -> None:
         self._open = open_connection
         self._error = error
         self._writer = writer
+        self._before_write = before_write
         self._idle = idle
         self._idle_interval = idle_interval
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -155,7 +159,7 @@ class Worker:
         txs = [Tx(connection) for _ in batch]
         values: list[Any] = []
         try:
-            connection.execute("BEGIN IMMEDIATE")
+            self._begin(connection)
         except sqlite3.Error as exc:
             self._settle(batch, txs, None, self._error(exc))
             return
@@ -184,6 +188,18 @@ class Worker:
             with contextlib.suppress(sqlite3.Error):
                 truncate_wal(connection)
         self._settle(batch, txs, values, None)
+
+    def _begin(self, connection: sqlite3.Connection) -> None:
+        if connection.in_transaction:
+            # A failure the rollback did not end (a ROLLBACK can fail too): end it now, or
+            # no write would ever start again on this connection.
+            connection.execute("ROLLBACK")
+        if self._before_write is not None:
+            # Its own transaction: whether it succeeds (a full disk) is no concern of the
+            # batch, which says for itself whether the database can be written.
+            with contextlib.suppress(sqlite3.Error, wingspan.WingspanError):
+                self._before_write(connection)
+        connection.execute("BEGIN IMMEDIATE")
 
     @staticmethod
     def _settle(

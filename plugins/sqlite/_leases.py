@@ -1,0 +1,388 @@
+"""Claims on sessions, run in the store's threads: the ``leases`` and ``lease_waiters`` tables.
+
+A claim is a row of ``leases``: its holder (a run id), the store instance that renews it (the
+owner), when it lapses if nobody does, and the process behind it (``wingspan.procs``). A claim
+is recovered — its run marked interrupted, the history repaired, the claim handed to the next
+waiter — once it lapses, or at once when a claimant of the same host finds its process gone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection, Iterable
+
+import attrs
+
+import wingspan
+from wingspan import Message, NotFoundError, ProcessIdentity, RunRecord, wire
+
+from ._jobs import HistoryCache, append, returning, session_pk
+from ._worker import Tx
+
+INTERRUPTED_RUN = "the process running it stopped before the run finished (its claim expired)"
+ENDED_RUN = "the process running it (pid {pid}, this host) stopped before the run finished"
+CLOSED_RUN = "the store was closed before the run finished"
+UNRECORDED_RUN = "the run ended while the store could not record it ({why})"
+
+
+@attrs.frozen
+class Claimant:
+    """A store instance as it takes part in claims.
+
+    :ivar owner: the id under which it renews its claims and waiting tickets.
+    :ivar ttl: seconds they last when it stops renewing them.
+    :ivar process: the process it runs in.
+    """
+
+    owner: str
+    ttl: float
+    process: ProcessIdentity
+
+    @property
+    def columns(self) -> tuple[str | None, int, int | None]:
+        """``(host, pid, started)`` as stored; a host that cannot be judged is NULL."""
+        process = self.process
+        return process.host or None, process.pid, process.started
+
+    def sees_gone(self, owner: str, host: str | None, pid: int | None, started: int | None) -> bool:
+        """Whether a claim or ticket of another store instance belongs to a process of this
+        host that has ended. Rows of other hosts, and rows written before processes were
+        recorded (NULL), are never judged: they lapse."""
+        process = self.process
+        if owner == self.owner or host is None or host != process.host or pid is None:
+            return False
+        if pid == process.pid and started == process.started:
+            return False  # another store of this very process
+        return ProcessIdentity(host=host, pid=pid, started=started).is_gone()
+
+
+class Unreleased:
+    """Claims this store gave up without managing to write so (a full disk, a write lock
+    held too long by another process): it no longer renews them, and the first write
+    transaction that succeeds releases them (:func:`release_unreleased`)."""
+
+    def __init__(self) -> None:
+        self._claims: dict[tuple[str, str], str] = {}  # (session id, holder) -> why
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._claims)
+
+    def add(self, session_id: str, holder: str, why: str) -> None:
+        with self._lock:
+            self._claims[session_id, holder] = why
+
+    def snapshot(self) -> dict[tuple[str, str], str]:
+        with self._lock:
+            return dict(self._claims)
+
+    def on(self, session_id: str) -> bool:
+        with self._lock:
+            return any(session == session_id for session, _ in self._claims)
+
+    def discard(self, claims: Iterable[tuple[str, str]]) -> None:
+        with self._lock:
+            for claim in claims:
+                self._claims.pop(claim, None)
+
+
+def _insert_lease(
+    tx: Tx,
+    pk: int,
+    holder: str,
+    owner: str,
+    ticket: int | None,
+    expires_at: float,
+    columns: tuple[object, ...],
+) -> None:
+    tx.conn.execute(
+        "INSERT INTO leases (session_pk, holder, owner, ticket, expires_at, host, pid, started) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (pk, holder, owner, ticket, expires_at, *columns),
+    )
+
+
+def _queue(tx: Tx, pk: int, holder: str, me: Claimant) -> int:
+    cursor = tx.conn.execute(
+        "INSERT INTO lease_waiters (session_pk, holder, owner, expires_at, host, pid, started) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (pk, holder, me.owner, time.time() + me.ttl, *me.columns),
+    )
+    return cursor.lastrowid or 0
+
+
+def drop_dead_waiters(tx: Tx, pk: int, me: Claimant) -> None:
+    """Take out of the queue the tickets that lapsed, and those of ended processes."""
+    conn = tx.conn
+    conn.execute(
+        "DELETE FROM lease_waiters WHERE session_pk = ? AND expires_at < ?", (pk, time.time())
+    )
+    if me.process.host:
+        rows = conn.execute(
+            "SELECT ticket, owner, host, pid, started FROM lease_waiters "
+            "WHERE session_pk = ? AND host = ? AND owner != ?",
+            (pk, me.process.host, me.owner),
+        ).fetchall()
+        dead = [(ticket,) for ticket, *process in rows if me.sees_gone(*process)]
+        conn.executemany("DELETE FROM lease_waiters WHERE ticket = ?", dead)
+
+
+def grant_next(tx: Tx, pk: int, me: Claimant) -> None:
+    """Hand a free lease to the first live waiter, if any."""
+    drop_dead_waiters(tx, pk, me)
+    conn = tx.conn
+    head = conn.execute(
+        "SELECT ticket, holder, owner, host, pid, started FROM lease_waiters "
+        "WHERE session_pk = ? ORDER BY ticket LIMIT 1",
+        (pk,),
+    ).fetchone()
+    if head is not None:
+        ticket, holder, owner, *columns = head
+        _insert_lease(tx, pk, holder, owner, ticket, time.time() + me.ttl, tuple(columns))
+        conn.execute("DELETE FROM lease_waiters WHERE ticket = ?", (ticket,))
+
+
+def end_lease(
+    tx: Tx, cache: HistoryCache, session_id: str, pk: int, holder: str, reason: str, me: Claimant
+) -> None:
+    """The holder is gone: mark its run interrupted, repair the history, hand the lease on."""
+    conn = tx.conn
+    row = conn.execute(
+        "SELECT body FROM runs WHERE id = ? AND session_pk = ? AND status = 'running'",
+        (holder, pk),
+    ).fetchone()
+    if row is not None:
+        run = attrs.evolve(
+            wire.loads(row[0], RunRecord),
+            status="interrupted",
+            finished_at=wingspan.utc_now(),
+            error=reason,
+        )
+        conn.execute(
+            "UPDATE runs SET status = ?, body = ? WHERE id = ?",
+            (run.status, wire.dumps(run), run.id),
+        )
+    last = conn.execute(
+        "SELECT body FROM messages WHERE session_pk = ? ORDER BY seq DESC LIMIT 1", (pk,)
+    ).fetchone()
+    if last is not None:
+        repair = wingspan.repair_history([wire.loads(last[0], Message)])
+        if repair:
+            append(tx, cache, session_id, tuple(repair))
+    conn.execute("DELETE FROM leases WHERE session_pk = ?", (pk,))
+    grant_next(tx, pk, me)
+
+
+def recover(tx: Tx, cache: HistoryCache, session_id: str, pk: int, me: Claimant) -> None:
+    """End the session's claim if it lapsed, or if its process (on this host) ended."""
+    row = tx.conn.execute(
+        "SELECT holder, expires_at, owner, host, pid, started FROM leases WHERE session_pk = ?",
+        (pk,),
+    ).fetchone()
+    if row is None:
+        return
+    holder, expires_at, *process = row
+    if expires_at < time.time():
+        end_lease(tx, cache, session_id, pk, holder, INTERRUPTED_RUN, me)
+    elif me.sees_gone(*process):
+        end_lease(tx, cache, session_id, pk, holder, ENDED_RUN.format(pid=process[2]), me)
+
+
+def claim(
+    tx: Tx,
+    cache: HistoryCache,
+    unreleased: Unreleased,
+    session_id: str,
+    holder: str,
+    me: Claimant,
+    wait: bool,
+) -> tuple[bool, int | None]:
+    """Grant the lease now if it is free (or already ``holder``'s) and nobody waits;
+    else, with ``wait``, join the queue. :returns: ``(granted, ticket)``."""
+    conn = tx.conn
+    pk = session_pk(tx, session_id)
+    recover(tx, cache, session_id, pk, me)
+    drop_dead_waiters(tx, pk, me)
+    lease = conn.execute("SELECT holder FROM leases WHERE session_pk = ?", (pk,)).fetchone()
+    queued = conn.execute(
+        "SELECT 1 FROM lease_waiters WHERE session_pk = ? LIMIT 1", (pk,)
+    ).fetchone()
+    granted = False
+    if lease is None and queued is None:
+        _insert_lease(tx, pk, holder, me.owner, None, time.time() + me.ttl, me.columns)
+        granted = True
+    elif lease is not None and lease[0] == holder and queued is None:
+        granted = True
+    if granted:
+        if unreleased:
+            # Held again by a holder whose release failed: its own again, to renew.
+            tx.effects.append(lambda: unreleased.discard([(session_id, holder)]))
+        return True, None
+    if not wait:
+        return False, None
+    return False, _queue(tx, pk, holder, me)
+
+
+def claim_state(tx: Tx, session_id: str, ticket: int, me: Claimant) -> tuple[str, float]:
+    """``("granted" | "act" | "wait", when the lease lapses)`` for a waiting ticket."""
+    row = tx.conn.execute(
+        "SELECT l.ticket, l.expires_at, "
+        "EXISTS (SELECT 1 FROM lease_waiters w WHERE w.ticket = ?2), "
+        "l.owner, l.host, l.pid, l.started "
+        "FROM sessions s LEFT JOIN leases l ON l.session_pk = s.pk WHERE s.id = ?1",
+        (session_id, ticket),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"session {session_id!r} not found")
+    lease_ticket, expires_at, waiting, *process = row
+    if lease_ticket == ticket:
+        return "granted", 0.0
+    if expires_at is None or expires_at < time.time() or not waiting or me.sees_gone(*process):
+        return "act", 0.0
+    return "wait", float(expires_at)
+
+
+def poll_claim(
+    tx: Tx, cache: HistoryCache, session_id: str, ticket: int, holder: str, me: Claimant
+) -> tuple[bool, int]:
+    conn = tx.conn
+    pk = session_pk(tx, session_id)
+    recover(tx, cache, session_id, pk, me)
+    lease = conn.execute("SELECT ticket FROM leases WHERE session_pk = ?", (pk,)).fetchone()
+    if lease is None:
+        grant_next(tx, pk, me)
+        lease = conn.execute("SELECT ticket FROM leases WHERE session_pk = ?", (pk,)).fetchone()
+    if lease is not None and lease[0] == ticket:
+        return True, ticket
+    if conn.execute("SELECT 1 FROM lease_waiters WHERE ticket = ?", (ticket,)).fetchone():
+        return False, ticket
+    # Our place lapsed (this process could not renew it in time): queue again.
+    return False, _queue(tx, pk, holder, me)
+
+
+def abandon(tx: Tx, session_id: str, ticket: int, hand_on: bool, me: Claimant) -> bool:
+    """Stop waiting. :returns: whether the lease was granted meanwhile (and is kept unless
+    ``hand_on``)."""
+    conn = tx.conn
+    conn.execute("DELETE FROM lease_waiters WHERE ticket = ?", (ticket,))
+    row = conn.execute(
+        "SELECT l.session_pk FROM leases l JOIN sessions s ON s.pk = l.session_pk "
+        "WHERE s.id = ? AND l.ticket = ?",
+        (session_id, ticket),
+    ).fetchone()
+    if row is None:
+        return False
+    if hand_on:
+        conn.execute("DELETE FROM leases WHERE session_pk = ?", (row[0],))
+        grant_next(tx, row[0], me)
+    return True
+
+
+def release(tx: Tx, session_id: str, holder: str, me: Claimant) -> bool:
+    row = returning(
+        tx.conn.execute(
+            "DELETE FROM leases WHERE holder = ? AND session_pk = "
+            "(SELECT pk FROM sessions WHERE id = ?) RETURNING session_pk",
+            (holder, session_id),
+        )
+    )
+    if row is None:
+        return False
+    grant_next(tx, row[0], me)
+    return True
+
+
+def release_unreleased(
+    tx: Tx, cache: HistoryCache, unreleased: Unreleased, me: Claimant
+) -> list[str]:
+    """Write the releases that failed. A run still ``running`` ended without its end being
+    recorded: it is marked interrupted, and the history repaired, as for a dead holder.
+
+    :returns: the sessions released.
+    """
+    pending = unreleased.snapshot()
+    released = []
+    for (session_id, holder), why in pending.items():
+        row = tx.conn.execute(
+            "SELECT l.session_pk FROM leases l JOIN sessions s ON s.pk = l.session_pk "
+            "WHERE s.id = ? AND l.holder = ? AND l.owner = ?",
+            (session_id, holder, me.owner),
+        ).fetchone()
+        if row is not None:
+            end_lease(tx, cache, session_id, row[0], holder, UNRECORDED_RUN.format(why=why), me)
+            released.append(session_id)
+    tx.effects.append(lambda: unreleased.discard(pending))
+    return released
+
+
+def renew(tx: Tx, me: Claimant, unreleased: Collection[tuple[str, str]]) -> None:
+    """Keep this store's claims and tickets alive, except the claims it gave up."""
+    conn, expires_at = tx.conn, time.time() + me.ttl
+    conn.execute("UPDATE lease_waiters SET expires_at = ? WHERE owner = ?", (expires_at, me.owner))
+    if not unreleased:
+        conn.execute("UPDATE leases SET expires_at = ? WHERE owner = ?", (expires_at, me.owner))
+        return
+    held = conn.execute(
+        "SELECT l.session_pk, s.id, l.holder FROM leases l "
+        "JOIN sessions s ON s.pk = l.session_pk WHERE l.owner = ?",
+        (me.owner,),
+    ).fetchall()
+    conn.executemany(
+        "UPDATE leases SET expires_at = ? WHERE session_pk = ?",
+        [
+            (expires_at, pk)
+            for pk, session_id, holder in held
+            if (session_id, holder) not in unreleased
+        ],
+    )
+
+
+def give_up(tx: Tx, cache: HistoryCache, me: Claimant) -> None:
+    conn = tx.conn
+    conn.execute("DELETE FROM lease_waiters WHERE owner = ?", (me.owner,))
+    held = conn.execute(
+        "SELECT s.id, s.pk, l.holder FROM leases l JOIN sessions s ON s.pk = l.session_pk "
+        "WHERE l.owner = ?",
+        (me.owner,),
+    ).fetchall()
+    for session_id, pk, holder in held:
+        end_lease(tx, cache, session_id, pk, holder, CLOSED_RUN, me)
+
+
+def sweep(tx: Tx, cache: HistoryCache, me: Claimant) -> int:
+    """Recover the claims, and drop the tickets, of the processes of this host that ended
+    (when a store opens: a crashed server's sessions are free before its successor serves).
+
+    :returns: how many claims were recovered.
+    """
+    if not me.process.host:
+        return 0
+    conn = tx.conn
+    judged: dict[tuple[str, int | None, int | None], bool] = {}
+
+    def gone(owner: str, pid: int | None, started: int | None) -> bool:
+        key = owner, pid, started
+        if key not in judged:
+            judged[key] = me.sees_gone(owner, me.process.host, pid, started)
+        return judged[key]
+
+    tickets = conn.execute(
+        "SELECT ticket, owner, pid, started FROM lease_waiters WHERE host = ?",
+        (me.process.host,),
+    ).fetchall()
+    conn.executemany(
+        "DELETE FROM lease_waiters WHERE ticket = ?",
+        [(ticket,) for ticket, *process in tickets if gone(*process)],
+    )
+    held = conn.execute(
+        "SELECT s.id, s.pk, l.holder, l.owner, l.pid, l.started FROM leases l "
+        "JOIN sessions s ON s.pk = l.session_pk WHERE l.host = ?",
+        (me.process.host,),
+    ).fetchall()
+    recovered = 0
+    for session_id, pk, holder, owner, pid, started in held:
+        if gone(owner, pid, started):
+            end_lease(tx, cache, session_id, pk, holder, ENDED_RUN.format(pid=pid), me)
+            recovered += 1
+    return recovered
