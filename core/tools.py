@@ -65,11 +65,53 @@ class Tool(Protocol):
         """
 
 
+def encodable(text: str) -> str:
+    """``text``, made encodable as UTF-8 when it is not: a lone surrogate that stands for a
+    byte (what ``os.fsdecode`` and ``surrogateescape`` make of bytes that are not UTF-8, in a
+    file name or a command's output) shows as ``\\xNN``, any other as ``\\udXXX``.
+
+    A model's request, a store and a JSON response all encode the text as UTF-8, which a
+    lone surrogate makes fail: far from the tool that produced it, and after the call. The
+    usual text is returned as it is, for the cost of ``str.isascii`` (constant time) or of
+    one encoding when it is not ASCII.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no byte made: escape each one by itself
+        return _SURROGATE.sub(_escape_surrogate, text)
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def _content(value: str) -> str:
+    # A str subclass (or a tool breaking its protocol with another type) becomes plain text.
+    return encodable(value) if type(value) is str else encodable(str(value))
+
+
 @attrs.frozen(kw_only=True)
 class ToolOutcome:
-    """A tool's answer: ``content`` for the model, flagged when it reports a failure."""
+    """A tool's answer: ``content`` for the model, flagged when it reports a failure.
 
-    content: str
+    ``content`` is always encodable as UTF-8 (see :func:`encodable`): whoever builds the
+    outcome — the loop from a tool's return value or exception, a tool, a plugin's
+    ``wingspan_tool_call`` wrapper — a stray surrogate cannot reach the store or the model.
+    """
+
+    content: str = attrs.field(converter=_content)
     is_error: bool = False
 
 
@@ -158,10 +200,13 @@ async def run_tool(tool: Tool, input: dict[str, Any], context: ToolContext) -> T
     try:
         output = await tool.call(input, context)
     except ToolError as exc:
-        return ToolOutcome(content=str(exc) or f"tool {tool.name!r} failed", is_error=True)
+        return ToolOutcome(
+            content=_text_of(exc) or f"tool {tool.name!r} failed", is_error=True
+        )
     except Exception as exc:
         return ToolOutcome(
-            content=f"tool {tool.name!r} raised {type(exc).__name__}: {exc}", is_error=True
+            content=f"tool {tool.name!r} raised {type(exc).__name__}: {_text_of(exc)}",
+            is_error=True,
         )
     if isinstance(output, ToolOutcome):
         return output
@@ -171,6 +216,14 @@ async def run_tool(tool: Tool, input: dict[str, Any], context: ToolContext) -> T
     return ToolOutcome(  # type: ignore[unreachable]
         content=f"tool {tool.name!r} returned {type(output).__name__}, not text", is_error=True
     )
+
+
+def _text_of(exc: BaseException) -> str:
+    """An exception's message (its ``__str__`` may itself fail: then its type says it)."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose message cannot be shown>"
 
 
 class KernelToolCall:

@@ -13,6 +13,8 @@ import attrs
 
 from wingspan import ToolContext, ToolError, ToolOutcome
 
+from .paths import display
+
 T = TypeVar("T")
 
 #: Seconds a read, write, edit, glob or grep call may run (the ``tool_timeout`` setting).
@@ -33,7 +35,19 @@ class BuiltinTool:
     body: ToolBody = attrs.field(repr=False)
 
     async def call(self, input: dict[str, Any], context: ToolContext) -> str | ToolOutcome:
-        return await self.body(input, context)
+        """Run the body. Its answer and its error message are always encodable as UTF-8:
+        a surrogate that slipped into one (from a file name, a command's output, an
+        exception's text) is shown escaped (:func:`.paths.display`; a
+        :class:`~wingspan.ToolOutcome` escapes its own content)."""
+        try:
+            output = await self.body(input, context)
+        except ToolError as exc:
+            message = str(exc)
+            shown = display(message)
+            if shown is message:
+                raise
+            raise ToolError(shown) from None
+        return display(output) if isinstance(output, str) else output
 
 
 def setting(context: ToolContext, key: str, default: T) -> T:

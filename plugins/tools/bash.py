@@ -3,6 +3,7 @@
 The command runs in a new session (``start_new_session``), so it and every process it
 starts share one process group, and ``os.killpg`` reaches them all: on timeout, on
 cancellation, and when the command ends while children it put in the background still run.
+If this process dies first (even by SIGKILL), its :mod:`.reaper` kills the group.
 stdout and stderr share one pipe, so the output keeps the order in which it was written.
 """
 
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +24,8 @@ from typing import Any
 from wingspan import ToolContext, ToolError, ToolOutcome
 
 from .base import BuiltinTool, cut_middle, setting
-from .paths import WorkDir
+from .paths import WorkDir, display
+from .reaper import Reaper, shared
 
 DEFAULT_TIMEOUT = 120.0
 MAX_TIMEOUT = 600.0
@@ -140,14 +144,25 @@ class _Output:
                 del self.tail[: len(self.tail) - self.limit]
 
     def text(self, limit: int) -> str:
+        """The output, at most ``limit`` characters of it (a byte that is not UTF-8 counts
+        as one, and shows as ``\\xNN``, as file names do: ``ls`` and glob agree)."""
         if self.total <= len(self.head) + len(self.tail):
-            return cut_middle(bytes(self.head + self.tail).decode("utf-8", "replace"), limit)
+            return display(cut_middle(_decode(self.head + self.tail), limit))
         half = limit // 2
-        head = bytes(self.head).decode("utf-8", "replace")[:half]
-        tail = bytes(self.tail[-self.limit:]).decode("utf-8", "replace")
+        head = _decode(self.head)[:half]
+        tail = _decode(self.tail[-self.limit:])
         tail = tail[len(tail) - half:] if len(tail) > half else tail
-        cut = self.total - len(head.encode()) - len(tail.encode())
-        return f"{head}\n[... about {cut:,} bytes of output cut ...]\n{tail}"
+        cut = self.total - _size(head) - _size(tail)
+        return display(f"{head}\n[... about {cut:,} bytes of output cut ...]\n{tail}")
+
+
+def _decode(output: bytes | bytearray) -> str:
+    # One surrogate per byte that is not UTF-8: counted exactly, shown by display().
+    return output.decode("utf-8", "surrogateescape")
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
 
 
 def _effective_capabilities() -> int:
@@ -202,23 +217,23 @@ def environment(context: ToolContext, server: Mapping[str, str] = os.environ) ->
 
 
 async def _bash(
-    input: dict[str, Any], context: ToolContext, prefix: tuple[str, ...]
+    input: dict[str, Any], context: ToolContext, prefix: tuple[str, ...], reaper: Reaper
 ) -> ToolOutcome:
     work_dir = WorkDir.of(context)
     timeout = parse_timeout(input.get("timeout"))
     limit = setting(context, "bash_output_limit", DEFAULT_OUTPUT_LIMIT)
     command: str = input["command"]
     env = environment(context)
-    spawn = asyncio.ensure_future(_start(prefix, command, work_dir.root, env))
+    spawn = asyncio.ensure_future(_start(prefix, command, work_dir.root, env, reaper))
     try:
-        process = await asyncio.shield(spawn)
+        started = await asyncio.shield(spawn)
     except asyncio.CancelledError:
-        # The command may already run (asyncio would kill only bash itself): kill its
-        # whole group as soon as the start completes.
-        spawn.add_done_callback(_kill_started)
+        # The command may already run: kill its whole group as soon as the start completes.
+        spawn.add_done_callback(functools.partial(_abandon, reaper))
         raise
+    process = started.process
     output = _Output(limit)
-    reader = asyncio.ensure_future(_read_all(process, output))
+    reader = asyncio.ensure_future(_read_all(started.stdout, output))
     timed_out = False
     try:
         try:
@@ -228,8 +243,8 @@ async def _bash(
             timed_out = True
     finally:
         # Finished, timed out or cancelled: nothing the command started outlives the call.
-        _kill_group(process.pid)
-        await _finish(process, reader)
+        _kill_group(process.pid, reaper)
+        await _finish(started, reader)
     text = output.text(limit)
     if timed_out:
         return ToolOutcome(
@@ -246,47 +261,96 @@ async def _bash(
     return ToolOutcome(content=f"{body}\n[exit code: {code}]", is_error=code != 0)
 
 
+class _Started:
+    """A running command: bash, and the read end of the pipe its output goes to."""
+
+    __slots__ = ("process", "stdout", "transport")
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], stdout: asyncio.StreamReader,
+        transport: asyncio.ReadTransport,
+    ) -> None:
+        self.process = process
+        self.stdout = stdout
+        self.transport = transport
+
+
 async def _start(
-    prefix: tuple[str, ...], command: str, cwd: str, env: dict[str, str]
-) -> asyncio.subprocess.Process:
-    # bash is found on the server's PATH, whatever the command's PATH is.
-    shell = shutil.which("bash") or "bash"
+    prefix: tuple[str, ...], command: str, cwd: str, env: dict[str, str], reaper: Reaper
+) -> _Started:
+    process = _spawn([*prefix, shutil.which("bash") or "bash", "-c", command], cwd, env, reaper)
+    assert process.stdout is not None
+    stdout = asyncio.StreamReader()
     try:
-        return await asyncio.create_subprocess_exec(
-            *prefix, shell, "-c", command,
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stdout), process.stdout
+        )
+    except BaseException:
+        _kill_group(process.pid, reaper)
+        process.stdout.close()
+        _reap_killed(process)
+        raise
+    return _Started(process, stdout, transport)
+
+
+def _spawn(
+    argv: list[str], cwd: str, env: dict[str, str], reaper: Reaper
+) -> subprocess.Popen[bytes]:
+    """Start bash (found on the server's PATH, whatever the command's PATH is) in a new
+    session, and register its group with the reaper at once.
+
+    Synchronous on purpose: asyncio.create_subprocess_exec starts the process the same
+    way, but then awaits its pipes' set-up before it returns; a process killed meanwhile
+    would leave the command running unregistered.
+    """
+    try:
+        process = subprocess.Popen(
+            argv,
             cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
             env=env,
         )
     except OSError as exc:
         raise ToolError(f"cannot start bash: {exc.strerror or exc}") from None
+    reaper.register(process.pid)  # its pid is its process group's id (a new session)
+    return process
 
 
-def _kill_started(spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
-    if not spawn.cancelled() and spawn.exception() is None:
-        # The pipe closes once the group is dead; asyncio then closes the transport.
-        _kill_group(spawn.result().pid)
+def _abandon(reaper: Reaper, spawn: asyncio.Future[_Started]) -> None:
+    """Kill a command whose call was cancelled while it started, and let go of it."""
+    if spawn.cancelled() or spawn.exception() is not None:
+        return
+    started = spawn.result()
+    _kill_group(started.process.pid, reaper)
+    started.transport.close()
+    _reap_killed(started.process)
 
 
-async def _read_all(process: asyncio.subprocess.Process, output: _Output) -> None:
-    stream = process.stdout
-    assert stream is not None
-    while chunk := await stream.read(65536):
+def _reap_killed(process: subprocess.Popen[bytes]) -> None:
+    # Killed with SIGKILL a moment ago: bash is gone at once (unless stuck in the kernel).
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=1.0)
+
+
+async def _read_all(stdout: asyncio.StreamReader, output: _Output) -> None:
+    while chunk := await stdout.read(65536):
         output.add(chunk)
 
 
-def _kill_group(pid: int) -> None:
+def _kill_group(pid: int, reaper: Reaper) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+    # Before bash is reaped: until then its pid, the group's id, is given to no one else.
+    reaper.unregister(pid)
 
 
-async def _finish(process: asyncio.subprocess.Process, reader: asyncio.Future[None]) -> None:
+async def _finish(started: _Started, reader: asyncio.Future[None]) -> None:
     """Reap the killed process and take the rest of its output, even if the caller is
     cancelled meanwhile (a second cancellation is passed on once this is done)."""
-    task = asyncio.ensure_future(_reap(process, reader))
+    task = asyncio.ensure_future(_reap(started, reader))
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -294,16 +358,16 @@ async def _finish(process: asyncio.subprocess.Process, reader: asyncio.Future[No
         raise
 
 
-async def _exited(process: asyncio.subprocess.Process) -> None:
-    """Wait until bash itself exits. (``Process.wait`` also waits for the pipe to close,
-    which a child left in the background keeps open.)"""
-    if process.returncode is not None:
+async def _exited(process: subprocess.Popen[bytes]) -> None:
+    """Wait until bash itself exits, and reap it. (Not until the pipe closes: a child left
+    in the background keeps it open.)"""
+    if process.poll() is not None:
         return
     try:
         pidfd = os.pidfd_open(process.pid)
-    except (AttributeError, OSError):  # not Linux, or already reaped: ask asyncio
+    except (AttributeError, OSError):  # not Linux (or an old one): ask now and then
         while True:
-            if not _running(process):
+            if process.poll() is not None:
                 return
             await asyncio.sleep(0.02)
     loop = asyncio.get_running_loop()
@@ -321,14 +385,10 @@ async def _exited(process: asyncio.subprocess.Process) -> None:
             loop.remove_reader(pidfd)
     finally:
         os.close(pidfd)
+    process.poll()
 
 
-def _running(process: asyncio.subprocess.Process) -> bool:
-    # A function, not a loop condition, so type checkers see that returncode changes.
-    return process.returncode is None
-
-
-async def _reap(process: asyncio.subprocess.Process, reader: asyncio.Future[None]) -> None:
+async def _reap(started: _Started, reader: asyncio.Future[None]) -> None:
     # The pipe closes once every process holding it is gone; one that left the group
     # (setsid) could hold it forever, so the wait is bounded.
     try:
@@ -338,11 +398,8 @@ async def _reap(process: asyncio.subprocess.Process, reader: asyncio.Future[None
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-        # asyncio's Process has no public close(); without this the pipe stays open.
-        transport = getattr(process, "_transport", None)
-        if transport is not None:
-            transport.close()
-    await process.wait()
+    started.transport.close()  # closed already at the end of the output
+    await _exited(started.process)
 
 
 def _signal_name(number: int) -> str:
@@ -356,10 +413,12 @@ def _seconds(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def bash_tools() -> list[BuiltinTool]:
+def bash_tools(reaper: Reaper | None = None) -> list[BuiltinTool]:
+    """The bash tool. :param reaper: what guards its commands (default: this process's
+    reaper, :func:`.reaper.shared`)."""
     prefix = launcher()  # once: the server's capabilities do not change
 
     async def bash(input: dict[str, Any], context: ToolContext) -> ToolOutcome:
-        return await _bash(input, context, prefix)
+        return await _bash(input, context, prefix, reaper or shared())
 
     return [BuiltinTool(name="bash", description=DESCRIPTION, input_schema=SCHEMA, body=bash)]

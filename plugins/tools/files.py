@@ -134,8 +134,8 @@ def _read(work_dir: WorkDir, path: str, offset: int, limit: int, stop: threading
             fd, status = location.open_file()
         except FileNotFoundError:
             raise ToolError(
-                f"there is no file {shown!r} in the work dir {work_dir.root}; check the name, "
-                "or use glob to find it"
+                f"there is no file {shown!r} in the work dir {display(work_dir.root)}; check "
+                "the name, or use glob to find it"
             ) from None
         except OSError as exc:
             raise ToolError(f"cannot read {shown!r}: {exc.strerror or exc}") from None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 import threading
 from collections import deque
@@ -45,16 +46,40 @@ _LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBL
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 _DIR, _FILE, _MISSING = "dir", "file", "missing"
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+#: A byte that is not ASCII as :func:`display` shows it.
+_SHOWN_BYTE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
 
 
 def display(name: str) -> str:
-    """A file name as the model sees it: bytes that are not UTF-8 (``os.fsdecode`` keeps
-    them as surrogates, which cannot be encoded) shown as ``\\xNN``."""
+    """A file name (or any text) as the model sees it, always encodable as UTF-8: bytes
+    that are not UTF-8 (``os.fsdecode`` keeps them as surrogates, which cannot be encoded)
+    shown as ``\\xNN``, and any other lone surrogate as ``\\udXXX``. The text itself when
+    it needs nothing (the usual case, checked without copying when it is ASCII)."""
+    if name.isascii():
+        return name
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
+        pass
+    else:
+        return name
+    try:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return name
+    except UnicodeEncodeError:  # a surrogate no byte made (say, from a model's JSON)
+        return _SURROGATE.sub(_escape_surrogate, name)
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def undisplay(name: str) -> str:
+    """The file name that :func:`display` shows as ``name``: each ``\\xNN`` of a byte
+    that is not ASCII back to the surrogate ``os.fsdecode`` makes of it. So a name the
+    model copies from glob's (or ls's) output finds the file."""
+    return _SHOWN_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), name)
 
 
 def kind_of(mode: int) -> str:
@@ -253,7 +278,7 @@ class WorkDir:
         if path.startswith("~"):
             raise ToolError(
                 f"the path {path!r} starts with '~', which is not expanded: use a path "
-                f"relative to the work dir {self.root}"
+                f"relative to the work dir {display(self.root)}"
             )
         try:
             os.fsencode(path)
@@ -266,7 +291,7 @@ class WorkDir:
             root = os.open(self.root, _LOOKUP)
         except OSError as exc:
             raise ToolError(
-                f"cannot open the work dir {self.root}: {exc.strerror or exc}"
+                f"cannot open the work dir {display(self.root)}: {exc.strerror or exc}"
             ) from None
         fds = [root]
         try:
@@ -313,6 +338,11 @@ class WorkDir:
                 continue
             assert parent[1] is not None
             kind, fd, target = self._step(parent[1], part, path)
+            if kind == _MISSING and "\\x" in part and (raw := undisplay(part)) != part:
+                # Not there by that name: perhaps it is a name as display() shows it.
+                found = self._step(parent[1], raw, path)
+                if found[0] != _MISSING:
+                    part, (kind, fd, target) = raw, found
             if target is not None:
                 hops += 1
                 if hops > MAX_HOPS:
@@ -379,11 +409,12 @@ class WorkDir:
         if self.contains(os.path.normpath(os.path.join(self.root, path or "."))):
             return ToolError(
                 f"the path {display(path)!r} goes through a symbolic link that points outside "
-                f"the work dir {self.root}; tools may only touch files inside it"
+                f"the work dir {display(self.root)}; tools may only touch files inside it"
             )
         return ToolError(
-            f"the path {display(path)!r} is outside the work dir {self.root}; tools may only "
-            "touch files inside it: use a path relative to the work dir (without leading '..')"
+            f"the path {display(path)!r} is outside the work dir {display(self.root)}; tools "
+            "may only touch files inside it: use a path relative to the work dir (without "
+            "leading '..')"
         )
 
     def relative(self, real_path: str) -> str:

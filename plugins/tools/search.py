@@ -4,6 +4,7 @@ work dir. Both walk the tree in a worker thread that stops as soon as the call i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -141,7 +142,12 @@ class GlobMatcher:
         self.prefix = "/".join(literal)
 
     def matches(self, relative: str) -> bool:
-        return self._regex.fullmatch(relative) is not None
+        """Whether the path matches, as it is or as the model sees it (its bytes that are
+        not UTF-8 shown as ``\\xNN``, see :func:`.paths.display`)."""
+        if self._regex.fullmatch(relative) is not None:
+            return True
+        shown = display(relative)
+        return shown is not relative and self._regex.fullmatch(shown) is not None
 
 
 # -------------------------------------------------------------------------------------------
@@ -331,12 +337,14 @@ async def grep(input: dict[str, Any], context: ToolContext) -> str:
         regex = re.compile(pattern, re.MULTILINE)
     except re.error as exc:
         raise ToolError(
-            f"invalid regular expression {pattern!r}: {exc}. Use Python `re` syntax; escape "
-            "special characters such as ( [ { . * + ? | \\ with a backslash to match them "
-            "literally"
+            f"invalid regular expression {pattern!r}: {display(str(exc))}. Use Python `re` "
+            "syntax; escape special characters such as ( [ { . * + ? | \\ with a backslash "
+            "to match them literally"
         ) from None
     except (OverflowError, RecursionError, ValueError) as exc:
-        raise ToolError(f"cannot use the regular expression {pattern!r}: {exc}") from None
+        raise ToolError(
+            f"cannot use the regular expression {pattern!r}: {display(str(exc))}"
+        ) from None
     include = input.get("include")
     include_matcher = None
     if include:
@@ -365,7 +373,11 @@ class Grep:
         # A pattern without regex syntax is a plain string: skip files without its bytes
         # before decoding them (most files, in a typical search).
         literal = regex.pattern
-        self.literal = literal.encode() if literal and not (_REGEX_SPECIAL & set(literal)) else None
+        self.literal: bytes | None = None
+        if literal and not (_REGEX_SPECIAL & set(literal)):
+            # A lone surrogate (from the model's JSON) has no UTF-8 bytes: no shortcut.
+            with contextlib.suppress(UnicodeEncodeError):
+                self.literal = literal.encode()
         self.lines: list[str] = []
         self.matches = 0
         self.files = 0

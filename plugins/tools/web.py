@@ -23,6 +23,7 @@ import wingspan
 from wingspan import ToolContext, ToolError, ToolOutcome
 
 from .base import BuiltinTool, run_blocking
+from .paths import display
 
 if TYPE_CHECKING:
     # Imported where it is used: loading the plugin (every `wingspan` command does) stays cheap.
@@ -333,8 +334,9 @@ async def _answer(
         )
     encoding = response.charset_encoding or "utf-8"
     try:
-        text = body.decode(encoding, "replace")
-    except LookupError:
+        # Some codecs a page may name (utf-7, unicode_escape) decode to lone surrogates.
+        text = display(body.decode(encoding, "replace"))
+    except (LookupError, UnicodeError):  # not a text codec, or one that fails anyway (idna)
         text = body.decode("utf-8", "replace")
     if is_html and form != "html":
         text = await run_blocking(lambda stop: html_to(text, form))

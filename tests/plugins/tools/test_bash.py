@@ -114,17 +114,18 @@ async def test_cancelling_the_run_kills_the_whole_group(
 async def test_a_cancel_while_bash_is_starting_still_kills_the_group(
     runtime: wingspan.Runtime, work_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # asyncio runs the child before create_subprocess_exec returns; a cancel in that window
-    # must not leave the command's children behind.
-    real_spawn = asyncio.create_subprocess_exec
+    # The command runs before the start completes (its output pipe is connected after);
+    # a cancel in that window must not leave the command's children behind.
+    loop = asyncio.get_running_loop()
+    real_connect = loop.connect_read_pipe
     gate = asyncio.Event()
 
-    async def slow_spawn(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
-        process = await real_spawn(*args, **kwargs)
+    async def slow_connect(*args: Any, **kwargs: Any) -> Any:
+        connected = await real_connect(*args, **kwargs)
         await gate.wait()
-        return process
+        return connected
 
-    monkeypatch.setattr(asyncio, "create_subprocess_exec", slow_spawn)
+    monkeypatch.setattr(loop, "connect_read_pipe", slow_connect)
     task = asyncio.ensure_future(call(runtime, "bash", {"command": TREE}, work_dir))
     pids = await wait_for_pids(work_dir / "pids", 2)
     task.cancel()

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
@@ -54,6 +54,9 @@ class Server:
                     self.end_headers()
                 elif url.path == "/big":
                     self.reply(200, "text/plain", b"y" * (MAX_BODY + 100_000))
+                elif url.path == "/charset":  # a body in the codec the page names
+                    self.reply(200, f"text/plain; charset={query['name'][0]}",
+                               query["body"][0].encode("latin-1"))
                 elif url.path == "/binary":
                     self.reply(200, "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
                 elif url.path == "/slow":
@@ -116,6 +119,23 @@ async def test_html_becomes_markdown_text_or_stays_html(
     assert "Heading\nSome\nbold\ntext and\na link\n." in text.content and "**" not in text.content
     html = await call(allowed, "webfetch", {"url": f"{server.base}/page", "format": "html"}, None)
     assert html.content.endswith(PAGE.decode())
+
+
+@pytest.mark.parametrize(("codec", "body", "shown"), [
+    ("utf-7", "a+2D0-b", "a\\ud83db"),  # a lone high surrogate, in UTF-7
+    ("unicode_escape", "x\\udce9y", "x\\xe9y"),
+    ("latin-1", "caf\xe9", "caf\xe9"),  # nothing to escape: as it was
+    ("idna", "caf\xe9", "caf\ufffd"),  # a codec that cannot replace: read as UTF-8
+    ("undefined", "plain", "plain"),
+])
+async def test_a_page_in_an_odd_codec_is_shown_in_text_that_encodes(
+    allowed: wingspan.Runtime, server: Server, codec: str, body: str, shown: str
+) -> None:
+    url = f"{server.base}/charset?name={codec}&body={quote(body)}"
+    out = await call(allowed, "webfetch", {"url": url}, None)
+    assert not out.is_error, out.content
+    out.content.encode("utf-8")  # the model's next request carries it
+    assert out.content.endswith(f"\n\n{shown}")
 
 
 async def test_through_the_loop(allowed: wingspan.Runtime, server: Server) -> None:
