@@ -24,23 +24,10 @@ import wingspan.plugins
 from wingspan import Runtime, Settings
 from wingspan.testing import make_runtime
 
+from .test_plugins import GOOD
+
 WAIT = 60.0
 
-GOOD = """
-import wingspan
-
-@wingspan.tool
-def shout(text: str) -> str:
-    '''Upper-case text.
-
-    :param text: what to shout
-    '''
-    return text.upper()
-
-@wingspan.hookimpl
-def wingspan_tools():
-    return [shout]
-"""
 
 #: ``wingspan_tool`` for ``wingspan_tools``.
 TYPO = """
