@@ -1,8 +1,10 @@
 """The server's settings: a TOML file, then ``WINGSPAN_*`` environment variables, then flags.
 
-Each later source overrides the earlier ones, key by key. Every setting is documented in
+Each later source overrides the earlier ones, key by key: flags win over the environment,
+which wins over the file, which wins over the defaults. Every setting is documented in
 ``docs/configuration.md``; a bad value stops the server at start-up with an error naming
-where it came from (file and key, variable, or flag) and why.
+where it came from (file and key, variable, or flag) and why. File values must have their
+setting's TOML type; environment variables are text, read as the setting's type.
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ def store_url(*, store: str | None, db: str | None) -> str:
 
 
 # --- parsing ----------------------------------------------------------------------------------
+#
+# TOML has types, so a file's value must already have its setting's type: `port = 2341`,
+# not `port = "2341"`; `access_log = true`, not `"yes"`. A parser checks a value of that
+# type (and nothing else) and returns the setting. An environment variable is text: its
+# reader (ENV_READERS) turns the text into the type first, then the same parser checks it.
 
 
 def _string(value: Any) -> str:
@@ -100,12 +107,7 @@ def _optional_string(value: Any) -> str | None:
 
 def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if type(value) is str:
-            try:
-                value = int(value.strip().replace("_", ""))
-            except ValueError:
-                raise ValueError(f"expected an integer, got {value!r}") from None
-        if type(value) is not int:
+        if type(value) is not int:  # bool is not int here: `port = true` is a mistake
             raise ValueError(f"expected an integer, got {_kind(value)}")
         if value < low or (high is not None and value > high):
             bound = f"from {low} to {high}" if high is not None else f"at least {low}"
@@ -116,41 +118,27 @@ def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
 
 
 def _seconds(value: Any) -> float:
-    if type(value) is str:
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise ValueError(f"expected a number of seconds, got {value!r}") from None
-    if type(value) not in (int, float) or value <= 0:
+    if type(value) not in (int, float):
+        raise ValueError(f"expected a number of seconds, got {_kind(value)}")
+    if not value > 0:
         raise ValueError(f"expected a number of seconds above 0, got {value!r}")
     return float(value)
 
 
 def _boolean(value: Any) -> bool:
-    if type(value) is bool:
-        return value
-    if type(value) is str:
-        lowered = value.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off", ""):
-            return False
-    raise ValueError(f"expected true or false, got {value!r}")
+    if type(value) is not bool:
+        raise ValueError(f"expected true or false, got {_kind(value)}")
+    return value
 
 
-def _names(separator: str) -> Callable[[Any], tuple[str, ...]]:
-    def parse(value: Any) -> tuple[str, ...]:
-        if type(value) is str:
-            return tuple(part.strip() for part in value.split(separator) if part.strip())
-        if not isinstance(value, list) or any(type(item) is not str for item in value):
-            raise ValueError(f"expected a list of strings, got {_kind(value)}")
-        return tuple(value)
-
-    return parse
+def _names(value: Any) -> tuple[str, ...]:
+    if type(value) is not list or any(type(item) is not str for item in value):
+        raise ValueError(f"expected a list of strings, got {_kind(value)}")
+    return tuple(value)
 
 
 def _roots(value: Any) -> tuple[str, ...]:
-    roots = _names(os.pathsep)(value)
+    roots = _names(value)
     for root in roots:
         path = Path(root).expanduser()
         if not path.is_absolute():
@@ -161,7 +149,7 @@ def _roots(value: Any) -> tuple[str, ...]:
 
 
 def _host_patterns(value: Any) -> tuple[str, ...]:
-    hosts = _names(",")(value)
+    hosts = _names(value)
     for host in hosts:
         if not host or any(c.isspace() or c in "/@" for c in host):
             raise ValueError(f"expected host names such as example.com or example.com:8080, "
@@ -178,27 +166,20 @@ def _url(value: Any) -> str:
 
 
 def _urls(value: Any) -> tuple[str, ...]:
-    return tuple(_url(url) for url in _names(",")(value))
+    return tuple(_url(url) for url in _names(value))
 
 
 def _credential_urls(value: Any) -> dict[str, tuple[str, ...]]:
-    """A table of provider -> URL list, or (in the environment) ``provider=url,...``."""
-    bound: dict[str, list[str]] = {}
-    if type(value) is str:
-        for item in _names(",")(value):
-            provider, sep, url = item.partition("=")
-            if not sep or not provider.strip():
-                raise ValueError(f"expected provider=url items, got {item!r}")
-            bound.setdefault(provider.strip(), []).append(_url(url.strip()))
-    elif isinstance(value, dict):
-        for provider, urls in value.items():
-            try:
-                bound[provider] = list(_urls(urls))
-            except ValueError as exc:
-                raise ValueError(f"{provider}: {exc}") from None
-    else:
+    """A table of provider -> list of URLs."""
+    if type(value) is not dict:
         raise ValueError(f"expected a table of provider = [urls], got {_kind(value)}")
-    return {provider: tuple(urls) for provider, urls in bound.items()}
+    bound: dict[str, tuple[str, ...]] = {}
+    for provider, urls in value.items():
+        try:
+            bound[provider] = _urls(urls)
+        except ValueError as exc:
+            raise ValueError(f"{provider}: {exc}") from None
+    return bound
 
 
 def _log_level(value: Any) -> str:
@@ -224,9 +205,9 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "token": _optional_string,
     "insecure": _boolean,
     "allowed_hosts": _host_patterns,
-    "cors_origins": _names(","),
+    "cors_origins": _names,
     "work_dir_roots": _roots,
-    "allowed_tools": _names(","),
+    "allowed_tools": _names,
     "env_fallback": _boolean,
     "credential_urls": _credential_urls,
     "allowed_base_urls": _urls,
@@ -243,6 +224,77 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
 }
 #: Flags of ``wingspan serve`` this transport reads (``config`` names the file itself).
 FLAGS = ("host", "port", "db", "store", "token", "insecure")
+
+
+# --- the environment's text -------------------------------------------------------------------
+
+
+def _integer_text(text: str) -> int:
+    try:
+        return int(text.strip())  # as in TOML: 1048576, 1_048_576
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+def _number_text(text: str) -> int | float:
+    try:
+        return _integer_text(text)
+    except ValueError:
+        pass
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+
+
+def _boolean_text(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false (1/0, yes/no, on/off), got {text!r}")
+
+
+def _list_text(separator: str) -> Callable[[str], list[str]]:
+    def read(text: str) -> list[str]:
+        return [part.strip() for part in text.split(separator) if part.strip()]
+
+    return read
+
+
+def _credential_urls_text(text: str) -> dict[str, list[str]]:
+    """``provider=url,provider=url,...``."""
+    bound: dict[str, list[str]] = {}
+    for item in _list_text(",")(text):
+        provider, sep, url = item.partition("=")
+        if not sep or not provider.strip():
+            raise ValueError(f"expected provider=url items, got {item!r}")
+        bound.setdefault(provider.strip(), []).append(url.strip())
+    return bound
+
+
+#: setting -> how its environment variable's text becomes the value the parser takes;
+#: settings not named here are strings, taken as they are.
+ENV_READERS: dict[str, Callable[[str], Any]] = {
+    "port": _integer_text,
+    "insecure": _boolean_text,
+    "allowed_hosts": _list_text(","),
+    "cors_origins": _list_text(","),
+    "work_dir_roots": _list_text(os.pathsep),
+    "allowed_tools": _list_text(","),
+    "env_fallback": _boolean_text,
+    "credential_urls": _credential_urls_text,
+    "allowed_base_urls": _list_text(","),
+    "max_body_size": _integer_text,
+    "max_steps": _integer_text,
+    "max_steps_limit": _integer_text,
+    "max_run_time": _number_text,
+    "access_log": _boolean_text,
+    "shutdown_grace": _number_text,
+    "ping_interval": _number_text,
+    "subscriber_buffer": _integer_text,
+}
 
 
 def _kind(value: Any) -> str:
@@ -305,11 +357,12 @@ def load_config(
         name = "WINGSPAN_" + key.upper()
         if name in env:
             try:
-                values[key] = parser(env[name])
+                values[key] = parser(ENV_READERS.get(key, str)(env[name]))
             except ValueError as exc:
                 raise ConfigError(f"environment variable {name}: {exc}") from None
     for key in FLAGS:
-        if settings.get(key) not in (None, False):
+        # Not given: None (and False for --insecure). 0 is a value: `--port 0`.
+        if settings.get(key) is not None and settings.get(key) is not False:
             try:
                 values[key] = PARSERS[key](settings[key])
             except ValueError as exc:

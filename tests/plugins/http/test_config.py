@@ -143,3 +143,82 @@ def test_a_bad_tools_table_is_named(tmp_path: Path) -> None:
     path.write_text("tools = 3\n")
     with pytest.raises(ConfigError, match=r"key 'tools': must be a table \(\[tools\]\)"):
         load_config({"config": str(path)}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('port = "2341"', "key 'server.port': expected an integer, got a string"),
+        ("port = true", "key 'server.port': expected an integer, got a boolean"),
+        ("port = 2341.0", "key 'server.port': expected an integer, got a number"),
+        ('access_log = "yes"', "key 'server.access_log': expected true or false, got a string"),
+        ("insecure = 1", "key 'server.insecure': expected true or false, got an integer"),
+        ('max_run_time = "90"',
+         "key 'server.max_run_time': expected a number of seconds, got a string"),
+        ("shutdown_grace = false",
+         "key 'server.shutdown_grace': expected a number of seconds, got a boolean"),
+        ('cors_origins = "https://a.example"',
+         "key 'server.cors_origins': expected a list of strings, got a string"),
+        ('allowed_tools = "read,glob"',
+         "key 'server.allowed_tools': expected a list of strings, got a string"),
+        ('credential_urls = "openai=http://a:1/v1"',
+         "key 'server.credential_urls': expected a table of provider = [urls], got a string"),
+        ('credential_urls = {openai = "http://a:1/v1"}',
+         "key 'server.credential_urls': openai: expected a list of strings, got a string"),
+    ],
+)
+def test_file_values_have_their_toml_types(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text(f"[server]\n{text}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config({"config": str(path)}, environ={})
+    assert str(caught.value) == f"config file {path}: {expected}"
+
+
+def test_the_environment_is_text_read_as_each_settings_type() -> None:
+    config = load_config({}, environ={
+        "WINGSPAN_PORT": "2341", "WINGSPAN_ACCESS_LOG": "yes", "WINGSPAN_INSECURE": "off",
+        "WINGSPAN_MAX_RUN_TIME": "0.5", "WINGSPAN_SHUTDOWN_GRACE": "3",
+        "WINGSPAN_CORS_ORIGINS": "https://a.example, https://b.example",
+        "WINGSPAN_MAX_BODY_SIZE": "1_000", "WINGSPAN_TOKEN": "",
+    })
+    assert (config.port, config.access_log, config.insecure) == (2341, True, False)
+    assert (config.max_run_time, config.shutdown_grace) == (0.5, 3.0)
+    assert config.cors_origins == ("https://a.example", "https://b.example")
+    assert (config.max_body_size, config.token) == (1000, None)
+    for name, value, expected in [
+        ("WINGSPAN_PORT", "2341.0", "WINGSPAN_PORT: expected an integer, got '2341.0'"),
+        ("WINGSPAN_ACCESS_LOG", "maybe", "WINGSPAN_ACCESS_LOG: expected true or false"),
+        ("WINGSPAN_MAX_RUN_TIME", "soon", "WINGSPAN_MAX_RUN_TIME: expected a number, got 'soon'"),
+    ]:
+        with pytest.raises(ConfigError, match=expected):
+            load_config({}, environ={name: value})
+
+
+def test_port_0_is_a_port_wherever_it_is_given(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text("[server]\nport = 0\n")
+    assert load_config({"config": str(path)}, environ={}).port == 0
+    assert load_config({"config": str(path)}, environ={"WINGSPAN_PORT": "0"}).port == 0
+    # a flag of 0 is given (not "no flag"): it wins over the environment and the file
+    assert load_config({"port": 0}, environ={"WINGSPAN_PORT": "5000"}).port == 0
+    path.write_text("[server]\nport = 4000\n")
+    assert load_config({"config": str(path), "port": 0}, environ={}).port == 0
+    # flags > environment > file > defaults
+    assert load_config({"config": str(path)}, environ={"WINGSPAN_PORT": "5000"}).port == 5000
+    assert load_config({"config": str(path)}, environ={}).port == 4000
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("memory://", "memory://"),
+    ("sqlite:///srv/w.db?timeout=2", "sqlite:///srv/w.db?timeout=2"),
+    ("postgresql://app:hunter2@db.example:5432/w?sslmode=require",
+     "postgresql://app:[redacted]@db.example:5432/w?sslmode=require"),
+    ("postgresql://app@db.example/w", "postgresql://app@db.example/w"),
+    ("x://h/db?api_key=s3cret&Token=t&password=p&region=eu",
+     "x://h/db?api_key=[redacted]&Token=[redacted]&password=[redacted]&region=eu"),
+])
+def test_store_urls_in_the_log_keep_no_secrets(url: str, shown: str) -> None:
+    from wingspan.plugins.http.serve import display_url
+
+    assert display_url(url) == shown
