@@ -12,12 +12,18 @@ This module needs only the standard library; ``import wingspan`` does not import
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
-__all__ = ["DROP", "FakeServer", "Pause", "RecordedRequest", "Reply"]
+__all__ = ["DROP", "FakeServer", "Pause", "RecordedRequest", "Reply", "ServerThread",
+           "serve_in_thread"]
+
+T = TypeVar("T")
 
 #: The longest the server waits for its connections to end when it stops.
 CLOSE_TIMEOUT = 30.0
@@ -103,30 +109,52 @@ class FakeServer:
     :param replies: the replies in order; add more with :meth:`add`, or answer through
         ``handler`` instead (``request -> Reply``). A request with nothing scripted gets a
         418 naming the problem.
+    :ivar connections: how many TCP connections it has accepted (a client that keeps its
+        connections alive opens one for many requests).
+    :ivar open_connections: how many of them are open now.
     """
 
     def __init__(self, replies: Iterable[Reply] = (), *,
                  handler: Callable[[RecordedRequest], Reply] | None = None) -> None:
         self.requests: list[RecordedRequest] = []
+        self.connections = 0
         self.disconnected = asyncio.Event()
+        self._connections_changed = asyncio.Event()
         self._replies = list(replies)
         self._handler = handler
         self._server: asyncio.Server | None = None
+        self._base_url: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def base_url(self) -> str:
-        if self._server is None:
+        """``http://127.0.0.1:<port>`` (still known once the server has stopped)."""
+        if self._base_url is None:
             raise RuntimeError("the fake server is not started: use it as `async with`")
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}"
+        return self._base_url
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._writers)
+
+    async def wait_for_open_connections(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until exactly ``count`` connections are open (the client closed the others).
+
+        :raises TimeoutError: when that does not happen within ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while self.open_connections != count:
+                self._connections_changed.clear()
+                await self._connections_changed.wait()
 
     def add(self, *replies: Reply) -> None:
         self._replies.extend(replies)
 
     async def __aenter__(self) -> FakeServer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        self._base_url = f"http://{host}:{port}"
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -147,6 +175,8 @@ class FakeServer:
         assert task is not None
         self._tasks.add(task)
         self._writers.add(writer)
+        self.connections += 1
+        self._connections_changed.set()
         try:
             while await self._one(reader, writer):
                 pass
@@ -155,6 +185,7 @@ class FakeServer:
         finally:
             self._tasks.discard(task)
             self._writers.discard(writer)
+            self._connections_changed.set()
             writer.transport.abort()
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -220,6 +251,59 @@ class FakeServer:
                       f"({request.method} {request.path})"},
             status=418,
         )
+
+
+class ServerThread:
+    """A :class:`FakeServer` running in an event loop of its own thread, for code that makes
+    event loops of its own (``Session.run_sync``, ``asyncio.run``). See
+    :func:`serve_in_thread`."""
+
+    def __init__(self, server: FakeServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self._loop = loop
+
+    def run(self, work: Callable[[], Awaitable[T]], timeout: float = CLOSE_TIMEOUT) -> T:
+        """Run ``work()`` in the server's loop and give its result (e.g.
+        ``thread.run(lambda: thread.server.wait_for_open_connections(0))``)."""
+        async def call() -> T:
+            return await work()
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout)
+
+
+@contextlib.contextmanager
+def serve_in_thread(replies: Iterable[Reply] = (), *,
+                    handler: Callable[[RecordedRequest], Reply] | None = None
+                    ) -> Iterator[ServerThread]:
+    """A :class:`FakeServer` in a thread of its own, started and stopped with the block."""
+    loop = asyncio.new_event_loop()
+    ready: concurrent.futures.Future[tuple[FakeServer, asyncio.Event]] = (
+        concurrent.futures.Future())
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        try:
+            async with FakeServer(replies, handler=handler) as server:
+                ready.set_result((server, stop))
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),),
+                              name="fake-server", daemon=True)
+    thread.start()
+    try:
+        server, stop = ready.result(CLOSE_TIMEOUT)
+        try:
+            yield ServerThread(server, loop)
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+    finally:
+        thread.join(CLOSE_TIMEOUT)
+        if not thread.is_alive():
+            loop.close()
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",

@@ -6,8 +6,10 @@ in many pieces; several tool calls in one turn; a 429 with ``Retry-After``, then
 an overloaded answer, then success; retries running out; a 401; a 400 with the API's own
 message; an error reported mid-stream; the connection dropped mid-stream; a malformed
 chunk; broken tool-input JSON; a ``max_tokens`` stop; the output schema sent; closing a run
-early closes the connection. Each runs a real :class:`~wingspan.Session` and checks the
-events, the :class:`~wingspan.Result`, the history and what reached the server.
+early closes the connection; the calls of a session reuse one connection (kept alive), and
+``aclose()`` closes it; one provider serves several event loops in turn (``run_sync``), each
+loop's connection closed when the loop ends. Each runs a real :class:`~wingspan.Session` and
+checks the events, the :class:`~wingspan.Result`, the history and what reached the server.
 
 To run it, subclass :class:`ProviderConformance` in a test module and say how your API
 encodes a scripted turn (:meth:`~ProviderConformance.reply`) and an error
@@ -29,7 +31,8 @@ and how to build your provider for a base URL::
 The tests are plain synchronous methods (each runs its own event loop), so they need no
 pytest plugin; the server binds 127.0.0.1 on a free port and every wait is bounded.
 The server (:class:`FakeServer`, :class:`Reply`, :class:`Pause`, :data:`DROP`,
-:class:`RecordedRequest`) lives in :mod:`wingspan.fake_server`; it is re-exported here.
+:class:`RecordedRequest`, :func:`serve_in_thread`) lives in :mod:`wingspan.fake_server`; it is
+re-exported here.
 This module needs only the standard library and wingspan; pytest is imported when a
 scenario is skipped.
 """
@@ -45,7 +48,15 @@ from typing import Any, TypeVar
 
 from .agent import Agent
 from .errors import ProviderError
-from .fake_server import DROP, FakeServer, Pause, RecordedRequest, Reply
+from .fake_server import (
+    DROP,
+    FakeServer,
+    Pause,
+    RecordedRequest,
+    Reply,
+    ServerThread,
+    serve_in_thread,
+)
 from .history import check_history
 from .providers import Provider
 from .runtime import Runtime, Settings
@@ -79,7 +90,9 @@ __all__ = [
     "Reply",
     "ScriptedToolCall",
     "ScriptedTurn",
+    "ServerThread",
     "assert_stream_shape",
+    "serve_in_thread",
 ]
 
 T = TypeVar("T")
@@ -242,6 +255,9 @@ class ProviderConformance:
     streams_tool_arguments: bool = True
     #: a chunk of the wire format that does not parse, inserted mid-stream.
     malformed_chunk: bytes = b""
+    #: whether the provider keeps a connection alive between calls (a new TCP connection,
+    #: and TLS handshake, per call costs every call that much before its first event).
+    reuses_connections: bool = True
     #: the runtime sessions use (default: an isolated one without ambient plugins).
     runtime: Runtime | None = None
 
@@ -587,6 +603,50 @@ class ProviderConformance:
             assert not check_history(session.history)
 
         self.run_async(scenario)
+
+
+    def test_calls_reuse_one_connection(self) -> None:
+        if not self.reuses_connections:
+            _skip("the provider opens a connection per call")
+        call = ScriptedToolCall.of("toolu_conf_reuse", "add", {"a": 1, "b": 2})
+        turns = [ScriptedTurn(text="Adding.", tool_calls=(call,)), ScriptedTurn(text="3."),
+                 ScriptedTurn(text="Again: 3.")]
+
+        async def scenario() -> None:
+            async with FakeServer([self.reply(turn) for turn in turns]) as server:
+                provider = self.make_provider(server.base_url, max_retries=0)
+                session = self.session(self.agent(provider))
+                _, first = await self.collect(session, "Add 1 and 2")
+                _, second = await self.collect(session, "Once more")
+                assert (first.response, second.response) == ("3.", "Again: 3.")
+                assert len(server.requests) == 3
+                assert server.connections == 1, (
+                    f"{server.connections} TCP connections for 3 calls of one provider: keep "
+                    "one client (connection pool) per provider instance")
+                aclose = getattr(provider, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                    await server.wait_for_open_connections(0, SCENARIO_TIMEOUT)
+
+        self.run_async(scenario)
+
+    def test_one_provider_serves_several_event_loops(self) -> None:
+        if not self.reuses_connections:
+            _skip("the provider opens a connection per call")
+        turns = [ScriptedTurn(text="From the first loop."),
+                 ScriptedTurn(text="From the second loop.")]
+        with serve_in_thread([self.reply(turn) for turn in turns]) as thread:
+            provider = self.make_provider(thread.server.base_url, max_retries=0)
+            session = self.session(self.agent(provider))
+            # run_sync: a new event loop each time, closed when the run ends
+            assert session.run_sync("first").response == turns[0].text
+            assert session.run_sync("second").response == turns[1].text
+            # the first loop's client was replaced, not reused; each loop's connection was
+            # closed with its loop (not left to the garbage collector)
+            thread.run(lambda: thread.server.wait_for_open_connections(0, SCENARIO_TIMEOUT),
+                       SCENARIO_TIMEOUT + 1)
+            assert thread.server.connections == 2
+            assert not check_history(session.history)
 
 
 def _skip(reason: str) -> None:

@@ -10,12 +10,14 @@ step starts with ``message_start``, every ``content_block_start`` has its
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import attrs
 
-from .errors import ProviderError
+from .errors import ConfigError, ProviderError
 from .types import (
     ContentBlock,
     ContentBlockStart,
@@ -39,6 +41,8 @@ __all__ = [
     "Provider",
     "ProviderSpec",
     "complete",
+    "origin",
+    "same_origin",
 ]
 
 
@@ -75,7 +79,10 @@ class ProviderSpec:
         :class:`~wingspan.ConfigError` naming a bad option.
     :ivar auth_types: how it authenticates (``("api_key",)``, or ``()`` for none).
     :ivar models: the embedded model catalog, usable offline.
-    :ivar env_key: the environment variable read for the key when none is given.
+    :ivar env_key: the environment variable that holds the key of the provider's official
+        endpoint (:attr:`base_url`): read when no key is given, and only for that endpoint
+        (or, on a server, an endpoint its operator bound the key to). The SDK, the CLI and
+        the server all decide with :meth:`resolve_api_key`.
     :ivar list_models: the catalog merged with the provider's own list endpoint, given the
         provider options (``base_url``, key); never fails (the embedded catalog when the
         endpoint cannot be reached). ``None``: the embedded catalog is all there is.
@@ -105,11 +112,80 @@ class ProviderSpec:
     secret_options: tuple[str, ...] = ()
     check_options: Callable[[Mapping[str, Any]], object] | None = None
 
+    def resolve_api_key(
+        self,
+        options: Mapping[str, Any] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        env_fallback: bool = True,
+        key_urls: Iterable[str] = (),
+    ) -> str | None:
+        """The API key a provider built with ``options`` uses, or ``None`` for none: the
+        ``api_key`` option; else the variable the ``api_key_env`` option names; else, unless
+        ``env_fallback`` (this argument, or the option of that name) is false, the variable
+        :attr:`env_key` names — but only when the endpoint (the ``base_url`` option, else
+        :attr:`base_url`) has the origin of :attr:`base_url` or of one of ``key_urls``, so
+        that pointing a provider elsewhere never sends that key there.
+
+        The one place the key is found: the HTTP providers call it when they are built (so
+        the SDK and the CLI), the server when it adds a key to an agent's options.
+
+        :param environ: the environment (default ``os.environ``, read now).
+        :param env_fallback: whether :attr:`env_key` may be read at all (a server's
+            ``env_fallback`` setting).
+        :param key_urls: other endpoints the :attr:`env_key` key belongs to (on a server, the
+            base URLs its operator bound to the provider).
+        :raises ConfigError: when ``api_key_env`` names a variable that is not set.
+        """
+        options = options or {}
+        environ = os.environ if environ is None else environ
+        key = options.get("api_key")
+        if isinstance(key, str) and key:
+            return key
+        variable = options.get("api_key_env")
+        if isinstance(variable, str) and variable:
+            value = environ.get(variable) or None
+            if value is None:
+                raise ConfigError(
+                    f"{self.name}: option 'api_key_env' names {variable}, which is not set — "
+                    "set it, or pass the api_key option", option="api_key_env",
+                )
+            return value
+        if not env_fallback or options.get("env_fallback") is False or not self.env_key:
+            return None
+        target = options.get("base_url") or self.base_url
+        if self.base_url is not None and not (
+            isinstance(target, str)
+            and any(same_origin(target, home) for home in (self.base_url, *key_urls))
+        ):
+            return None
+        return environ.get(self.env_key) or None
+
     async def catalog(self, options: Mapping[str, Any] | None = None) -> tuple[ModelInfo, ...]:
         """The models to show: :attr:`list_models` when there is one, else :attr:`models`."""
         if self.list_models is None:
             return self.models
         return await self.list_models(options or {})
+
+
+def origin(url: str) -> tuple[str, str, int] | None:
+    """The origin of an http(s) URL: scheme, host (lower case) and port (the scheme's default
+    when none is given); ``None`` for anything else. Keys belong to origins."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Whether two URLs share scheme, host and port."""
+    first = origin(a)
+    return first is not None and first == origin(b)
 
 
 class Accumulator:

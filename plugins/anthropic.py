@@ -14,6 +14,8 @@ import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
+import attrs
+
 import wingspan
 from wingspan import (
     ConfigError,
@@ -72,10 +74,16 @@ EXTRAS: dict[str, _http.Check] = {
 }
 
 
+def api_root(base_url: str) -> str:
+    """The API root of a base URL: ``http://host:8080`` and ``http://host:8080/v1`` are the
+    same server (the requests go to ``{root}/v1/messages``)."""
+    return _http.api_root(base_url, strip="/v1")
+
+
 def parse_options(options: Mapping[str, Any]) -> _http.Settings:
     return _http.parse_options(
-        options, provider=NAME, base_url=DEFAULT_BASE_URL, extras=EXTRAS,
-        defaults={"model": DEFAULT_MODEL, "max_tokens": 4096}, env_key=ENV_KEY,
+        options, spec=SPEC, extras=EXTRAS, normalize_base_url=api_root,
+        defaults={"model": DEFAULT_MODEL, "max_tokens": _http.DEFAULT_MAX_TOKENS},
     )
 
 
@@ -97,11 +105,14 @@ class AnthropicProvider:
 
     def __init__(self, settings: _http.Settings) -> None:
         self.settings = settings
-        self._http = _http.HttpClient(settings, _headers(settings),
-                                      key_hint=f"the api_key option or {ENV_KEY}")
+        self._http = _http.HttpClient(settings, _headers(settings))
 
     def __repr__(self) -> str:
         return f"<AnthropicProvider model={self.settings.model!r} {self.settings.base_url}>"
+
+    async def aclose(self) -> None:
+        """Close the provider's connections (later calls open new ones)."""
+        await self._http.aclose()
 
     def body(self, request: InferenceRequest, settings: _http.Settings | None = None
              ) -> dict[str, Any]:
@@ -131,22 +142,23 @@ class AnthropicProvider:
                 body[name] = settings.extras[name]
         if settings.extras.get("stop_sequences"):
             body["stop_sequences"] = list(settings.extras["stop_sequences"])
-        return body
+        return _http.merge_body(body, settings.extra_body)
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamEvent]:
         settings = self.settings.for_call(request.options)
-        chunks = self._http.stream("/v1/messages", self.body(request, settings),
-                                   settings=settings)
-        decoder = _http.SSEDecoder()
         translator = _Translator(self._http)
+        chunks = self._http.stream("/v1/messages", self.body(request, settings),
+                                   settings=settings, finished=lambda: translator.done)
+        decoder = _http.SSEDecoder()
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 for sse in decoder.feed(chunk):
+                    if translator.done:
+                        break
                     for event in translator.feed(sse):
                         yield event
-                if translator.done:
-                    return
-        raise self._http.cut_off("the stream ended without message_stop")
+        if not translator.done:
+            raise self._http.cut_off("the stream ended without message_stop")
 
 
 class _Translator:
@@ -271,10 +283,11 @@ def encode_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
 
 
 def make_anthropic_provider(options: Mapping[str, Any]) -> AnthropicProvider:
-    """Build the provider. :raises ConfigError: for bad options or a missing key."""
+    """Build the provider. :raises ConfigError: for bad options or a missing key (on
+    Anthropic's own API; another base URL, a proxy or a local server speaking the Messages
+    API, gets no key unless one is given)."""
     settings = parse_options(options)
-    # Another base URL (a proxy, a local server speaking the Messages API) may need none.
-    if not settings.api_key and _http.same_origin(settings.base_url, DEFAULT_BASE_URL):
+    if not settings.api_key and settings.official:
         raise ConfigError(
             f"{NAME}: no API key — set {ENV_KEY}, or pass the api_key option"
         )
@@ -288,18 +301,21 @@ async def _fetch_models(settings: _http.Settings) -> list[ModelInfo]:
     client = _http.HttpClient(settings, _headers(settings))
     models: list[ModelInfo] = []
     params: dict[str, Any] = {"limit": 1000}
-    for _ in range(10):  # pages
-        page = await client.get_json("/v1/models", params=params)
-        for item in page["data"]:
-            models.append(ModelInfo(
-                id=item["id"],
-                name=item.get("display_name") or item["id"],
-                context_window=_positive(item.get("max_input_tokens")),
-                max_output_tokens=_positive(item.get("max_tokens")),
-            ))
-        if not page.get("has_more") or not page.get("last_id"):
-            break
-        params = {"limit": 1000, "after_id": page["last_id"]}
+    try:
+        for _ in range(10):  # pages
+            page = await client.get_json("/v1/models", params=params)
+            for item in page["data"]:
+                models.append(ModelInfo(
+                    id=item["id"],
+                    name=item.get("display_name") or item["id"],
+                    context_window=_positive(item.get("max_input_tokens")),
+                    max_output_tokens=_positive(item.get("max_tokens")),
+                ))
+            if not page.get("has_more") or not page.get("last_id"):
+                break
+            params = {"limit": 1000, "after_id": page["last_id"]}
+    finally:
+        await client.aclose()
     return models
 
 
@@ -309,7 +325,8 @@ def _positive(value: Any) -> int | None:
 
 def _catalog_settings(options: Mapping[str, Any]) -> _http.Settings | None:
     settings = parse_options(options)
-    return settings if settings.api_key else None
+    # Anthropic's own list needs a key; a local server or a proxy may not.
+    return None if settings.official and not settings.api_key else settings
 
 
 def model_catalog() -> _http.ModelCatalog:
@@ -323,17 +340,18 @@ async def list_models(options: Mapping[str, Any] | None = None) -> tuple[ModelIn
     return await model_catalog()(options)
 
 
+#: The provider, as registered (each runtime's gets its own :func:`model_catalog`).
+SPEC = ProviderSpec(
+    name=NAME,
+    display_name="Anthropic",
+    factory=make_anthropic_provider,
+    auth_types=("api_key",),
+    models=MODELS,
+    env_key=ENV_KEY,
+    **_http.spec_fields(DEFAULT_BASE_URL, parse_options),
+)
+
+
 @wingspan.hookimpl
 def wingspan_providers() -> list[ProviderSpec]:
-    return [
-        ProviderSpec(
-            name=NAME,
-            display_name="Anthropic",
-            factory=make_anthropic_provider,
-            auth_types=("api_key",),
-            models=MODELS,
-            env_key=ENV_KEY,
-            list_models=model_catalog(),
-            **_http.spec_fields(DEFAULT_BASE_URL, parse_options),
-        )
-    ]
+    return [attrs.evolve(SPEC, list_models=model_catalog())]

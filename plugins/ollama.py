@@ -15,6 +15,8 @@ import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
+import attrs
+
 import wingspan
 from wingspan import (
     ConfigError,
@@ -71,8 +73,8 @@ def _bad(reason: str) -> Any:
 
 
 def parse_options(options: Mapping[str, Any]) -> _http.Settings:
-    return _http.parse_options(options, provider=NAME, base_url=DEFAULT_BASE_URL,
-                               extras=EXTRAS, env_key=ENV_KEY)
+    return _http.parse_options(options, spec=SPEC, extras=EXTRAS,
+                               defaults={"max_tokens": _http.DEFAULT_MAX_TOKENS})
 
 
 def _headers(settings: _http.Settings) -> dict[str, str]:
@@ -87,11 +89,14 @@ class OllamaProvider:
 
     def __init__(self, settings: _http.Settings) -> None:
         self.settings = settings
-        self._http = _http.HttpClient(settings, _headers(settings),
-                                      key_hint=f"the api_key option or {ENV_KEY}")
+        self._http = _http.HttpClient(settings, _headers(settings))
 
     def __repr__(self) -> str:
         return f"<OllamaProvider model={self.settings.model!r} {self.settings.base_url}>"
+
+    async def aclose(self) -> None:
+        """Close the provider's connections (later calls open new ones)."""
+        await self._http.aclose()
 
     def body(self, request: InferenceRequest, settings: _http.Settings | None = None
              ) -> dict[str, Any]:
@@ -127,22 +132,21 @@ class OllamaProvider:
         for name in ("keep_alive", "think"):
             if name in extras:
                 body[name] = extras[name]
-        return body
+        return _http.merge_body(body, settings.extra_body)
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamEvent]:
         settings = self.settings.for_call(request.options)
         body = self.body(request, settings)
-        chunks = self._http.stream("/api/chat", body, settings=settings)
+        translator = _Translator(self._http, body)
+        chunks = self._http.stream("/api/chat", body, settings=settings,
+                                   finished=lambda: translator.done)
         decoder = _http.NDJSONDecoder(self._http)
-        translator = _Translator(self._http, _http.call_id_prefix(body))
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 for value in decoder.feed(chunk):
                     for event in translator.feed(value):
                         yield event
-                if translator.done:
-                    break
-            else:
+            if not translator.done:
                 for value in decoder.close():
                     for event in translator.feed(value):
                         yield event
@@ -153,15 +157,22 @@ class OllamaProvider:
 class _Translator:
     """Ollama's chunks to kernel events."""
 
-    def __init__(self, client: _http.HttpClient, id_prefix: str) -> None:
+    def __init__(self, client: _http.HttpClient, body: Mapping[str, Any]) -> None:
         self._client = client
-        self._id_prefix = id_prefix
+        self._body = body  # ids for tool calls without one derive from it (call_id_prefix)
+        self._id_prefix: str | None = None
         self._blocks = _http.BlockWriter()
         self._calls = 0
         self._started = False
         self._stop_reason: str | None = None
         self._usage = Usage()
         self.done = False
+
+    def id_prefix(self) -> str:
+        """The prefix of made-up tool-call ids, worked out once it is needed."""
+        if self._id_prefix is None:
+            self._id_prefix = _http.call_id_prefix(self._body)
+        return self._id_prefix
 
     def feed(self, chunk: Any) -> list[StreamEvent]:
         if self.done:
@@ -190,7 +201,7 @@ class _Translator:
             else:
                 encoded = json.dumps(arguments if arguments is not None else {},
                                      ensure_ascii=False)
-            call_id = f"{self._id_prefix}_{self._calls}"
+            call_id = f"{self.id_prefix()}_{self._calls}"
             self._calls += 1
             events += self._blocks.tool(call_id, call_id, function["name"])
             events += self._blocks.json(encoded)
@@ -263,7 +274,10 @@ def make_ollama_provider(options: Mapping[str, Any]) -> OllamaProvider:
 
 async def _fetch_models(settings: _http.Settings) -> list[ModelInfo]:
     client = _http.HttpClient(settings, _headers(settings))
-    page = await client.get_json("/api/tags")
+    try:
+        page = await client.get_json("/api/tags")
+    finally:
+        await client.aclose()
     models = []
     for item in page["models"]:
         name = item.get("model") or item["name"]
@@ -293,17 +307,18 @@ async def list_models(options: Mapping[str, Any] | None = None) -> tuple[ModelIn
     return await model_catalog()(options)
 
 
+#: The provider, as registered (each runtime's gets its own :func:`model_catalog`).
+SPEC = ProviderSpec(
+    name=NAME,
+    display_name="Ollama",
+    factory=make_ollama_provider,
+    auth_types=(),
+    models=MODELS,
+    env_key=ENV_KEY,
+    **_http.spec_fields(DEFAULT_BASE_URL, parse_options),
+)
+
+
 @wingspan.hookimpl
 def wingspan_providers() -> list[ProviderSpec]:
-    return [
-        ProviderSpec(
-            name=NAME,
-            display_name="Ollama",
-            factory=make_ollama_provider,
-            auth_types=(),
-            models=MODELS,
-            env_key=ENV_KEY,
-            list_models=model_catalog(),
-            **_http.spec_fields(DEFAULT_BASE_URL, parse_options),
-        )
-    ]
+    return [attrs.evolve(SPEC, list_models=model_catalog())]

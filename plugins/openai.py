@@ -11,6 +11,7 @@ to ``response_format``. See ``docs/providers.md``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -82,17 +83,22 @@ EXTRAS: dict[str, _http.Check] = {
 }
 
 
+@functools.lru_cache(maxsize=64)
 def is_openai(base_url: str) -> bool:
     """Whether ``base_url`` is OpenAI's own API (not a compatible server)."""
     return urlsplit(base_url).hostname == "api.openai.com"
 
 
+def api_root(base_url: str) -> str:
+    """The API root of a base URL: a bare origin (``http://host:8080``) means its ``/v1``,
+    as every compatible server serves there; a URL with a path is taken as it is
+    (``https://openrouter.ai/api/v1``, Gemini's ``/v1beta/openai``)."""
+    return _http.api_root(base_url, add="/v1")
+
+
 def parse_options(options: Mapping[str, Any]) -> _http.Settings:
     # OPENAI_API_KEY goes to OpenAI only: another server gets a key only when asked for.
-    return _http.parse_options(
-        options, provider=NAME, base_url=DEFAULT_BASE_URL, extras=EXTRAS,
-        env_key=ENV_KEY,  # read only for OpenAI's own endpoint (https, its host)
-    )
+    return _http.parse_options(options, spec=SPEC, extras=EXTRAS, normalize_base_url=api_root)
 
 
 def _headers(settings: _http.Settings) -> dict[str, str]:
@@ -111,12 +117,14 @@ class OpenAIProvider:
 
     def __init__(self, settings: _http.Settings) -> None:
         self.settings = settings
-        hint = f"the api_key option or {ENV_KEY}" if is_openai(settings.base_url) else (
-            "the api_key option")
-        self._http = _http.HttpClient(settings, _headers(settings), key_hint=hint)
+        self._http = _http.HttpClient(settings, _headers(settings))
 
     def __repr__(self) -> str:
         return f"<OpenAIProvider model={self.settings.model!r} {self.settings.base_url}>"
+
+    async def aclose(self) -> None:
+        """Close the provider's connections (later calls open new ones)."""
+        await self._http.aclose()
 
     def body(self, request: InferenceRequest, settings: _http.Settings | None = None
              ) -> dict[str, Any]:
@@ -157,21 +165,22 @@ class OpenAIProvider:
                 body[name] = extras[name]
         if extras.get("stop"):
             body["stop"] = list(extras["stop"])
-        return body
+        return _http.merge_body(body, settings.extra_body)
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamEvent]:
         settings = self.settings.for_call(request.options)
         body = self.body(request, settings)
-        chunks = self._http.stream("/chat/completions", body, settings=settings)
+        translator = _Translator(self._http, body)
+        chunks = self._http.stream("/chat/completions", body, settings=settings,
+                                   finished=lambda: translator.done)
         decoder = _http.SSEDecoder()
-        translator = _Translator(self._http, _http.call_id_prefix(body))
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 for sse in decoder.feed(chunk):
+                    if translator.done:
+                        break
                     for event in translator.feed(sse.data):
                         yield event
-                if translator.done:
-                    break
         for event in translator.finish():
             yield event
 
@@ -196,15 +205,22 @@ class _Translator:
     """``chat.completion.chunk`` s to kernel events. Text and tool calls become blocks
     in the order they arrive; a tool call starts once its name is known."""
 
-    def __init__(self, client: _http.HttpClient, id_prefix: str) -> None:
+    def __init__(self, client: _http.HttpClient, body: Mapping[str, Any]) -> None:
         self._client = client
-        self._id_prefix = id_prefix  # for servers that send tool calls without ids
+        self._body = body  # ids for tool calls without one derive from it (call_id_prefix)
+        self._id_prefix: str | None = None
         self._blocks = _http.BlockWriter()
         self._calls: dict[int, _ToolCall] = {}
         self._finish_reason: str | None = None
         self._usage = Usage()
         self._started = False
         self.done = False
+
+    def id_prefix(self) -> str:
+        """The prefix of made-up tool-call ids, worked out once it is needed."""
+        if self._id_prefix is None:
+            self._id_prefix = _http.call_id_prefix(self._body)
+        return self._id_prefix
 
     def feed(self, data: str) -> list[StreamEvent]:
         if data.strip() == "[DONE]":
@@ -259,7 +275,7 @@ class _Translator:
         events: list[StreamEvent] = []
         if not call.started and call.name:
             call.started = True
-            call_id = call.id or f"{self._id_prefix}_{len(self._calls) - 1}"
+            call_id = call.id or f"{self.id_prefix()}_{len(self._calls) - 1}"
             events += self._blocks.tool(str(index), call_id, call.name)
             fragment = "".join(call.arguments) + fragment
         if call.started:
@@ -322,11 +338,15 @@ def make_openai_provider(options: Mapping[str, Any]) -> OpenAIProvider:
             raise ConfigError(f"{NAME}: no API key — set {ENV_KEY}, or pass the api_key option")
         if settings.model is None:
             settings = attrs.evolve(settings, model=DEFAULT_MODEL)
-    elif settings.model is None:
-        raise ConfigError(
-            f"{NAME}: the model option is required with base_url {settings.base_url} — name "
-            "one the server serves (GET /v1/models lists them)"
-        )
+    else:
+        if settings.model is None:
+            raise ConfigError(
+                f"{NAME}: the model option is required with base_url {settings.base_url} — "
+                f"name one the server serves (GET {settings.base_url}/models lists them)"
+            )
+        if settings.max_tokens is None:
+            # A local model with no cap may generate until it is killed.
+            settings = attrs.evolve(settings, max_tokens=_http.DEFAULT_MAX_TOKENS)
     return OpenAIProvider(settings)
 
 
@@ -335,7 +355,10 @@ def make_openai_provider(options: Mapping[str, Any]) -> OpenAIProvider:
 
 async def _fetch_models(settings: _http.Settings) -> list[ModelInfo]:
     client = _http.HttpClient(settings, _headers(settings))
-    page = await client.get_json("/models")
+    try:
+        page = await client.get_json("/models")
+    finally:
+        await client.aclose()
     models = []
     for item in page["data"]:
         top = item.get("top_provider") or {}
@@ -376,17 +399,18 @@ async def list_models(options: Mapping[str, Any] | None = None) -> tuple[ModelIn
     return await model_catalog()(options)
 
 
+#: The provider, as registered (each runtime's gets its own :func:`model_catalog`).
+SPEC = ProviderSpec(
+    name=NAME,
+    display_name="OpenAI (and compatible servers)",
+    factory=make_openai_provider,
+    auth_types=("api_key",),
+    models=MODELS,
+    env_key=ENV_KEY,
+    **_http.spec_fields(DEFAULT_BASE_URL, parse_options),
+)
+
+
 @wingspan.hookimpl
 def wingspan_providers() -> list[ProviderSpec]:
-    return [
-        ProviderSpec(
-            name=NAME,
-            display_name="OpenAI (and compatible servers)",
-            factory=make_openai_provider,
-            auth_types=("api_key",),
-            models=MODELS,
-            env_key=ENV_KEY,
-            list_models=model_catalog(),
-            **_http.spec_fields(DEFAULT_BASE_URL, parse_options),
-        )
-    ]
+    return [attrs.evolve(SPEC, list_models=model_catalog())]

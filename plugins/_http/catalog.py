@@ -34,9 +34,15 @@ def merge_models(embedded: Iterable[ModelInfo], listed: Iterable[ModelInfo]) -> 
     return tuple(merged.values())
 
 
+#: The most base URL and key pairs a catalog remembers (a server lists any allowed
+#: ``?base_url=`` it is asked for); the oldest is forgotten first.
+CACHE_ENTRIES = 256
+
+
 class ModelCatalog:
     """A provider's models: the embedded catalog, merged with its list endpoint when that
-    answers, cached per base URL and key for ``ttl`` seconds (a failure for ``retry_ttl``).
+    answers, cached per base URL and key for ``ttl`` seconds (a failure for ``retry_ttl``;
+    at most :data:`CACHE_ENTRIES` of them).
 
     Call it with the provider's options: ``await catalog(options)``. Build one per runtime
     (in the ``wingspan_providers`` hook), so no cache outlives its runtime.
@@ -75,8 +81,14 @@ class ModelCatalog:
         try:
             listed = tuple(await self._fetch(settings))
         except (ProviderError, ValueError, TypeError, KeyError, AttributeError):
-            self._cache[key] = (now + self._retry_ttl, embedded)
+            self._remember(key, now + self._retry_ttl, embedded)
             return embedded
         models = merge_models(embedded, listed)
-        self._cache[key] = (now + self._ttl, models)
+        self._remember(key, now + self._ttl, models)
         return models
+
+    def _remember(self, key: str, until: float, models: tuple[ModelInfo, ...]) -> None:
+        self._cache.pop(key, None)
+        self._cache[key] = (until, models)
+        while len(self._cache) > CACHE_ENTRIES:
+            del self._cache[next(iter(self._cache))]

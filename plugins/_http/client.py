@@ -1,6 +1,7 @@
-"""The HTTP client the providers share: the streaming POST with retries *before* the
-stream starts (backoff with jitter, or the server's ``Retry-After``), and the mapping of
-every failure to a :class:`~wingspan.ProviderError` that says what to do.
+"""The HTTP client the providers share: one connection pool per provider and event loop,
+the streaming POST with retries *before* the stream starts (backoff with jitter, or the
+server's ``Retry-After``), and the mapping of every failure to a
+:class:`~wingspan.ProviderError` that says what to do.
 
 httpx is imported only when a request is made, so importing the provider plugins stays cheap.
 """
@@ -10,17 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import json
+import logging
 import random
+import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import attrs
 
 from wingspan import ProviderError
 
+log = logging.getLogger("wingspan.providers")
+
 if TYPE_CHECKING:
+    import ssl
+
     import httpx
 
     from .options import Settings
@@ -30,6 +40,11 @@ if TYPE_CHECKING:
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 #: Longest error body read from a failed response.
 ERROR_BODY_LIMIT = 64 * 1024
+#: After the last event of a stream, how long and how much of the rest of the body (the
+#: chunked encoding's end, a trailing ``[DONE]``) is read so the connection can serve the
+#: next call; past either, the connection is closed instead.
+DRAIN_TIMEOUT = 1.0
+DRAIN_LIMIT = 64 * 1024
 
 
 # --- retries ---------------------------------------------------------------------------------
@@ -108,18 +123,51 @@ def error_text(data: Any) -> str | None:
     return None
 
 
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext | bool:
+    """The TLS context every provider's client uses, built once per process: loading the
+    certificate store takes tens of milliseconds, which each new httpx client would pay
+    again (for a plain ``http://`` server too). ``True`` (httpx's own default) on an httpx
+    without ``create_ssl_context``."""
+    import httpx
+
+    create = getattr(httpx, "create_ssl_context", None)
+    return create() if create is not None else True
+
+
+async def _close_with_its_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+    """Started once in the loop ``client`` was made in, this generator closes the client
+    when that loop shuts down (``asyncio.run`` and ``asyncio.Runner`` close the async
+    generators they started) or when it is dropped while the loop still runs."""
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+@attrs.frozen
+class _Pool:
+    client: httpx.AsyncClient
+    closer: AsyncGenerator[None, None]
+
+
 class HttpClient:
     """Streaming POSTs and JSON GETs against one API, with a provider's settings.
 
-    A fresh httpx client serves each call and is closed with it: providers have no
-    close(), and a call may run on any event loop (``run_sync`` makes a new one each time).
+    Calls share one httpx client (a connection pool, kept alive between calls) per event
+    loop, made on first use in that loop: a client cannot outlive its loop (``run_sync``
+    makes a new loop each time), so a loop's client is closed when the loop shuts down, and
+    the next loop gets its own. :meth:`aclose` closes them now.
     """
 
     def __init__(self, settings: Settings, headers: Mapping[str, str], *,
-                 key_hint: str = "the api_key option") -> None:
+                 key_hint: str | None = None) -> None:
         self.settings = settings
         self.headers = dict(headers)
-        self.key_hint = key_hint
+        self.key_hint = key_hint if key_hint is not None else settings.key_hint()
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = (
+            weakref.WeakKeyDictionary())
+        self._lock = threading.Lock()  # a provider may serve loops in several threads
 
     def _timeout(self, read: float | None = None) -> httpx.Timeout:
         import httpx
@@ -127,14 +175,44 @@ class HttpClient:
         timeout = read or self.settings.timeout
         return httpx.Timeout(timeout, connect=min(timeout, 10.0))
 
+    async def client(self) -> httpx.AsyncClient:
+        """This loop's httpx client, made now if it has none (or its one was closed)."""
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pool = self._pools.get(loop)
+            if pool is not None and not pool.client.is_closed:
+                return pool.client
+            for other in [other for other in self._pools if other.is_closed()]:
+                del self._pools[other]  # its loop is gone, and its connections with it
+            client = httpx.AsyncClient(verify=shared_ssl_context(), timeout=self._timeout())
+            closer = _close_with_its_loop(client)
+            self._pools[loop] = _Pool(client, closer)
+        await closer.asend(None)  # runs to its yield: the loop now knows it
+        return client
+
+    async def aclose(self) -> None:
+        """Close this event loop's connections now (later calls open new ones). Clients of
+        loops in other threads are theirs until those loops end: closing one under a call
+        in flight would break that call."""
+        with self._lock:
+            pool = self._pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.closer.aclose()
+
     async def stream(
-        self, path: str, body: Mapping[str, Any], *, settings: Settings | None = None
+        self, path: str, body: Mapping[str, Any], *, settings: Settings | None = None,
+        finished: Callable[[], bool] | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """POST ``body`` as JSON and yield the response body's bytes as they arrive.
 
         Failures before the response starts are retried (see :data:`RETRYABLE_STATUSES`);
         after that, none is: the caller has already passed events on.
 
+        :param finished: says, after each chunk, whether the caller has the whole answer;
+            the rest of the body is then read (briefly) and the stream ends, so the
+            connection goes back to the pool for the next call.
         :raises ProviderError: saying what happened and what to do.
         """
         import httpx
@@ -143,38 +221,44 @@ class HttpClient:
         url = f"{settings.base_url}{path}"
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         headers = {**self.headers, "content-type": "application/json"}
-        async with httpx.AsyncClient(timeout=self._timeout(settings.timeout)) as client:
-            response = await self._send(client, "POST", url, headers, content, settings)
-            try:
-                async for chunk in response.aiter_bytes():
-                    yield chunk
-            except httpx.TimeoutException:
-                raise self.error(
-                    f"the stream stalled: no data for {settings.timeout:g} s — try again, or "
-                    "raise the timeout option",
-                    retryable=True,
-                ) from None
-            except (httpx.TransportError, httpx.DecodingError) as exc:
-                raise self.cut_off(str(exc) or type(exc).__name__) from None
-            finally:
-                await response.aclose()
+        client = await self.client()
+        response = await self._send(client, "POST", url, headers, content, settings)
+        try:
+            chunks = response.aiter_bytes()
+            async for chunk in chunks:
+                yield chunk
+                if finished is not None and finished():
+                    await _drain(chunks)
+                    return
+        except httpx.TimeoutException:
+            raise self.error(
+                f"the stream stalled: no data for {settings.timeout:g} s — try again, or "
+                "raise the timeout option",
+                retryable=True,
+            ) from None
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise self.cut_off(str(exc) or type(exc).__name__) from None
+        finally:
+            await response.aclose()
 
     async def get_json(self, path: str, *, params: Mapping[str, Any] | None = None,
-                       timeout: float = 10.0, max_retries: int = 0) -> Any:
-        """GET ``path`` and decode its JSON body (used for model listings)."""
+                       timeout: float | None = None, max_retries: int = 0) -> Any:
+        """GET ``path`` and decode its JSON body (used for model listings); ``timeout``
+        defaults to the settings', at most 10 s."""
         import httpx
 
         url = f"{self.settings.base_url}{path}"
-        settings = attrs.evolve(self.settings, max_retries=max_retries)
-        async with httpx.AsyncClient(timeout=self._timeout(timeout)) as client:
-            response = await self._send(client, "GET", url, self.headers, None, settings,
-                                        params=params)
-            try:
-                body = await response.aread()
-            except httpx.HTTPError as exc:
-                raise self.cut_off(str(exc)) from None
-            finally:
-                await response.aclose()
+        timeout = min(self.settings.timeout, 10.0) if timeout is None else timeout
+        settings = attrs.evolve(self.settings, max_retries=max_retries, timeout=timeout)
+        client = await self.client()
+        response = await self._send(client, "GET", url, self.headers, None, settings,
+                                    params=params)
+        try:
+            body = await response.aread()
+        except httpx.HTTPError as exc:
+            raise self.cut_off(str(exc)) from None
+        finally:
+            await response.aclose()
         try:
             return json.loads(body)
         except ValueError:
@@ -195,7 +279,7 @@ class HttpClient:
         attempt = 0
         while True:
             request = client.build_request(method, url, headers=headers, content=content,
-                                           params=params)
+                                           params=params, timeout=self._timeout(settings.timeout))
             hint: Mapping[str, str] | None = None
             try:
                 response = await client.send(request, stream=True)
@@ -220,7 +304,8 @@ class HttpClient:
                     body = b""
                 finally:
                     await response.aclose()
-                error = self.status_error(response.status_code, body)
+                error = self.status_error(response.status_code, body,
+                                          request=_shown(method, url))
                 hint = response.headers
                 should_retry = response.headers.get("x-should-retry")
                 if should_retry in ("true", "false"):
@@ -231,10 +316,12 @@ class HttpClient:
                     raise ProviderError(f"{error} (after {retries})", provider=error.provider,
                                         status=error.status, retryable=error.retryable)
                 raise error
-            await asyncio.sleep(
-                retry_delay(attempt, hint, base=settings.retry_base_delay,
-                            cap=settings.retry_max_delay)
-            )
+            delay = retry_delay(attempt, hint, base=settings.retry_base_delay,
+                                cap=settings.retry_max_delay)
+            # What `wingspan run` shows on a terminal while it waits ("retrying in 2 s...").
+            log.info("%s: %s; retrying in %.0f s (attempt %d of %d)", error.provider, error,
+                     delay, attempt + 2, settings.max_retries + 1)
+            await asyncio.sleep(delay)
             attempt += 1
 
     # --- errors ----------------------------------------------------------------------------
@@ -244,21 +331,22 @@ class HttpClient:
         name = self.settings.provider
         return ProviderError(f"{name}: {what}", provider=name, status=status, retryable=retryable)
 
-    def status_error(self, status: int, body: bytes) -> ProviderError:
-        """The error for an HTTP status, with the API's own message."""
+    def status_error(self, status: int, body: bytes, *, request: str = "") -> ProviderError:
+        """The error for an HTTP status, with the API's own message; ``request`` is what
+        was asked (``"POST http://..."``), named where the URL is what to check."""
         message = api_message(body)
         if status == 401:
             return self.error(
-                f"authentication failed (401) — check the API key ({self.key_hint}); "
-                f"the API said: {message}",
+                f"authentication failed (401) — {self.key_hint}; the API said: {message}",
                 status=status,
             )
         if status == 403:
             return self.error(f"permission denied (403): {message} — check that the key may "
                               "use this model", status=status)
         if status == 404:
-            return self.error(f"not found (404): {message} — check the model name and "
-                              f"base_url ({self.settings.base_url})", status=status)
+            asked = f"{request} answered 404 (not found)" if request else "not found (404)"
+            return self.error(f"{asked}: {message} — check the model name and base_url "
+                              f"({self.settings.base_url})", status=status)
         if status == 413:
             return self.error(f"request too large (413): {message} — shorten the history",
                               status=status)
@@ -288,6 +376,25 @@ class HttpClient:
         message = error_text(data) or json.dumps(data)[:300]
         return self.error(f"the API reported an error mid-stream: {message} — try again",
                           retryable=True)
+
+
+def _shown(method: str, url: str) -> str:
+    """A request as an error names it: no credentials (``user:password@``) and no query."""
+    parts = urlsplit(url)
+    return f"{method} {parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what is left of a body, within :data:`DRAIN_TIMEOUT` and :data:`DRAIN_LIMIT`."""
+    import httpx
+
+    size = 0
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            async for rest in chunks:
+                size += len(rest)
+                if size > DRAIN_LIMIT:
+                    return
 
 
 async def _read_limited(response: httpx.Response) -> bytes:

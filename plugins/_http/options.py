@@ -1,23 +1,31 @@
 """The options every HTTP provider takes, checked, plus each provider's own extras.
 
-:func:`parse_options` checks a provider's options and finds its API key; the ``check_*``
-functions are the checks, for the common options and for the extras a provider declares.
+:func:`parse_options` checks a provider's options and finds its API key (with
+:meth:`wingspan.ProviderSpec.resolve_api_key`, as the server does); the ``check_*`` functions
+are the checks, for the common options and for the extras a provider declares.
 
 A key found in the environment goes only to the provider's official endpoint: with another
 ``base_url`` (a local server, a proxy), the key must be given (``api_key``, ``api_key_env``),
-so that pointing an agent elsewhere never hands the operator's key to that place.
+so that pointing an agent elsewhere never hands the operator's key to that place. Without a
+key, none is sent: a keyless local server works as it is.
 """
 
 from __future__ import annotations
 
-import os
+import copy
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 
-from wingspan import ConfigError
+from wingspan import ConfigError, ProviderSpec
+from wingspan.providers import same_origin
+
+#: The ``max_tokens`` sent when none is given, where the API has no cap of its own worth
+#: trusting (Anthropic requires one; a local model may otherwise generate until killed).
+DEFAULT_MAX_TOKENS = 4096
 
 COMMON_OPTIONS = (
     "model",
@@ -31,6 +39,7 @@ COMMON_OPTIONS = (
     "retry_base_delay",
     "retry_max_delay",
     "env_fallback",
+    "extra_body",
 )
 #: Options that choose where the key comes from: for whoever runs the provider, never for the
 #: clients of a server (:attr:`wingspan.ProviderSpec.operator_options`).
@@ -38,7 +47,7 @@ OPERATOR_OPTIONS = ("api_key", "api_key_env", "env_fallback")
 #: Options whose values carry credentials (:attr:`wingspan.ProviderSpec.secret_options`).
 SECRET_OPTIONS = ("api_key", "headers")
 #: Options a request may override through ``Agent.options`` (plus the provider's extras).
-PER_CALL_OPTIONS = ("model", "max_tokens", "temperature")
+PER_CALL_OPTIONS = ("model", "max_tokens", "temperature", "extra_body")
 
 Check = Callable[[Any], Any]
 
@@ -120,24 +129,52 @@ def check_base_url(value: Any) -> str:
     return value.rstrip("/")
 
 
-def origin(url: str) -> tuple[str, str, int] | None:
-    """The origin of an http(s) URL: scheme, host (lower case) and port (the scheme's default
-    when none is given); ``None`` for anything else. Keys belong to origins."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        return None
-    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
+def check_extra_body(value: Any) -> dict[str, Any]:
+    """A JSON object of fields to merge into the request body (see :func:`merge_body`)."""
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a JSON object of fields to merge into the request body")
+    problem = _not_json(value, "")
+    if problem:
+        raise ValueError(f"must be a JSON object of fields to merge into the request body; "
+                         f"{problem}")
+    if "stream" in value:
+        raise ValueError("cannot set 'stream': wingspan always streams")
+    return copy.deepcopy(dict(value))
 
 
-def same_origin(a: str, b: str) -> bool:
-    """Whether two URLs share scheme, host and port."""
-    first = origin(a)
-    return first is not None and first == origin(b)
+def _not_json(value: Any, where: str) -> str | None:
+    """What keeps ``value`` from being JSON, or ``None``."""
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where or 'a value'} is not a finite number"
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            problem = _not_json(item, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where or 'the object'} has a key that is not a string: {key!r}"
+            problem = _not_json(item, f"{where}.{key}" if where else key)
+            if problem:
+                return problem
+        return None
+    return f"{where or 'a value'} is not JSON ({type(value).__name__})"
+
+
+def merge_body(body: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` with ``extra`` merged in, last: an object merges into the object it meets,
+    key by key; any other value (``null`` included) replaces what was there."""
+    for key, value in extra.items():
+        current = body.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            body[key] = merge_body(dict(current), value)
+        else:
+            body[key] = copy.deepcopy(value)
+    return body
 
 
 _COMMON_CHECKS: dict[str, Check] = {
@@ -152,6 +189,7 @@ _COMMON_CHECKS: dict[str, Check] = {
     "retry_base_delay": check_number(0.0),
     "retry_max_delay": check_number(0.0),
     "env_fallback": check_bool,
+    "extra_body": check_extra_body,
 }
 
 
@@ -160,10 +198,13 @@ class Settings:
     """A provider's checked options.
 
     :ivar extras: the provider's own options, checked, by name (only those given).
+    :ivar official_url: the provider's official endpoint, the one :attr:`env_key` is for.
     """
 
     provider: str
     base_url: str
+    official_url: str = ""
+    env_key: str | None = None
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
@@ -172,6 +213,7 @@ class Settings:
     max_retries: int = 3
     retry_base_delay: float = 0.5
     retry_max_delay: float = 60.0
+    extra_body: Mapping[str, Any] = attrs.field(factory=dict)
     extras: Mapping[str, Any] = attrs.field(factory=dict)
     #: the extra options' checks, so per-call overrides are checked the same way.
     checks: Mapping[str, Check] = attrs.field(factory=dict, repr=False, eq=False)
@@ -194,9 +236,32 @@ class Settings:
             )
         common = {k: _checked(self.provider, k, v, _COMMON_CHECKS[k])
                   for k, v in options.items() if k in PER_CALL_OPTIONS}
+        if "extra_body" in common:  # the request's fields merge into the provider's
+            common["extra_body"] = merge_body(copy.deepcopy(dict(self.extra_body)),
+                                              common["extra_body"])
         extras = {k: _checked(self.provider, k, v, self.checks[k])
                   for k, v in options.items() if k in self.checks}
         return attrs.evolve(self, **common, extras={**self.extras, **extras})
+
+    @property
+    def official(self) -> bool:
+        """Whether :attr:`base_url` is the provider's official endpoint (its origin)."""
+        return same_origin(self.base_url, self.official_url)
+
+    def key_hint(self) -> str:
+        """What a 401 tells the user to check or set."""
+        variable = self.env_key
+        if self.api_key:
+            where = f"the api_key option or {variable}" if variable and self.official else (
+                "the api_key option")
+            return f"check the API key ({where})"
+        if self.official:
+            return f"no key was sent: set {variable} or pass the api_key option" if variable \
+                else "no key was sent: pass the api_key option"
+        read = (f"; {variable} is read only for {self.official_url}" if variable else "")
+        return (f"{self.base_url} wants a key and none was sent: pass the api_key option, or "
+                f"api_key_env naming the variable that holds it{read} (on a wingspan server: "
+                "PUT /provider/auth with this base_url)")
 
 
 def _checked(provider: str, name: str, value: Any, check: Check) -> Any:
@@ -216,27 +281,27 @@ def _shown(value: Any) -> str:
 def parse_options(
     options: Mapping[str, Any],
     *,
-    provider: str,
-    base_url: str,
+    spec: ProviderSpec,
     extras: Mapping[str, Check] = {},
     defaults: Mapping[str, Any] = {},
-    env_key: str | Callable[[str], str | None] | None = None,
     environ: Mapping[str, str] | None = None,
+    normalize_base_url: Callable[[str], str] | None = None,
 ) -> Settings:
     """Check a provider's options: the common ones (see :data:`COMMON_OPTIONS`) and
-    ``extras`` (name -> check raising ``ValueError`` with the reason), and find the key:
-    the ``api_key`` option, else the variable ``api_key_env`` names, else (unless the
-    ``env_fallback`` option is false) ``env_key``.
+    ``extras`` (name -> check raising ``ValueError`` with the reason), and find the key with
+    :meth:`spec.resolve_api_key <wingspan.ProviderSpec.resolve_api_key>`.
 
-    :param base_url: the default base URL: the official endpoint.
+    :param spec: the provider: its name, official endpoint (:attr:`~wingspan.ProviderSpec.
+        base_url`, the default base URL) and :attr:`~wingspan.ProviderSpec.env_key`.
     :param defaults: default values of common options (e.g. ``{"max_tokens": 4096}``).
-    :param env_key: the environment variable holding the key, read only when the base URL is
-        the official one (same origin as ``base_url``); or a function of the base URL giving
-        the variable (``None`` when that URL should get no key from the environment).
     :param environ: the environment (default ``os.environ``, read now, not at import).
+    :param normalize_base_url: the API root for a checked base URL, so that the forms people
+        write (with or without ``/v1``) all work.
     :raises ConfigError: naming every unknown option, or the first bad value.
     """
-    environ = os.environ if environ is None else environ
+    provider = spec.name
+    if spec.base_url is None:
+        raise TypeError(f"{provider}: an HTTP provider's spec needs its base_url")
     known = set(COMMON_OPTIONS) | set(extras)
     unknown = sorted(set(options) - known)
     if unknown:
@@ -245,34 +310,35 @@ def parse_options(
             f"{', '.join(map(repr, unknown))}; it takes {', '.join(sorted(known))}",
             option=unknown[0],
         )
-    official = base_url.rstrip("/")
+    official = spec.base_url.rstrip("/")
     values: dict[str, Any] = {"base_url": official, **defaults}
     for name, value in options.items():
         if name in _COMMON_CHECKS:
             values[name] = _checked(provider, name, value, _COMMON_CHECKS[name])
+    if normalize_base_url is not None:
+        values["base_url"] = normalize_base_url(values["base_url"])
     checked_extras = {
         name: _checked(provider, name, value, extras[name])
         for name, value in options.items()
         if name in extras
     }
-    key_variable = values.pop("api_key_env", None)
-    env_fallback = values.pop("env_fallback", True)
-    if "api_key" not in values:
-        if key_variable is not None:
-            values["api_key"] = environ.get(key_variable) or None
-            if values["api_key"] is None:
-                raise ConfigError(
-                    f"{provider}: option 'api_key_env' names {key_variable}, which is not "
-                    "set — set it, or pass the api_key option"
-                )
-        elif env_fallback:
-            if callable(env_key):
-                variable = env_key(values["base_url"])
-            else:
-                variable = env_key if same_origin(values["base_url"], official) else None
-            if variable:
-                values["api_key"] = environ.get(variable) or None
-    return Settings(provider=provider, extras=checked_extras, checks=dict(extras), **values)
+    sources: dict[str, Any] = {name: values.pop(name) for name in (
+        "api_key", "api_key_env", "env_fallback") if name in values}
+    values["api_key"] = spec.resolve_api_key(
+        {**sources, "base_url": values["base_url"]}, environ=environ)
+    return Settings(provider=provider, official_url=official, env_key=spec.env_key,
+                    extras=checked_extras, checks=dict(extras), **values)
+
+
+def api_root(url: str, *, strip: str = "", add: str = "") -> str:
+    """A base URL as an API root: ``strip`` removed from the end of its path (``/v1`` for an
+    API whose paths start with it), or ``add`` appended when it has no path at all."""
+    path = urlsplit(url).path.rstrip("/")
+    if strip and path.endswith(strip):
+        return url.rstrip("/").removesuffix(strip)
+    if add and not path:
+        return url.rstrip("/") + add
+    return url
 
 
 def spec_fields(base_url: str, parse: Callable[[Mapping[str, Any]], Settings]) -> dict[str, Any]:

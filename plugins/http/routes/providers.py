@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, request
 
-from wingspan import Credential, ModelInfo, ProviderSpec, StoreError, utc_now, wire
+from wingspan import ConfigError, Credential, ModelInfo, ProviderSpec, StoreError, utc_now, wire
 from wingspan.plugins._http import check_base_url
 
 from ..app import read_body, state
 from ..errors import ApiError
 from ..shapes import CredentialStatus, CredentialsView, ProviderView, PutCredentialsRequest, Status
-from .agents import credential_options
+from .agents import base_url_allowed, credential_options
 
 #: Seconds the models routes wait for a provider's list endpoint.
 CATALOG_TIMEOUT = 5.0
@@ -50,12 +49,42 @@ async def get_provider(provider_id: str) -> Any:
     return wire.unstructure(_view(_spec(provider_id)), state().converter)
 
 
+def _listed_from(spec: ProviderSpec) -> dict[str, Any]:
+    """The ``?base_url=`` to list the models of (a compatible server, a local one), checked
+    as an agent's ``base_url`` option is: an http(s) URL, among the allowed ones."""
+    base_url = request.args.get("base_url")
+    if base_url is None:
+        return {}
+    problem = None
+    if spec.base_url is None:
+        problem = f"provider {spec.name!r} takes no base_url"
+    else:
+        try:
+            base_url = check_base_url(base_url)
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            if not base_url_allowed(state(), base_url):
+                problem = (f"{base_url!r} is not among the base URLs this server allows (its "
+                           "allowed_base_urls setting)")
+    if problem is not None:
+        raise ApiError(400, f"invalid query: base_url: {problem}",
+                       details=[("base_url", problem)])
+    return {"base_url": base_url}
+
+
 async def _models(spec: ProviderSpec) -> tuple[ModelInfo, ...]:
     """The embedded catalog, merged with the provider's own list when it answers (cached an
     hour by the provider; asked once, briefly, so that an unreachable API cannot hold the
-    request up)."""
-    options = await credential_options(state(), spec)
-    return await spec.catalog({**options, "timeout": CATALOG_TIMEOUT, "max_retries": 0})
+    request up). With ``?base_url=``, the list of that server: it gets a stored or
+    environment key only where an agent naming it would (:func:`credential_options`)."""
+    listed_from = _listed_from(spec)
+    options = await credential_options(state(), spec, listed_from)
+    try:
+        return await spec.catalog({**listed_from, **options, "timeout": CATALOG_TIMEOUT,
+                                   "max_retries": 0})
+    except ConfigError as exc:
+        raise ApiError(400, f"cannot list the models of provider {spec.name!r}: {exc}") from None
 
 
 @blueprint.get("/provider/<provider_id>/models")
@@ -86,9 +115,10 @@ async def get_credentials() -> Any:
             statuses[name] = CredentialStatus(type=stored[name], configured=True,
                                               base_url=await _bound_url(name))
         elif spec.auth_types:
-            from_env = bool(server.config.env_fallback and spec.env_key
-                            and os.environ.get(spec.env_key))
-            statuses[name] = CredentialStatus(type=spec.auth_types[0], configured=from_env)
+            # the same decision as the SDK's and the CLI's, for the provider's own endpoint
+            from_env = spec.resolve_api_key(env_fallback=server.config.env_fallback)
+            statuses[name] = CredentialStatus(type=spec.auth_types[0],
+                                              configured=from_env is not None)
     for name, kind in stored.items():  # credentials of providers not installed any more
         statuses.setdefault(name, CredentialStatus(type=kind, configured=True))
     view = wire.unstructure(CredentialsView(providers=statuses,

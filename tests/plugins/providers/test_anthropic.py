@@ -123,8 +123,9 @@ async def test_authentication_error_says_what_to_do(runtime: wingspan.Runtime) -
         with pytest.raises(ProviderError) as caught:
             await run(runtime, provider(runtime, server))
     message = str(caught.value)
-    assert message.startswith("anthropic: authentication failed (401) — check the API key")
-    assert "ANTHROPIC_API_KEY" in message and "invalid x-api-key" in message
+    assert message.startswith("anthropic: authentication failed (401) — check the API key "
+                              "(the api_key option)")  # not ANTHROPIC_API_KEY: not Anthropic's
+    assert "invalid x-api-key" in message
     assert caught.value.provider == "anthropic"
 
 

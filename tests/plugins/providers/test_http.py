@@ -5,12 +5,13 @@ from __future__ import annotations
 import email.utils
 import itertools
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wingspan import ConfigError, ProviderError
+from wingspan import ConfigError, ProviderError, ProviderSpec
 from wingspan.plugins import _http
 from wingspan.plugins._http import ServerSentEvent, SSEDecoder
 
@@ -102,25 +103,34 @@ def test_retry_delay_is_capped_backoff_with_jitter() -> None:
     assert delay(0, 0.5, {"retry-after": "3600"}) == 8.0  # but capped
 
 
+def never_built(options: object) -> Any:
+    raise AssertionError("parse_options never builds the provider")
+
+
+def spec(base_url: str = "http://x", env_key: str | None = None) -> ProviderSpec:
+    """A provider's spec, as :func:`_http.parse_options` reads it."""
+    return ProviderSpec(name="p", display_name="P", factory=never_built, base_url=base_url,
+                        env_key=env_key)
+
+
 def test_parse_options_names_every_unknown_option_and_checks_extras() -> None:
     extras = {"colour": _http.check_choice("red", "blue")}
     with pytest.raises(ConfigError) as caught:
-        _http.parse_options({"b": 1, "a": 2}, provider="p", base_url="http://x", extras=extras)
+        _http.parse_options({"b": 1, "a": 2}, spec=spec(), extras=extras)
     assert str(caught.value).startswith("p: unknown options 'a', 'b'; it takes api_key,")
     with pytest.raises(ConfigError, match=r"p: option 'colour' must be one of 'red', 'blue', "
                                           r"got 'green'"):
-        _http.parse_options({"colour": "green"}, provider="p", base_url="http://x",
-                            extras=extras)
+        _http.parse_options({"colour": "green"}, spec=spec(), extras=extras)
     settings = _http.parse_options({"colour": "red", "max_retries": 0, "timeout": 2},
-                                   provider="p", base_url="http://x/", extras=extras,
-                                   env_key="P_KEY", environ={"P_KEY": "k"})
+                                   spec=spec("http://x/", "P_KEY"), extras=extras,
+                                   environ={"P_KEY": "k"})
     assert (settings.base_url, settings.api_key, settings.max_retries, settings.timeout,
             dict(settings.extras)) == ("http://x", "k", 0, 2.0, {"colour": "red"})
     assert settings.for_call({"colour": "blue"}).extras["colour"] == "blue"
     with pytest.raises(ConfigError, match="must be an integer from 0 to 20"):
-        _http.parse_options({"max_retries": -1}, provider="p", base_url="http://x")
+        _http.parse_options({"max_retries": -1}, spec=spec())
     with pytest.raises(ConfigError, match="'timeout' must be a number above 0"):
-        _http.parse_options({"timeout": 0}, provider="p", base_url="http://x")
+        _http.parse_options({"timeout": 0}, spec=spec())
 
 
 def test_api_messages_from_error_bodies() -> None:
@@ -165,5 +175,5 @@ def test_an_environment_key_goes_only_to_the_official_endpoint(
 def test_base_url_must_be_a_real_url() -> None:
     for bad in ("http:\\\\host", "http://", "https://host:port", "ftp://host", "http://a b"):
         with pytest.raises(ConfigError, match="base_url") as caught:
-            _http.parse_options({"base_url": bad}, provider="p", base_url="https://x")
+            _http.parse_options({"base_url": bad}, spec=spec("https://x"))
         assert caught.value.option == "base_url"

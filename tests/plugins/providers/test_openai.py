@@ -38,7 +38,7 @@ async def test_requests_carry_system_tools_history_and_headers(
                                                    temperature=0.5))
     assert result.response == "42."
     first, second = server.requests
-    assert (first.method, first.path) == ("POST", "/chat/completions")
+    assert (first.method, first.path) == ("POST", "/v1/chat/completions")  # a bare origin
     assert first.headers["authorization"] == "Bearer sk-test"
     assert first.json == {
         "model": "gpt-5-mini",
@@ -163,8 +163,9 @@ async def test_errors_name_the_server_and_what_to_do(runtime: wingspan.Runtime) 
         with pytest.raises(ProviderError) as caught:
             await run(runtime, provider(runtime, server))
     assert str(caught.value) == (
-        "openai: not found (404): invalid_request_error: The model `gpt-9` does not exist — "
-        f"check the model name and base_url ({base_url})")
+        f"openai: POST {base_url}/v1/chat/completions answered 404 (not found): "
+        "invalid_request_error: The model `gpt-9` does not exist — check the model name and "
+        f"base_url ({base_url}/v1)")
     unreachable = runtime.get_provider("openai", {
         "base_url": "http://127.0.0.1:9/v1", "model": "m", "max_retries": 1, **FAST})
     with pytest.raises(ProviderError, match=r"openai: cannot reach http://127.0.0.1:9/v1 .*"
@@ -189,8 +190,8 @@ async def test_catalog_for_a_compatible_server_is_what_it_lists() -> None:
          "top_provider": {"max_completion_tokens": 8000}},
     ]}
     async with FakeServer([Reply.json(page)]) as server:
-        models = await openai.list_models({"base_url": server.base_url})
-    assert server.requests[0].path == "/models"
+        models = await openai.list_models({"base_url": server.base_url + "/v1"})
+    assert server.requests[0].path == "/v1/models"
     assert models == (
         wingspan.ModelInfo(id="Qwen/Qwen3-8B", name="Qwen/Qwen3-8B", context_window=32768),
         wingspan.ModelInfo(id="openrouter/model", name="Routed", context_window=200000,
