@@ -41,9 +41,11 @@ from .store import (
     StoreSpec,
     utc_now,
 )
+from .storekit import ClaimQueue, KeyValueStore, paginate
 from .tools import FunctionTool, Tool, ToolContext, ToolInvocation, ToolOutcome, tool
 from .transports import TransportSpec
 from .types import (
+    UNKNOWN_USAGE,
     ContentBlock,
     ContentBlockStart,
     ContentBlockStop,
@@ -75,9 +77,11 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "UNKNOWN_USAGE",
     "Accumulator",
     "Agent",
     "AgentRecord",
+    "ClaimQueue",
     "ConfigError",
     "ConflictError",
     "ContentBlock",
@@ -91,6 +95,7 @@ __all__ = [
     "InferenceRequest",
     "InferenceResponse",
     "InputJsonDelta",
+    "KeyValueStore",
     "Message",
     "MessageDelta",
     "MessageStart",
@@ -148,6 +153,7 @@ __all__ = [
     "list_plugins",
     "new_id",
     "open_store",
+    "paginate",
     "repair_history",
     "tool",
     "utc_now",

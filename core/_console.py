@@ -233,7 +233,8 @@ class TerminalPrinter:
             session = f" · session {self.session_id}" if self.session_id else ""
             self._line(
                 f"[{event.steps} step{'s' if event.steps != 1 else ''} · "  # type: ignore[union-attr]
-                f"{usage.input_tokens} input + {usage.output_tokens} output tokens · "
+                f"{_count(usage.input_tokens)} input + "
+                f"{_count(usage.output_tokens)} output tokens · "
                 f"{len(event.tool_calls)} tool call{'s' if len(event.tool_calls) != 1 else ''} · "  # type: ignore[union-attr]
                 f"stop: {event.stop_reason}{session}]"  # type: ignore[union-attr]
             )
@@ -254,3 +255,8 @@ class TerminalPrinter:
 def clip(text: str, limit: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _count(tokens: int | None) -> str:
+    """A token count, or ``?`` where the server reported none."""
+    return "?" if tokens is None else str(tokens)

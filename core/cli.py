@@ -185,6 +185,8 @@ def _main(argv: Sequence[str] | None) -> int:
         for error in runtime.plugin_errors:
             if args.command != "plugins":
                 print(f"wingspan: warning: {error}", file=sys.stderr)
+        for warning in runtime.plugin_warnings:  # a WINGSPAN_DISABLE name no plugin has
+            print(f"wingspan: warning: {warning}", file=sys.stderr)
         handler = {
             "plugins": _plugins,
             "tools": _tools,

@@ -7,7 +7,8 @@ load) -> ``check_pending()``. Contrib plugins load only when named. A named plug
 be found is a usage error; every other failure of a plugin (it fails to import, cannot be
 registered, implements a hook that does not exist, takes the name of another plugin) is
 reported — :attr:`Runtime.plugin_errors` and the ``wingspan.plugins`` logger — and the rest
-still load.
+still load. A name to block that is no plugin's is a warning
+(:attr:`Runtime.plugin_warnings`, the same logger), never an error.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import difflib
 import importlib
 import importlib.metadata
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -263,19 +264,20 @@ class _Loader:
 def load_plugins(
     pm: pluggy.PluginManager,
     *,
-    disable: Iterable[str] = (),
+    disable: Sequence[str] = (),
     autoload: bool = True,
     names: Sequence[str] = (),
     objects: Sequence[tuple[str, object]] = (),
-) -> tuple[list[PluginInfo], list[PluginLoadError]]:
+) -> tuple[list[PluginInfo], list[PluginLoadError], list[str]]:
     """Load plugins into ``pm`` in the documented order.
 
     :param disable: plugin names never to load.
     :param autoload: load every third-party entry point (else only ``names``).
     :param names: plugins to load by entry-point name or module path.
     :param objects: ``(name, plugin)`` pairs registered directly (tests, embedding apps).
-    :returns: the loaded plugins and the failures of those that did not load (each also
-        logged to ``wingspan.plugins``).
+    :returns: the loaded plugins; the failures of those that did not load; warnings — a
+        name in ``disable`` that is no plugin's (each failure and warning also logged to
+        ``wingspan.plugins``).
     :raises PluginLoadError: when a plugin named in ``names`` does not exist.
     """
     loader = _Loader(pm)
@@ -303,7 +305,23 @@ def load_plugins(
             loader.register(plugin, name, None, None)
     loader.drop_unknown_hooks()
     pm.check_pending()
-    return _describe(pm, loader.origins), loader.errors
+    known = {ep.name for ep in entry_points} | set(names) | {name for name, _ in objects}
+    warnings = [_unknown_disabled(name, known) for name in disable if name not in known]
+    return _describe(pm, loader.origins), loader.errors, warnings
+
+
+def _unknown_disabled(name: str, known: set[str]) -> str:
+    """Warn of a name to disable that is no plugin's (a typo, most likely: the plugin it
+    meant still loads), as the ``wingspan.plugins`` logger's WARNING record."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
+    message = (
+        f"plugin {name!r} is to be disabled (WINGSPAN_DISABLE), but no plugin has that name, "
+        f"so it disables nothing"
+        + (f"; did you mean {close[0]!r}?" if close else "")
+        + f" The plugins are: {', '.join(sorted(known))}"
+    )
+    plugin_logger.warning("%s", message, extra={"plugin": name})
+    return message
 
 
 def _describe(

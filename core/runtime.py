@@ -90,6 +90,11 @@ class Runtime:
     converter: cattrs.Converter
     #: Which plugin registered each tool (for listings).
     tool_plugins: Mapping[str, str]
+    #: Which plugin registered each provider and each store scheme (for errors naming it).
+    provider_plugins: Mapping[str, str] = attrs.field(factory=dict)
+    store_plugins: Mapping[str, str] = attrs.field(factory=dict)
+    #: What loading found odd but not wrong: a name to disable that is no plugin's.
+    plugin_warnings: tuple[str, ...] = ()
     #: How often each plugin's wingspan_event failed (to log the 1st, 2nd, 4th... failure).
     _observer_failures: dict[str, int] = attrs.field(factory=dict, init=False, repr=False)
 
@@ -134,7 +139,7 @@ class Runtime:
         """
         settings = settings or Settings.from_env()
         pm = make_plugin_manager()
-        infos, errors = load_plugins(
+        infos, errors, warnings = load_plugins(
             pm,
             disable=settings.disable,
             autoload=settings.autoload,
@@ -156,6 +161,9 @@ class Runtime:
             plugin_errors=tuple(errors),
             converter=make_converter(),
             tool_plugins={k: plugin for k, (_, plugin) in tools.items()},
+            provider_plugins={k: plugin for k, (_, plugin) in providers.items()},
+            store_plugins={k: plugin for k, (_, plugin) in stores.items()},
+            plugin_warnings=tuple(warnings),
         )
         pm.hook.wingspan_configure.call_historic(kwargs={"runtime": runtime})
         return runtime
@@ -251,6 +259,7 @@ class Runtime:
 
         :raises NotFoundError: naming the unknown provider and the known ones.
         :raises ConfigError: when the options are wrong (from the provider's factory).
+        :raises PluginError: naming the plugin, when its factory returns no provider.
         """
         spec = self.providers.get(name)
         if spec is None:
@@ -258,7 +267,14 @@ class Runtime:
             raise NotFoundError(f"unknown provider {name!r}; the providers installed are: {known}")
         if options is not None and not isinstance(options, Mapping):
             raise ConfigError(f"provider {name!r}: options must be a mapping, got {options!r}")
-        return spec.factory(dict(options or {}))
+        provider: object = spec.factory(dict(options or {}))  # what it is, not what it says
+        if not isinstance(provider, Provider):
+            raise self._not_built(
+                self.provider_plugins.get(name), f"the factory of provider {name!r}",
+                provider, "a Provider (an object with a stream(request) method)",
+                "ProviderSpec.factory must return one, or raise ConfigError",
+            )
+        return provider
 
     def get_tools(self, names: Iterable[str] | None = None) -> list[Tool]:
         """The tools named (all of them when ``names`` is ``None``), sorted by name.
@@ -283,13 +299,39 @@ class Runtime:
         """Open the store at ``url`` with the plugin claiming its scheme.
 
         :raises ConfigError: for a URL whose scheme no plugin claims.
+        :raises PluginError: naming the plugin, when its ``open`` gives no store.
         """
         scheme = urlsplit(url).scheme if "://" in url else ""
         spec = self.stores.get(scheme)
         if spec is None:
             known = ", ".join(f"{s}://" for s in sorted(self.stores)) or "none"
             raise ConfigError(f"no store plugin handles {url!r}; the store URLs known are: {known}")
-        return await spec.open(url, self.settings.stores)
+        plugin = self.store_plugins.get(scheme)
+        what = f"the open() of store scheme {scheme!r}"
+        opening: object = spec.open(url, self.settings.stores)  # what it is, not what it says
+        if not inspect.isawaitable(opening):
+            raise self._not_built(plugin, what, opening, "an awaitable",
+                                  "StoreSpec.open must be an async function returning a Store")
+        store: object = await opening
+        if not isinstance(store, Store):
+            missing = [m for m in _STORE_METHODS if not callable(getattr(store, m, None))]
+            raise self._not_built(
+                plugin, what, store, "a Store",
+                f"it lacks {', '.join(missing)}" if store is not None and missing
+                else "StoreSpec.open must return one, or raise ConfigError",
+            )
+        return store
+
+    @staticmethod
+    def _not_built(
+        plugin: str | None, what: str, built: object, wanted: str, advice: str
+    ) -> PluginError:
+        """The error for a factory that returned something it should not have."""
+        if inspect.iscoroutine(built):
+            built.close()  # never awaited: say so here, not in a RuntimeWarning
+        shown = "None" if built is None else _describe_item(built)
+        by = f"plugin {plugin!r}: " if plugin else ""
+        return PluginError(f"{by}{what} returned {shown}, not {wanted}; {advice}", plugin=plugin)
 
     def list_plugins(self) -> list[PluginInfo]:
         """Every loaded plugin with its distribution, version and hooks."""
@@ -312,9 +354,10 @@ class _Registration:
 
 
 _ANY_NAME = re.compile(r"\S(?:.*\S)?", re.S)
+_ANY_NAME_RULE = "a non-empty string with no space at either end"
 _PROVIDERS = _Registration(
     "wingspan_providers", "provider", ProviderSpec, lambda spec: spec.name,
-    _ANY_NAME, "a non-empty string", "return wingspan.ProviderSpec objects",
+    _ANY_NAME, _ANY_NAME_RULE, "return wingspan.ProviderSpec objects",
 )
 _TOOLS = _Registration(
     "wingspan_tools", "tool", Tool, lambda tool: tool.name,
@@ -328,9 +371,15 @@ _STORES = _Registration(
 )
 _TRANSPORTS = _Registration(
     "wingspan_transports", "transport", TransportSpec, lambda spec: spec.name,
-    _ANY_NAME, "a non-empty string", "return wingspan.TransportSpec objects",
+    _ANY_NAME, _ANY_NAME_RULE, "return wingspan.TransportSpec objects",
 )
 
+
+#: The methods of the Store protocol, to name those a non-store lacks.
+_STORE_METHODS = tuple(
+    name for name, value in vars(Store).items()
+    if not name.startswith("_") and inspect.iscoroutinefunction(value)
+)
 
 _brief = reprlib.Repr()
 _brief.maxother = _brief.maxstring = 80

@@ -27,6 +27,7 @@ from .providers import Accumulator
 from .store import RunRecord, SessionRecord, Store, utc_now
 from .tools import ToolContext, ToolInvocation, ToolOutcome, check_input, run_tool
 from .types import (
+    UNKNOWN_USAGE,
     Done,
     InferenceRequest,
     Message,
@@ -206,7 +207,8 @@ class Session:
         provider = agent.provider
         tool_map = agent.tool_map
         tool_settings = runtime.settings.tools
-        steps = input_tokens = output_tokens = 0
+        steps = 0
+        usage = UNKNOWN_USAGE  # a sum of counts, unknown until a call reports one
         tool_calls: list[ToolCall] = []
         response_text = ""
         stop_reason = "end_turn"
@@ -268,8 +270,7 @@ class Session:
                         if aclose is not None:
                             await aclose()
                     response = accumulator.response()
-                    input_tokens += response.usage.input_tokens
-                    output_tokens += response.usage.output_tokens
+                    usage = usage + response.usage
                     stop_reason = response.stop_reason
                     await self._append(Message(role="assistant", content=response.content))
                     pending = accumulator.tool_uses
@@ -336,13 +337,13 @@ class Session:
                         error,
                         outcomes,
                         steps,
-                        Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+                        usage,
                         stop_reason,
                     )
                 )
 
         done = Done(
-            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+            usage=usage,
             steps=steps,
             response=response_text,
             tool_calls=tuple(tool_calls),

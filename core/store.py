@@ -3,6 +3,8 @@
 A store keeps agents, sessions, message history (append-only, ordered), run records, the
 leases that serialise runs on a session, and provider credentials. It is opened from a URL
 by the plugin claiming the URL's scheme: ``await wingspan.open_store("sqlite:///path")``.
+Helpers for writing one (:class:`~wingspan.KeyValueStore`, :class:`~wingspan.ClaimQueue`,
+:func:`~wingspan.paginate`) are in :mod:`wingspan.storekit`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 import attrs
 
 __all__ = [
+    "UNKNOWN_USAGE",
     "ContentBlock",
     "ContentBlockStart",
     "ContentBlockStop",
@@ -122,16 +123,28 @@ class Message:
 
 @attrs.frozen(kw_only=True)
 class Usage:
-    """Token counts. Adding two gives their sum."""
+    """Token counts; ``None`` where the server did not report one (unknown, which is not
+    zero). Adding two gives their sum: an unknown count adds nothing, and a sum is unknown
+    only when every part of it is."""
 
-    input_tokens: int = 0
-    output_tokens: int = 0
+    input_tokens: int | None = 0
+    output_tokens: int | None = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
+            input_tokens=_plus(self.input_tokens, other.input_tokens),
+            output_tokens=_plus(self.output_tokens, other.output_tokens),
         )
+
+
+#: The usage of a call the server reported none for.
+UNKNOWN_USAGE = Usage(input_tokens=None, output_tokens=None)
+
+
+def _plus(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
 
 
 @attrs.frozen(kw_only=True)

@@ -19,6 +19,7 @@ import attrs
 
 import wingspan
 from wingspan import (
+    UNKNOWN_USAGE,
     ConfigError,
     InferenceRequest,
     Message,
@@ -165,7 +166,7 @@ class _Translator:
         self._calls = 0
         self._started = False
         self._stop_reason: str | None = None
-        self._usage = Usage()
+        self._usage = UNKNOWN_USAGE  # until the last chunk reports it
         self.done = False
 
     def id_prefix(self) -> str:
@@ -209,8 +210,8 @@ class _Translator:
             self.done = True
             reason = chunk.get("done_reason") or "stop"
             self._stop_reason = STOP_REASONS.get(reason, reason)
-            self._usage = Usage(input_tokens=int(chunk.get("prompt_eval_count") or 0),
-                                output_tokens=int(chunk.get("eval_count") or 0))
+            self._usage = Usage(input_tokens=_http.token_count(chunk.get("prompt_eval_count")),
+                                output_tokens=_http.token_count(chunk.get("eval_count")))
         return events
 
     def finish(self) -> list[StreamEvent]:

@@ -22,6 +22,7 @@ import attrs
 
 import wingspan
 from wingspan import (
+    UNKNOWN_USAGE,
     ConfigError,
     InferenceRequest,
     Message,
@@ -212,7 +213,7 @@ class _Translator:
         self._blocks = _http.BlockWriter()
         self._calls: dict[int, _ToolCall] = {}
         self._finish_reason: str | None = None
-        self._usage = Usage()
+        self._usage = UNKNOWN_USAGE  # until the server reports it (not every one does)
         self._started = False
         self.done = False
 
@@ -241,8 +242,8 @@ class _Translator:
             events.append(MessageStart())
         usage = chunk.get("usage")
         if isinstance(usage, Mapping):
-            self._usage = Usage(input_tokens=int(usage.get("prompt_tokens") or 0),
-                                output_tokens=int(usage.get("completion_tokens") or 0))
+            self._usage = Usage(input_tokens=_http.token_count(usage.get("prompt_tokens")),
+                                output_tokens=_http.token_count(usage.get("completion_tokens")))
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue

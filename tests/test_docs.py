@@ -5,13 +5,20 @@
   ``docs/plugins.md``;
 - every ``python`` block of ``docs/sdk.md`` and ``README.md`` runs, in order, in one fresh
   namespace per file, inside a temporary working directory. A block preceded by a
-  ``<!-- no-run -->`` line is skipped.
+  ``<!-- no-run -->`` line is skipped;
+- the blocks of ``docs/plugins.md`` whose first line names a file (``# wingspan_files.py``,
+  ``# tests/test_files.py``, ``# pyproject.toml``) are a plugin author's project: written to
+  a fresh directory, installed (its entry points), its tests pass there, twice in a row.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +167,80 @@ def test_python_examples_run(
             exec(compiled, namespace)
         except Exception as exc:
             raise AssertionError(f"the example at {path}:{line} failed: {exc!r}") from exc
+
+
+# --- the plugin project of docs/plugins.md -------------------------------------------------
+
+FILE_NAME = re.compile(r"# ((?:[\w-]+/)*[\w-]+\.(?:py|toml))")
+#: Seconds each command of the example project may take.
+PROJECT_WAIT = 240
+
+
+def example_project() -> dict[str, str]:
+    """The files of the plugin project shown in docs/plugins.md: path -> text."""
+    files: dict[str, str] = {}
+    for line, language, code, _ in code_blocks(read(DOCS / "plugins.md")):
+        match = FILE_NAME.fullmatch(code.partition("\n")[0])
+        if language in ("python", "toml") and match:
+            assert match.group(1) not in files, f"docs/plugins.md:{line} repeats {match.group(1)}"
+            files[match.group(1)] = code + "\n"
+    return files
+
+
+def test_the_plugin_project_in_the_docs_is_whole() -> None:
+    files = example_project()
+    project = tomllib.loads(files["pyproject.toml"])
+    entry_points = project["project"]["entry-points"]["wingspan"]
+    assert set(entry_points) == {"wingspan_shout", "wingspan_echo", "wingspan_files"}
+    for name, module in entry_points.items():
+        assert module == name and f"{module}.py" in files, "entry-point name = module name"
+    assert sorted(project["tool"]["setuptools"]["py-modules"]) == sorted(entry_points)
+    assert {"tests/test_shout.py", "tests/test_echo.py", "tests/test_files.py"} <= set(files)
+    assert "asyncio_mode" in project["tool"]["pytest"]["ini_options"]
+
+
+def install_example_project(root: Path) -> dict[str, str]:
+    """Write the project under ``root`` and register its entry points as ``pip install -e``
+    would (a ``.dist-info`` on the path); returns the environment to run it in."""
+    files = example_project()
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    project = tomllib.loads(files["pyproject.toml"])["project"]
+    info = root / f"wingspan_demo-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+    )
+    entry_points = project["entry-points"]["wingspan"]
+    (info / "entry_points.txt").write_text(
+        "[wingspan]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    )
+    # A fresh shell: none of this project's pytest, hypothesis or wingspan settings.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTEST_", "HYPOTHESIS", "WINGSPAN_", "PYTHON"))}
+    return {**env, "PYTHONPATH": str(root)}
+
+
+def test_the_plugin_project_in_the_docs_installs_and_passes_its_tests_twice(
+    tmp_path: Path,
+) -> None:
+    """A plugin author's fresh checkout of the project docs/plugins.md shows: the plugins load
+    through their entry points, and pytest passes — the store contract suite included, with no
+    conftest.py and no hypothesis settings of the project's own — on the first run and the
+    next (which replays hypothesis' examples database)."""
+    env = install_example_project(tmp_path)
+    listed = subprocess.run(
+        [sys.executable, "-m", "wingspan.cli", "plugins"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=PROJECT_WAIT,
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    for plugin in ("wingspan_shout", "wingspan_echo", "wingspan_files"):
+        assert plugin in listed.stdout
+    for attempt in ("first", "second"):
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=tmp_path,
+            env=env, capture_output=True, text=True, timeout=PROJECT_WAIT,
+        )
+        assert run.returncode == 0, f"the {attempt} run failed:\n{run.stdout}\n{run.stderr}"
+        assert re.search(r"\b10 passed\b", run.stdout), run.stdout

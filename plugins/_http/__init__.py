@@ -23,7 +23,14 @@ from wingspan.providers import origin, same_origin
 from .blocks import BlockWriter, call_id_prefix
 from .catalog import ModelCatalog
 from .client import HttpClient, api_message, retry_after, retry_delay
-from .framing import NDJSONDecoder, ServerSentEvent, SSEDecoder, load_json, translate
+from .framing import (
+    NDJSONDecoder,
+    ServerSentEvent,
+    SSEDecoder,
+    load_json,
+    token_count,
+    translate,
+)
 from .options import (
     DEFAULT_MAX_TOKENS,
     Check,
@@ -73,5 +80,6 @@ __all__ = [
     "retry_delay",
     "same_origin",
     "spec_fields",
+    "token_count",
     "translate",
 ]

@@ -131,6 +131,13 @@ class NDJSONDecoder:
 T = TypeVar("T")
 
 
+def token_count(value: Any) -> int | None:
+    """A token count as a server reports it; ``None`` when it reports none (unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return int(value)
+
+
 def load_json(client: HttpClient, data: str) -> Any:
     """An SSE event's data as JSON, or the malformed-chunk error."""
     try:

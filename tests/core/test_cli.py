@@ -71,3 +71,15 @@ def test_errors_are_one_clear_line() -> None:
         assert out.returncode == 1, args
         assert out.stderr.startswith("wingspan: error: ") and message in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_a_disabled_name_no_plugin_has_is_a_warning_on_every_command() -> None:
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "WINGSPAN_DISABLE": "sqlit"}
+    out = subprocess.run([sys.executable, "-m", "wingspan.cli", "plugins"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "wingspan: warning:" in out.stderr and "'sqlit'" in out.stderr
+    assert "Traceback" not in out.stderr

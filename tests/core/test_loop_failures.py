@@ -13,8 +13,7 @@ import pytest
 
 import wingspan
 from wingspan import Agent, Message, ProviderError, Session, TextBlock, check_history
-from wingspan.provider_conformance import FakeServer, Pause, ScriptedTurn
-from wingspan.testing import make_runtime, scripted
+from wingspan.testing import FakeServer, Pause, ScriptedTurn, make_runtime, scripted
 
 from ..plugins.providers.fakes import OpenAIAPI
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -251,6 +252,72 @@ def test_a_right_item_beside_a_wrong_one_is_registered() -> None:
     assert "p" in runtime.providers and runtime.plugin_errors[0].plugin == "half"
 
 
+# --- factories that build nothing -------------------------------------------------------------
+
+
+class Hollow:
+    """A provider factory and store openers that give no provider or store."""
+
+    @wingspan.hookimpl
+    def wingspan_providers(self) -> list[wingspan.ProviderSpec]:
+        async def built_later(options: Any) -> Any:  # async by mistake
+            return None
+
+        return [wingspan.ProviderSpec(name="none", display_name="N", factory=lambda o: None),
+                wingspan.ProviderSpec(name="later", display_name="L", factory=built_later)]
+
+    @wingspan.hookimpl
+    def wingspan_stores(self) -> list[wingspan.StoreSpec]:
+        async def nothing(url: str, settings: Any) -> Any:
+            return None
+
+        async def half(url: str, settings: Any) -> Any:
+            return types.SimpleNamespace(close=lambda: None)  # no other method
+
+        def not_async(url: str, settings: Any) -> Any:
+            return None
+
+        return [wingspan.StoreSpec(scheme="nothing", open=nothing),
+                wingspan.StoreSpec(scheme="half", open=half),
+                wingspan.StoreSpec(scheme="sync", open=not_async)]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("none", "returned None, not a Provider"), ("later", "returned coroutine")],
+)
+def test_a_provider_factory_that_builds_nothing_is_an_error_naming_the_plugin(
+    name: str, expected: str
+) -> None:
+    runtime = make_runtime(plugins=[("hollow", Hollow())])
+    with pytest.raises(wingspan.PluginError) as caught:
+        runtime.get_provider(name, {})
+    assert caught.value.plugin == "hollow"
+    assert str(caught.value).startswith(f"plugin 'hollow': the factory of provider {name!r}")
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("nothing://", "returned None, not a Store"),
+        ("half://", "it lacks create_agent, get_agent,"),
+        ("sync://", "not an awaitable; StoreSpec.open must be an async function"),
+    ],
+)
+async def test_a_store_open_that_gives_no_store_is_an_error_naming_the_plugin(
+    url: str, expected: str
+) -> None:
+    runtime = make_runtime(plugins=[("hollow", Hollow())])
+    with pytest.raises(wingspan.PluginError) as caught:
+        await runtime.open_store(url)
+    assert caught.value.plugin == "hollow" and str(caught.value).startswith("plugin 'hollow'")
+    assert expected in str(caught.value)
+    if url == "half://":
+        lacking = str(caught.value).partition("lacks ")[2].split(", ")
+        assert len(lacking) == 20 and "list_credentials" in lacking and "close" not in lacking
+
+
 # --- entry points taking a built-in's name (item 2) ------------------------------------------
 
 
@@ -359,7 +426,8 @@ def bad_site(site: Site) -> Path:
 
 def command_env(path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WINGSPAN_", "PYTHON"))}
-    return {**env, "PYTHONPATH": str(path)}
+    # `wingspan run` keeps its conversation in the default store: one of the test's own
+    return {**env, "PYTHONPATH": str(path), "XDG_DATA_HOME": str(path / "data")}
 
 
 def wingspan_command(path: Path, *args: str) -> subprocess.CompletedProcess[str]:

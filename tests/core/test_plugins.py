@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -81,6 +82,30 @@ def test_disable_blocks_a_plugin_without_importing_it(third_party: Path) -> None
     runtime = Runtime.from_settings(Settings.from_env({"WINGSPAN_DISABLE": "broken, test"}))
     assert runtime.plugin_errors == ()
     assert "test" not in runtime.providers and "shout" in runtime.tools
+
+
+def test_disabling_a_name_no_plugin_has_is_a_warning_not_an_error(
+    third_party: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo in WINGSPAN_DISABLE leaves the plugin meant loaded: say so, and go on."""
+    env = {"WINGSPAN_DISABLE": "memroy, test, nope, good", "WINGSPAN_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    with caplog.at_level(logging.WARNING, logger="wingspan"):
+        runtime = Runtime.from_settings(Settings.from_env(env))
+    assert runtime.plugin_errors == ()
+    assert "test" not in runtime.providers and "memory" in runtime.stores
+    # 'good' is installed (autoload is off, so it would not load anyway): no warning
+    memroy, nope = runtime.plugin_warnings
+    assert "'memroy'" in memroy and "did you mean 'memory'?" in memroy
+    assert "'nope'" in nope and "did you mean" not in nope and "memory" in nope
+    records = [r for r in caplog.records if r.name == "wingspan.plugins"]
+    assert [(r.levelname, r.plugin) for r in records] == [  # type: ignore[attr-defined]
+        ("WARNING", "memroy"), ("WARNING", "nope")]
+    # and `wingspan plugins` does not fail for it
+    out = subprocess.run(
+        [sys.executable, "-m", "wingspan.cli", "plugins"], capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "WINGSPAN_DISABLE": "nope"}, timeout=60,
+    )
+    assert out.returncode == 0 and "FAILED" not in out.stdout, out.stdout + out.stderr
 
 
 def test_autoload_off_loads_only_builtins_and_named_plugins(third_party: Path) -> None:

@@ -18,7 +18,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from wingspan.plugins.http.app import create_app
-from wingspan.provider_conformance import FakeServer, ScriptedTurn
+from wingspan.testing import FakeServer, ScriptedTurn
 
 from ..providers.fakes import AnthropicAPI, OpenAIAPI
 from .conftest import WAIT, make_config, start_server

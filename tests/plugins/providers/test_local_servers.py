@@ -392,3 +392,34 @@ def test_the_cli_finds_the_key_by_the_same_rule(tmp_path: Path) -> None:
     assert spec.resolve_api_key({"base_url": "http://127.0.0.1:1"},
                                 environ=env) is None  # the rule the CLI followed
 
+
+
+async def test_a_server_that_reports_no_usage_leaves_it_unknown(
+        runtime: wingspan.Runtime, tmp_path: Path) -> None:
+    """llama.cpp without ``stream_options`` support sends no usage: that is unknown (null),
+    not "0 input + 0 output tokens"; a run's sum is unknown only while every part is."""
+    from .fakes import data, openai_chunk
+
+    silent = Reply.stream([data(openai_chunk({"role": "assistant", "content": "Hi."})),
+                           data(openai_chunk({}, "stop")), b"data: [DONE]\n\n"])
+    async with FakeServer([silent, silent]) as server:
+        provider = runtime.get_provider("openai", {"base_url": server.base_url, "model": "m",
+                                                   **FAST})
+        _, result, session = await run(runtime, provider, tools=[])
+        assert result.usage == wingspan.UNKNOWN_USAGE
+        assert result.usage.input_tokens is None and result.usage.output_tokens is None
+        store = await runtime.open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        try:
+            stored = wingspan.Session(agent=session.agent, store=store, runtime=runtime)
+            stream = stored.stream("again")
+            async with asyncio.timeout(20):
+                async for _ in stream:
+                    pass
+            run_record = await store.get_run(stream.run_id)
+            assert run_record.usage == wingspan.UNKNOWN_USAGE
+            assert wingspan.wire.unstructure(run_record)["usage"] == {
+                "input_tokens": None, "output_tokens": None}
+        finally:
+            await store.close()
+    assert wingspan.UNKNOWN_USAGE + wingspan.Usage(input_tokens=3, output_tokens=1) == \
+        wingspan.Usage(input_tokens=3, output_tokens=1)

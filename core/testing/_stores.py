@@ -1,25 +1,14 @@
-"""The testing kit for wingspan users and plugin authors.
-
-- :func:`make_runtime` builds an isolated :class:`~wingspan.Runtime` (no ambient plugins);
-- :func:`scripted` builds the ``test`` provider from a script;
-- :class:`StoreStateMachine` / :func:`store_state_machine` are the store contract suite: a
-  hypothesis state machine that drives any :class:`~wingspan.Store` against a model of it,
-  and :class:`ClaimContract` checks the waiting side of its claims;
-- :class:`ProviderConformance` is the provider conformance suite: shared scenarios run against
-  a provider's fake server (:class:`FakeServer`) speaking its real wire format.
-
-This module needs the ``test`` extra (hypothesis, anyio): ``pip install 'wingspan[test]'``.
-"""
+"""The store contract suite: a hypothesis state machine driving a store against a model."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio.from_thread
 import attrs
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -30,81 +19,12 @@ from hypothesis.stateful import (
     rule,
 )
 
-from .errors import NotFoundError
-from .ids import new_id
-from .provider_conformance import (
-    DROP,
-    FakeServer,
-    Pause,
-    ProviderConformance,
-    RecordedRequest,
-    Reply,
-    ScriptedToolCall,
-    ScriptedTurn,
-    assert_stream_shape,
-)
-from .providers import Provider
-from .runtime import Runtime, Settings
-from .store import AgentRecord, Credential, Page, RunRecord, SessionRecord, Store
-from .types import Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
+from ..errors import ConflictError, NotFoundError, StoreError
+from ..ids import new_id
+from ..store import AgentRecord, Credential, Page, RunRecord, SessionRecord, Store
+from ..types import Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
 
-__all__ = [
-    "DROP",
-    "ClaimContract",
-    "FakeServer",
-    "Pause",
-    "ProviderConformance",
-    "RecordedRequest",
-    "Reply",
-    "ScriptedToolCall",
-    "ScriptedTurn",
-    "StoreStateMachine",
-    "assert_stream_shape",
-    "make_runtime",
-    "scripted",
-    "store_state_machine",
-]
-
-
-def make_runtime(
-    *,
-    plugins: Sequence[tuple[str, object]] = (),
-    disable: Sequence[str] = (),
-    autoload: bool = False,
-    names: Sequence[str] = (),
-    tools: Mapping[str, Any] | None = None,
-    stores: Mapping[str, Any] | None = None,
-) -> Runtime:
-    """An isolated runtime: the built-in plugins plus ``plugins``, ignoring the environment.
-
-    :param plugins: ``(name, plugin)`` pairs to register, e.g. ``[("mine", my_module)]``.
-    :param disable: plugin names to block.
-    :param autoload: also load every installed third-party plugin.
-    :param names: plugins to load by entry-point name or module path.
-    :param tools: tool settings (:attr:`ToolContext.settings`).
-    :param stores: store settings.
-    """
-    settings = Settings(
-        disable=tuple(disable),
-        autoload=autoload,
-        plugins=tuple(names),
-        tools=dict(tools or {}),
-        stores=dict(stores or {}),
-    )
-    return Runtime.from_settings(settings, plugins=plugins)
-
-
-def scripted(script: Sequence[Any] | Callable[..., Any], **options: Any) -> Provider:
-    """The ``test`` provider replaying ``script`` (see :mod:`wingspan.plugins.test`)."""
-    from wingspan.plugins.test import make_test_provider
-
-    return make_test_provider({"script": list(script) if isinstance(script, Sequence) else script,
-                               **options})
-
-
-# -------------------------------------------------------------------------------------------
-# The store contract suite
-# -------------------------------------------------------------------------------------------
+__all__ = ["StoreStateMachine", "store_state_machine"]
 
 _names = st.text(st.characters(codec="utf-8"), max_size=20)
 _texts = st.text(max_size=40)
@@ -174,8 +94,6 @@ class StoreStateMachine(RuleBasedStateMachine):
         return self.portal.call(lambda: method(*args, **kwargs))
 
     def teardown(self) -> None:
-        from .errors import StoreError
-
         try:
             self.call(self.store.close)
             try:
@@ -204,8 +122,6 @@ class StoreStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.model_agents) or bool(self.model_sessions))
     @rule(data=st.data())
     def create_duplicate(self, data: st.DataObject) -> None:
-        from .errors import ConflictError
-
         kinds = [k for k, model in (("agent", self.model_agents),
                                     ("session", self.model_sessions)) if model]
         kind = data.draw(st.sampled_from(kinds))
@@ -241,9 +157,10 @@ class StoreStateMachine(RuleBasedStateMachine):
 
     @rule(agent_id=consumes(agents))
     def delete_agent(self, agent_id: str) -> None:
-        if agent_id in self.model_agents:
+        record = self.model_agents.pop(agent_id, None)
+        if record is not None:
             self.call(self.store.delete_agent, agent_id)
-            del self.model_agents[agent_id]
+            self._assert_missing(self.store.update_agent, record)
         self._assert_missing(self.store.get_agent, agent_id)
         self._assert_missing(self.store.delete_agent, agent_id)
 
@@ -278,14 +195,17 @@ class StoreStateMachine(RuleBasedStateMachine):
 
     @rule(session_id=consumes(sessions))
     def delete_session(self, session_id: str) -> None:
-        if session_id in self.model_sessions:
+        record = self.model_sessions.pop(session_id, None)
+        if record is not None:
             self.call(self.store.delete_session, session_id)
-            del self.model_sessions[session_id]
             del self.model_messages[session_id]
             self.model_holders.pop(session_id, None)
-            self.model_runs = {
-                k: r for k, r in self.model_runs.items() if r.session_id != session_id
-            }
+            runs = [k for k, r in self.model_runs.items() if r.session_id == session_id]
+            for run_id in runs:  # deleted with their session
+                del self.model_runs[run_id]
+                self._assert_missing(self.store.get_run, run_id)
+            self._assert_missing(self.store.update_session, record)
+            self._assert_missing(self.store.save_run, RunRecord(id=new_id(), session_id=session_id))
         self._assert_missing(self.store.get_session, session_id)
         self._assert_missing(self.store.load_messages, session_id)
         self._assert_missing(self.store.append_messages, session_id, [])
@@ -407,121 +327,35 @@ class StoreStateMachine(RuleBasedStateMachine):
         raise AssertionError(f"{method.__name__}{args} should raise NotFoundError")
 
 
-class ClaimContract:
-    """The waiting side of ``claim_session``, which the state machine (claims with
-    ``wait=False``) does not reach: first come first served, timeouts, cancelled waiters,
-    releases by others, deleted sessions. Subclass it in a test module with a class whose name
-    starts with ``Test`` and an async ``open_store`` returning a fresh, empty store::
 
-        class TestMyStoreClaims(ClaimContract):
-            @staticmethod
-            async def open_store():
-                return await open_my_store("my://...")
-
-    Each test runs on its own event loop, so no asyncio plugin for pytest is needed.
-    """
-
-    #: Seconds any wait of these tests may last.
-    WAIT = 10.0
-
-    @staticmethod
-    async def open_store() -> Store:
-        raise NotImplementedError("subclass ClaimContract and define open_store")
-
-    def _run(self, scenario: Callable[[Store], Awaitable[None]]) -> None:
-        async def main() -> None:
-            store = await self.open_store()
-            try:
-                await store.create_session(SessionRecord(id="s"))
-                await asyncio.wait_for(scenario(store), self.WAIT)
-            finally:
-                await store.close()
-
-        asyncio.run(main())
-
-    def test_claims_are_first_come_first_served(self) -> None:
-        async def scenario(store: Store) -> None:
-            assert await store.claim_session("s", "first")
-            order: list[str] = []
-
-            async def wait_turn(holder: str) -> None:
-                assert await store.claim_session("s", holder)
-                order.append(holder)
-                await store.release_session("s", holder)
-
-            waiters = []
-            for holder in ("second", "third", "fourth"):
-                waiters.append(asyncio.create_task(wait_turn(holder)))
-                await asyncio.sleep(0.02)  # let each one queue before the next
-            assert not await store.claim_session("s", "late", wait=False)
-            await store.release_session("s", "first")
-            await asyncio.gather(*waiters)
-            assert order == ["second", "third", "fourth"]
-
-        self._run(scenario)
-
-    def test_a_wait_times_out_and_leaves_the_queue(self) -> None:
-        async def scenario(store: Store) -> None:
-            assert await store.claim_session("s", "holder")
-            assert not await store.claim_session("s", "patient", timeout=0.05)
-            await store.release_session("s", "holder")
-            assert await store.claim_session("s", "next", wait=False)
-
-        self._run(scenario)
-
-    def test_a_cancelled_waiter_leaves_the_queue(self) -> None:
-        async def scenario(store: Store) -> None:
-            assert await store.claim_session("s", "holder")
-            waiter = asyncio.create_task(store.claim_session("s", "impatient"))
-            await asyncio.sleep(0.05)
-            waiter.cancel()
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                pass
-            else:
-                raise AssertionError("a cancelled claim_session should raise CancelledError")
-            await store.release_session("s", "holder")
-            assert await store.claim_session("s", "next", wait=False)
-
-        self._run(scenario)
-
-    def test_a_release_by_a_non_holder_does_nothing(self) -> None:
-        async def scenario(store: Store) -> None:
-            assert await store.claim_session("s", "holder")
-            await store.release_session("s", "someone-else")
-            await store.release_session("missing-session", "holder")
-            assert not await store.claim_session("s", "other", wait=False)
-            assert await store.claim_session("s", "holder", wait=False)  # the holder again
-
-        self._run(scenario)
-
-    def test_deleting_a_session_ends_its_waits(self) -> None:
-        async def scenario(store: Store) -> None:
-            assert await store.claim_session("s", "holder")
-            waiter = asyncio.create_task(store.claim_session("s", "waiting"))
-            await asyncio.sleep(0.05)
-            await store.delete_session("s")
-            try:
-                await waiter
-            except NotFoundError:
-                return
-            raise AssertionError("a wait on a deleted session should raise NotFoundError")
-
-        self._run(scenario)
-
-
-def store_state_machine(open_store: Callable[[], Awaitable[Store]]) -> type[StoreStateMachine]:
+def store_state_machine(
+    open_store: Callable[[], Awaitable[Store]],
+    *,
+    max_examples: int = 60,
+    stateful_step_count: int = 40,
+) -> type[StoreStateMachine]:
     """The contract suite bound to a store factory. In a test module::
 
-        TestMyStore = store_state_machine(lambda: open_my_store("my://...")).TestCase
+        TestMyStore = store_state_machine(fresh_store).TestCase
+
+    The suite carries its own hypothesis settings: no deadline and no health checks (they
+    would judge the suite's own input generation and the speed of the machine, not the
+    store), so it passes in a project with no hypothesis configuration of its own. Change
+    how much it does with ``max_examples`` and ``stateful_step_count``.
 
     :param open_store: an async callable returning a fresh, empty store each time.
+    :param max_examples: how many runs of the state machine.
+    :param stateful_step_count: at most how many store calls in each run.
     """
 
     async def opener() -> Store:
         return await open_store()
 
-    return type(
-        "StoreContract", (StoreStateMachine,), {"open_store": staticmethod(opener)}
+    machine = type("StoreContract", (StoreStateMachine,), {"open_store": staticmethod(opener)})
+    contract_settings = settings(
+        max_examples=max_examples,
+        stateful_step_count=stateful_step_count,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
     )
+    return contract_settings(machine)
