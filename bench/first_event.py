@@ -52,14 +52,14 @@ TEXT = ("Hello", " from", " a", " local", " model", ".")
 def _answer(request: Any, delay: float = 0.0) -> Any:
     """The streamed answer to ``request``; ``delay`` seconds pass before its first chunk (a
     model's prompt processing), none by default."""
-    from wingspan.fake_server import Pause
+    from wingspan.testing import Pause
 
     reply = _reply(request)
     return reply.insert(Pause(delay), 0) if delay else reply
 
 
 def _reply(request: Any) -> Any:
-    from wingspan.fake_server import Reply
+    from wingspan.testing import Reply
 
     def sse(value: Any, event: str | None = None) -> bytes:
         head = f"event: {event}\n" if event else ""
@@ -96,7 +96,7 @@ def _reply(request: Any) -> Any:
 
 
 async def _serve(delay: float) -> None:
-    from wingspan.fake_server import FakeServer
+    from wingspan.testing import FakeServer
 
     server = FakeServer(handler=lambda request: _answer(request, delay))
     async with server:

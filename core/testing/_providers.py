@@ -1,12 +1,17 @@
 """The provider conformance suite and its fake HTTP server, re-exported.
 
-They live in ``wingspan.provider_conformance`` and ``wingspan.fake_server`` for now; their
-public path is :mod:`wingspan.testing`. (They are to move here, beside the other suites.)
+Their public path is :mod:`wingspan.testing`.
 """
 
 from __future__ import annotations
 
-from ..fake_server import (
+from ._conformance import (
+    ProviderConformance,
+    ScriptedToolCall,
+    ScriptedTurn,
+    assert_stream_shape,
+)
+from ._fake_server import (
     DROP,
     FakeServer,
     Pause,
@@ -14,12 +19,6 @@ from ..fake_server import (
     Reply,
     ServerThread,
     serve_in_thread,
-)
-from ..provider_conformance import (
-    ProviderConformance,
-    ScriptedToolCall,
-    ScriptedTurn,
-    assert_stream_shape,
 )
 
 __all__ = [

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from wingspan.provider_conformance import Reply, ScriptedTurn
+from wingspan.testing import Reply, ScriptedTurn
 
 # --- Anthropic Messages API (SSE) ------------------------------------------------------------
 

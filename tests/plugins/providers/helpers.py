@@ -4,7 +4,7 @@ import asyncio
 from typing import Any
 
 import wingspan
-from wingspan.provider_conformance import add, echo
+from wingspan.testing._conformance import add, echo
 
 __all__ = ["FAST", "add", "echo", "run"]
 

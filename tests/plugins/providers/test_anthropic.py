@@ -8,7 +8,7 @@ import pytest
 import wingspan
 from wingspan import ConfigError, Ping, ProviderError, TextDelta
 from wingspan.plugins import anthropic
-from wingspan.provider_conformance import FakeServer, Reply, ScriptedToolCall, ScriptedTurn
+from wingspan.testing import FakeServer, Reply, ScriptedToolCall, ScriptedTurn
 
 from .fakes import AnthropicAPI, sse
 from .helpers import FAST, add, echo, run

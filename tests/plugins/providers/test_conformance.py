@@ -1,4 +1,4 @@
-"""The provider conformance suite (``wingspan.provider_conformance``), run for the three
+"""The provider conformance suite (``wingspan.testing``), run for the three
 HTTP providers against fakes of their APIs."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import wingspan
-from wingspan.provider_conformance import ProviderConformance
+from wingspan.testing import ProviderConformance
 
 from .fakes import AnthropicAPI, OllamaAPI, OpenAIAPI
 

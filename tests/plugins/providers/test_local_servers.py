@@ -25,8 +25,7 @@ from wingspan.plugins import anthropic, openai
 from wingspan.plugins.http.app import create_app
 from wingspan.plugins.http.config import ServerConfig
 from wingspan.plugins.http.routes.agents import credential_options
-from wingspan.provider_conformance import FakeServer, Reply, ScriptedTurn
-from wingspan.testing import make_runtime
+from wingspan.testing import FakeServer, Reply, ScriptedTurn, make_runtime
 
 from .fakes import AnthropicAPI, OpenAIAPI
 from .helpers import FAST, run

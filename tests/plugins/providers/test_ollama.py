@@ -7,7 +7,7 @@ import pytest
 import wingspan
 from wingspan import ConfigError, InferenceRequest, Message, ProviderError, TextBlock
 from wingspan.plugins import ollama
-from wingspan.provider_conformance import FakeServer, Reply, ScriptedToolCall, ScriptedTurn
+from wingspan.testing import FakeServer, Reply, ScriptedToolCall, ScriptedTurn
 
 from .fakes import OllamaAPI, line, ollama_chunk
 from .helpers import FAST, add, echo, run

@@ -8,7 +8,7 @@ import pytest
 import wingspan
 from wingspan import ConfigError, InferenceRequest, Message, ProviderError, TextBlock
 from wingspan.plugins import openai
-from wingspan.provider_conformance import FakeServer, Reply, ScriptedToolCall, ScriptedTurn
+from wingspan.testing import FakeServer, Reply, ScriptedToolCall, ScriptedTurn
 
 from .fakes import OpenAIAPI, data, openai_chunk
 from .helpers import FAST, add, echo, run
@@ -174,7 +174,7 @@ async def test_errors_name_the_server_and_what_to_do(runtime: wingspan.Runtime) 
 
 
 async def test_a_stalled_stream_times_out(runtime: wingspan.Runtime) -> None:
-    from wingspan.provider_conformance import Pause
+    from wingspan.testing import Pause
 
     reply = API.reply(ScriptedTurn(text="slow")).cut(2, then=(Pause(5),))
     async with FakeServer([reply]) as server:

@@ -3,8 +3,8 @@
 :class:`FakeServer` binds 127.0.0.1 on a free port, records every request
 (:class:`RecordedRequest`) and answers each with the next scripted :class:`Reply`, whose
 body goes out chunk by chunk: bytes, a :class:`Pause`, or :data:`DROP` to cut the
-connection. The provider conformance suite (:mod:`wingspan.provider_conformance`) runs its
-scenarios against it, and re-exports these names.
+connection. The provider conformance suite runs its scenarios against it; both are part
+of :mod:`wingspan.testing`.
 
 This module needs only the standard library; ``import wingspan`` does not import it.
 """

@@ -31,8 +31,8 @@ and how to build your provider for a base URL::
 The tests are plain synchronous methods (each runs its own event loop), so they need no
 pytest plugin; the server binds 127.0.0.1 on a free port and every wait is bounded.
 The server (:class:`FakeServer`, :class:`Reply`, :class:`Pause`, :data:`DROP`,
-:class:`RecordedRequest`, :func:`serve_in_thread`) lives in :mod:`wingspan.fake_server`; it is
-re-exported here.
+:class:`RecordedRequest`, :func:`serve_in_thread`) is its neighbour in the kit; both are
+reached as :mod:`wingspan.testing`.
 This module needs only the standard library and wingspan; pytest is imported when a
 scenario is skipped.
 """
@@ -46,23 +46,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from .agent import Agent
-from .errors import ProviderError
-from .fake_server import (
-    DROP,
-    FakeServer,
-    Pause,
-    RecordedRequest,
-    Reply,
-    ServerThread,
-    serve_in_thread,
-)
-from .history import check_history
-from .providers import Provider
-from .runtime import Runtime, Settings
-from .session import Session
-from .tools import tool
-from .types import (
+from ..agent import Agent
+from ..errors import ProviderError
+from ..history import check_history
+from ..providers import Provider
+from ..runtime import Runtime, Settings
+from ..session import Session
+from ..tools import tool
+from ..types import (
     ContentBlockStart,
     ContentBlockStop,
     Done,
@@ -79,6 +70,15 @@ from .types import (
     ToolUseBlock,
     ToolUseStart,
     Usage,
+)
+from ._fake_server import (
+    DROP,
+    FakeServer,
+    Pause,
+    RecordedRequest,
+    Reply,
+    ServerThread,
+    serve_in_thread,
 )
 
 __all__ = [
