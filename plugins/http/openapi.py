@@ -355,7 +355,10 @@ ROUTES: dict[tuple[str, str], Route] = {
         store=False),
     ("/provider/{provider_id}/models", "get"): Route(
         summary="The provider's model catalog", answer=_of(list[ModelInfo]),
-        errors={404: "unknown provider"}),
+        description=(
+            "`?base_url=` lists from a compatible server instead (HTTP providers only; checked "
+            "like an agent's base_url, and a stored key goes only where it is bound)"),
+        errors={400: "a bad or disallowed base_url", 404: "unknown provider"}),
     ("/provider/{provider_id}/models/{model_id}", "get"): Route(
         summary="One model", answer=_of(ModelInfo),
         errors={404: "unknown provider or model"}),
