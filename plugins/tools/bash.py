@@ -278,7 +278,7 @@ class _Started:
 async def _start(
     prefix: tuple[str, ...], command: str, cwd: str, env: dict[str, str], reaper: Reaper
 ) -> _Started:
-    process = _spawn([*prefix, shutil.which("bash") or "bash", "-c", command], cwd, env, reaper)
+    process = _spawn(prefix, command, cwd, env, reaper)
     assert process.stdout is not None
     stdout = asyncio.StreamReader()
     try:
@@ -293,29 +293,53 @@ async def _start(
     return _Started(process, stdout, transport)
 
 
+#: What bash runs: the command, once the server has registered bash's group with the
+#: reaper (a line on the gate's pipe, whose number is ``$1``). Until then the command has done
+#: nothing, so a server killed before it could register leaves nothing behind: the gate then
+#: reads end-of-file and bash exits without running the command.
+#: The command then runs as with ``bash -c``: no positional parameters, no variable of ours.
+_GATED = (
+    'IFS= read -r _ <&"$1" || exit 125; exec {gate}<&-; __wingspan_command=$2; set --; '
+    'eval -- "unset -v __wingspan_command; $__wingspan_command"'
+)
+
+
 def _spawn(
-    argv: list[str], cwd: str, env: dict[str, str], reaper: Reaper
+    prefix: tuple[str, ...], command: str, cwd: str, env: dict[str, str], reaper: Reaper
 ) -> subprocess.Popen[bytes]:
     """Start bash (found on the server's PATH, whatever the command's PATH is) in a new
-    session, and register its group with the reaper at once.
+    session, register its group with the reaper, then let the command run.
 
     Synchronous on purpose: asyncio.create_subprocess_exec starts the process the same
     way, but then awaits its pipes' set-up before it returns; a process killed meanwhile
     would leave the command running unregistered.
     """
+    gate, opened = os.pipe()
     try:
-        process = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
-    except OSError as exc:
-        raise ToolError(f"cannot start bash: {exc.strerror or exc}") from None
-    reaper.register(process.pid)  # its pid is its process group's id (a new session)
+        script = _GATED.replace("{gate}", str(gate))
+        argv = [*prefix, shutil.which("bash") or "bash", "-c", script, "bash", str(gate),
+                command]
+        try:
+            process = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                pass_fds=(gate,),
+            )
+        except OSError as exc:
+            raise ToolError(f"cannot start bash: {exc.strerror or exc}") from None
+        os.close(gate)
+        gate = -1
+        reaper.register(process.pid)  # its pid is its process group's id (a new session)
+        os.write(opened, b"go\n")
+    finally:
+        if gate >= 0:
+            os.close(gate)
+        os.close(opened)
     return process
 
 

@@ -23,9 +23,9 @@ that cannot be started is logged as a warning and the commands run unguarded, as
 reaper that was killed is noticed at the next write and replaced by one told of every group
 still running.
 
-bash registers a command in the statement after the one that starts it, with nothing
-awaited in between (see ``bash._spawn``). Not covered: a process killed within those
-microseconds, and a command that leaves its group (``setsid``), as on a timeout.
+bash registers a command's group before the command runs: bash waits on a pipe until
+then (see ``bash._spawn``), and exits without running it if the process died first. Not
+covered: a command that leaves its group (``setsid``), as on a timeout.
 """
 
 from __future__ import annotations
