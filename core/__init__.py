@@ -42,7 +42,7 @@ from .store import (
     utc_now,
 )
 from .storekit import ClaimQueue, KeyValueStore, paginate
-from .tools import FunctionTool, Tool, ToolContext, ToolInvocation, ToolOutcome, tool
+from .tools import FunctionTool, Tool, ToolContext, ToolInvocation, ToolOutcome, encodable, tool
 from .transports import TransportSpec
 from .types import (
     UNKNOWN_USAGE,
@@ -146,6 +146,7 @@ __all__ = [
     "check_history",
     "complete",
     "default_runtime",
+    "encodable",
     "get_provider",
     "get_tools",
     "hookimpl",

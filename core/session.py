@@ -25,7 +25,7 @@ from .history import alternates, alternating, repair_history
 from .ids import new_id
 from .providers import Accumulator
 from .store import RunRecord, SessionRecord, Store, utc_now
-from .tools import ToolContext, ToolInvocation, ToolOutcome, check_input, run_tool
+from .tools import ToolContext, ToolInvocation, ToolOutcome, check_input, encodable, run_tool
 from .types import (
     UNKNOWN_USAGE,
     Done,
@@ -322,10 +322,10 @@ class Session:
                 status, error = "aborted", "the caller stopped reading the run"
                 raise
             except WingspanError as exc:
-                error = _printable(str(exc))
+                error = encodable(str(exc))
                 raise
             except Exception as exc:
-                error = _printable(f"{type(exc).__name__}: {exc}")
+                error = encodable(f"{type(exc).__name__}: {exc}")
                 raise
             finally:
                 # Whatever ended the run, and whatever fails meanwhile (invariant 7): a
@@ -632,18 +632,6 @@ async def _release(store: Store, session_id: str, holder: str) -> None:
     except Exception as exc:
         log.error("session %s: releasing the claim of %s failed: %s: %s",
                   session_id, holder, type(exc).__name__, exc)
-
-
-def _printable(text: str) -> str:
-    """``text`` encodable as UTF-8 (an error naming a file whose name is not)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        try:  # bytes that os.fsdecode kept as surrogates: shown as \xNN
-            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:
-            return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def _result_event(use: ToolUseBlock, outcome: ToolOutcome) -> ToolResultEvent:

@@ -35,6 +35,7 @@ __all__ = [
     "ToolContext",
     "ToolInvocation",
     "ToolOutcome",
+    "encodable",
     "tool",
 ]
 

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
-from wingspan import ToolContext, ToolError
+from wingspan import ToolContext, ToolError, encodable
 
 #: Version-control folders that glob and grep never enter.
 VCS_DIRS = frozenset({".git", ".hg", ".svn", ".bzr", ".jj", "_darcs", "CVS", ".fossil"})
@@ -46,33 +46,14 @@ _LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBL
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 _DIR, _FILE, _MISSING = "dir", "file", "missing"
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 #: A byte that is not ASCII as :func:`display` shows it.
 _SHOWN_BYTE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
 
 
 def display(name: str) -> str:
-    """A file name (or any text) as the model sees it, always encodable as UTF-8: bytes
-    that are not UTF-8 (``os.fsdecode`` keeps them as surrogates, which cannot be encoded)
-    shown as ``\\xNN``, and any other lone surrogate as ``\\udXXX``. The text itself when
-    it needs nothing (the usual case, checked without copying when it is ASCII)."""
-    if name.isascii():
-        return name
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        pass
-    else:
-        return name
-    try:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate no byte made (say, from a model's JSON)
-        return _SURROGATE.sub(_escape_surrogate, name)
-
-
-def _escape_surrogate(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+    """A file name (or any text) as the model sees it: :func:`wingspan.encodable` (bytes
+    that are not UTF-8, which ``os.fsdecode`` keeps as surrogates, shown as ``\\xNN``)."""
+    return encodable(name)
 
 
 def undisplay(name: str) -> str:
