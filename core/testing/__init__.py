@@ -27,17 +27,14 @@ except ModuleNotFoundError as exc:  # pragma: no cover - the test extra is insta
     ) from exc
 
 from ._claims import ClaimContract
-from ._providers import (
+from ._conformance import ProviderConformance, ScriptedToolCall, ScriptedTurn, assert_stream_shape
+from ._fake_server import (
     DROP,
     FakeServer,
     Pause,
-    ProviderConformance,
     RecordedRequest,
     Reply,
-    ScriptedToolCall,
-    ScriptedTurn,
     ServerThread,
-    assert_stream_shape,
     serve_in_thread,
 )
 from ._runtime import make_runtime, scripted

@@ -72,28 +72,14 @@ from ..types import (
     Usage,
 )
 from ._fake_server import (
-    DROP,
     FakeServer,
     Pause,
     RecordedRequest,
     Reply,
-    ServerThread,
     serve_in_thread,
 )
 
-__all__ = [
-    "DROP",
-    "FakeServer",
-    "Pause",
-    "ProviderConformance",
-    "RecordedRequest",
-    "Reply",
-    "ScriptedToolCall",
-    "ScriptedTurn",
-    "ServerThread",
-    "assert_stream_shape",
-    "serve_in_thread",
-]
+__all__ = ["ProviderConformance", "ScriptedToolCall", "ScriptedTurn", "assert_stream_shape"]
 
 T = TypeVar("T")
 #: The longest any scenario may take, and the longest wait on any one thing.
