@@ -419,12 +419,14 @@ class Session:
             if created:
                 if self._history:  # the history this session was given to start from
                     await store.append_messages(self.id, tuple(self._history))
-            elif not self._synced:
-                # A session object made for a stored session: the store has its history.
+            elif (
+                not self._synced
+                or (await store.get_session(self.id)).message_count != len(self._history)
+            ):
+                # The store's history is the one: this object was made for a stored session,
+                # its last write failed, or another process ran on the session since.
                 self._history[:] = await store.load_messages(self.id)
-            elif (await store.get_session(self.id)).message_count != len(self._history):
-                # Another process ran on this session since we last wrote to it.
-                self._history[:] = await store.load_messages(self.id)
+                self._alternating = 0  # what was loaded is checked again
             self._synced = True
             await self._repair()
             run = RunRecord(id=run_id, session_id=self.id, agent_id=agent.id)
