@@ -278,8 +278,9 @@ class HttpClient:
 
         attempt = 0
         while True:
-            request = client.build_request(method, url, headers=headers, content=content,
-                                           params=params, timeout=self._timeout(settings.timeout))
+            request = client.build_request(method, _parsed(url), headers=headers,
+                                           content=content, params=params,
+                                           timeout=self._timeout(settings.timeout))
             hint: Mapping[str, str] | None = None
             try:
                 response = await client.send(request, stream=True)
@@ -376,6 +377,15 @@ class HttpClient:
         message = error_text(data) or json.dumps(data)[:300]
         return self.error(f"the API reported an error mid-stream: {message} — try again",
                           retryable=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(url: str) -> httpx.URL:
+    """``url`` parsed, once: httpx's parsing is half the cost of building a request (about
+    13 µs here), paid again by every call to the same endpoint."""
+    import httpx
+
+    return httpx.URL(url)
 
 
 def _shown(method: str, url: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -32,6 +32,7 @@ class SSEDecoder:
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buffer = ""
+        self._position = 0  # where the lines not yet read start in _buffer
         self._started = False
         self._after_cr = False
         self._data: list[str] = []
@@ -39,8 +40,11 @@ class SSEDecoder:
         self._id: str | None = None
         self._retry: int | None = None
 
-    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
-        """Take the next bytes; return the events they complete."""
+    def feed(self, chunk: bytes) -> Iterator[ServerSentEvent]:
+        """Take the next bytes; return the events they complete, each read from the
+        buffer only when asked for, so the first event of a large chunk reaches the caller
+        before the rest is parsed. Lines not read yet (the caller stopped early) stay
+        buffered for the next call."""
         text = self._decoder.decode(chunk)
         if not self._started and text:
             self._started = True
@@ -49,13 +53,22 @@ class SSEDecoder:
             # The previous chunk ended with a CR: an LF now is the rest of that CRLF.
             self._after_cr = False
             text = text.removeprefix("\n")
-        text = self._buffer + text
-        events: list[ServerSentEvent] = []
-        start = 0
+        self._buffer = self._buffer[self._position:] + text
+        self._position = 0
+        return self._events()
+
+    def _events(self) -> Iterator[ServerSentEvent]:
+        text = self._buffer
         length = len(text)
+        start = self._position
+        # The next CR and LF at or after start (-1: none left), each searched for again only
+        # once passed: a stream without CRs is not scanned to its end for every line.
+        cr, lf = text.find("\r", start), text.find("\n", start)
         while start < length:
-            cr = text.find("\r", start)
-            lf = text.find("\n", start)
+            if 0 <= cr < start:
+                cr = text.find("\r", start)
+            if 0 <= lf < start:
+                lf = text.find("\n", start)
             if cr == -1 and lf == -1:
                 break
             end = lf if cr == -1 else cr if lf == -1 else min(cr, lf)
@@ -65,12 +78,11 @@ class SSEDecoder:
                     self._after_cr = True
                 elif text[after] == "\n":
                     after += 1
-            event = self._line(text[start:end])
+            line = text[start:end]
+            self._position = start = after  # read, whether or not the caller asks for more
+            event = self._line(line)
             if event is not None:
-                events.append(event)
-            start = after
-        self._buffer = text[start:]
-        return events
+                yield event
 
     def _line(self, line: str) -> ServerSentEvent | None:
         if not line:

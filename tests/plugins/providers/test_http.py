@@ -63,12 +63,21 @@ def test_sse_field_rules() -> None:
     decoder = SSEDecoder()
     stream = (b"\xef\xbb\xbfdata:no space\n\ndata\n\nevent: empty\n\n"
               b"retry: 1500\ndata:  two spaces\nunknown: x\n\n")
-    assert decoder.feed(stream) == [
+    assert list(decoder.feed(stream)) == [
         ServerSentEvent(data="no space"),
         ServerSentEvent(data=""),  # a bare "data" line is an empty data line
         ServerSentEvent(data=" two spaces", retry=1500),  # "event: empty" had no data
     ]
-    assert decoder.feed(b"data: never finished") == []
+    assert list(decoder.feed(b"data: never finished")) == []
+
+
+def test_sse_events_are_read_as_asked_for_and_the_rest_waits_for_the_next_feed() -> None:
+    decoder = SSEDecoder()
+    events = decoder.feed(b"data: 1\n\ndata: 2\r\n\r\ndata: 3\r")
+    assert next(events) == ServerSentEvent(data="1")  # the rest is not parsed yet
+    events.close()  # a caller that stopped early (it had the whole answer)
+    assert list(decoder.feed(b"\n\rdata: 4\n\n")) == [
+        ServerSentEvent(data="2"), ServerSentEvent(data="3"), ServerSentEvent(data="4")]
 
 
 def test_ndjson_lines_and_malformed() -> None:
