@@ -594,8 +594,8 @@ async def measure(server: Server, plan: Plan, *, memory: bool, sse: bool,
     return figures
 
 
-async def run_all(plan: Plan, buffer: int | None) -> tuple[Figures, Figures, Figures | None]:
-    env = {"WINGSPAN_SUBSCRIBER_BUFFER": str(buffer)} if buffer else {}
+async def run_all(plan: Plan) -> tuple[Figures, Figures, Figures | None]:
+    env: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="wingspan-bench-server-") as directory:
         folder = Path(directory)
         async with server_process("raw", raw_argv(), folder) as server:
@@ -645,8 +645,7 @@ def verdict(ours: float | None, raw: float | None, target: float) -> str:
     return "met" if ours / raw >= target else "**missed**"
 
 
-def report(raw: Figures, ours: Figures, sqlite: Figures | None, plan: Plan,
-           buffer: int | None) -> str:
+def report(raw: Figures, ours: Figures, sqlite: Figures | None, plan: Plan) -> str:
     lite = sqlite or Figures()
     rows = [
         "| measure | raw Quart + hypercorn | wingspan `memory://` | vs raw | "
@@ -706,8 +705,6 @@ def report(raw: Figures, ours: Figures, sqlite: Figures | None, plan: Plan,
         )
     versions = (f"Python {platform.python_version()}, Quart {version('quart')}, "
                 f"Hypercorn {version('hypercorn')}, httpx {httpx.__version__}")
-    buffer_note = (f" The wingspan servers ran with `WINGSPAN_SUBSCRIBER_BUFFER={buffer}`."
-                   if buffer else "")
     return "\n".join([
         "# Server throughput",
         "",
@@ -728,7 +725,8 @@ def report(raw: Figures, ours: Figures, sqlite: Figures | None, plan: Plan,
         f"{CHUNK_SIZE}-character `text_delta`s, plus the 6 frames around them), the median of "
         f"{plan.sse_runs} runs after a warm-up, from sending the request to the stream's end; "
         "the raw route sends as many frames of the same size, one chunk (one socket write) "
-        "per frame; wingspan sends the frames already queued for a client as one chunk, "
+        "per frame; wingspan sends the frames stored for a client since its last read as one "
+        "chunk, "
         "which is why it can beat this ceiling. Blocking: "
         + ", ".join(f"{c} client{'s' if c > 1 else ''} x {n} messages"
                     for c, n in plan.messages.items())
@@ -749,7 +747,7 @@ def report(raw: Figures, ours: Figures, sqlite: Figures | None, plan: Plan,
         *cpu,
         "",
         f"{versions}; {platform.machine()}, {platform.system()}, {os.cpu_count()} cores; "
-        f"measured {time.strftime('%Y-%m-%d')}.{buffer_note} Command: `python bench/server.py`.",
+        f"measured {time.strftime('%Y-%m-%d')}. Command: `python bench/server.py`.",
         "",
     ])
 
@@ -770,8 +768,6 @@ def main(argv: list[str] | None = None) -> None:
                              "each (default 2000)")
     parser.add_argument("--ttfe-samples", type=int, default=200,
                         help="streaming messages timed for the first event (default 200)")
-    parser.add_argument("--subscriber-buffer", type=int,
-                        help="the wingspan servers' subscriber_buffer (default: theirs)")
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
     args = parser.parse_args(argv)
     if args.raw_server:
@@ -782,8 +778,8 @@ def main(argv: list[str] | None = None) -> None:
         messages={1: args.messages, 32: max(1, args.messages // 8)},
         ttfe_samples=args.ttfe_samples,
     )
-    raw, ours, sqlite = asyncio.run(run_all(plan, args.subscriber_buffer))
-    table = report(raw, ours, sqlite, plan, args.subscriber_buffer)
+    raw, ours, sqlite = asyncio.run(run_all(plan))
+    table = report(raw, ours, sqlite, plan)
     print(table)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,10 @@ from .providers import Accumulator, ModelInfo, Provider, ProviderSpec, complete
 from .runtime import Runtime, Settings, default_runtime
 from .session import RunStream, Session
 from .store import (
+    Admission,
     AgentRecord,
     Credential,
+    IfBusy,
     Page,
     RunRecord,
     SessionRecord,
@@ -45,6 +47,7 @@ from .storekit import ClaimQueue, KeyValueStore, paginate
 from .tools import FunctionTool, Tool, ToolContext, ToolInvocation, ToolOutcome, encodable, tool
 from .transports import TransportSpec
 from .types import (
+    FINISHED_STATUSES,
     UNKNOWN_USAGE,
     ContentBlock,
     ContentBlockStart,
@@ -55,12 +58,19 @@ from .types import (
     InferenceRequest,
     InferenceResponse,
     InputJsonDelta,
+    LogEvent,
+    LoggedEvent,
     Message,
     MessageDelta,
     MessageStart,
     MessageStop,
     Ping,
     Result,
+    Resync,
+    RunFinished,
+    RunQueued,
+    RunStarted,
+    RunStatus,
     StreamEvent,
     TextBlock,
     TextDelta,
@@ -77,8 +87,10 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "FINISHED_STATUSES",
     "UNKNOWN_USAGE",
     "Accumulator",
+    "Admission",
     "Agent",
     "AgentRecord",
     "ClaimQueue",
@@ -92,10 +104,13 @@ __all__ = [
     "ErrorEvent",
     "ErrorInfo",
     "FunctionTool",
+    "IfBusy",
     "InferenceRequest",
     "InferenceResponse",
     "InputJsonDelta",
     "KeyValueStore",
+    "LogEvent",
+    "LoggedEvent",
     "Message",
     "MessageDelta",
     "MessageStart",
@@ -112,7 +127,12 @@ __all__ = [
     "ProviderError",
     "ProviderSpec",
     "Result",
+    "Resync",
+    "RunFinished",
+    "RunQueued",
     "RunRecord",
+    "RunStarted",
+    "RunStatus",
     "RunStream",
     "Runtime",
     "Session",

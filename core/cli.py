@@ -65,7 +65,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         "what the run is waiting for. The conversation is kept in the store (by default "
         "the server's default SQLite database): continue it with --continue or --session ID.",
     )
-    run.add_argument("message", help="the user message; - reads it from stdin")
+    run.add_argument("message", nargs="?",
+                     help="the user message; - reads it from stdin (none with --attach)")
     run.add_argument("--provider", default="test", help="provider name (default: test)")
     run.add_argument("--model", help="the provider's model")
     run.add_argument(
@@ -99,6 +100,11 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     resume.add_argument(
         "--continue", dest="continue_", action="store_true",
         help="continue the most recent session in the store",
+    )
+    resume.add_argument(
+        "--attach", metavar="RUN_ID",
+        help="follow a stored run instead of sending a message: its events so far, then live "
+        "to its end (also a run of a server sharing the store)",
     )
     logs = run.add_mutually_exclusive_group()
     logs.add_argument(
@@ -298,6 +304,12 @@ def _parse_options(pairs: list[str], model: str | None) -> dict[str, Any]:
 
 def _check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors of ``wingspan run``, before anything is loaded; reads ``-`` from stdin."""
+    if args.attach is not None:
+        if args.message is not None:
+            parser.error("--attach follows a run: give no message with it")
+        return
+    if args.message is None:
+        parser.error("the message is required (or --attach RUN_ID to follow a run)")
     if args.message == "-":
         if sys.stdin.isatty() and sys.stderr.isatty():
             print("wingspan: reading the message from stdin (end it with Ctrl-D)",
@@ -343,10 +355,13 @@ async def _converse(
     store = await runtime.open_store(args.store)
     ticker = asyncio.create_task(progress.tick()) if progress.enabled else None
     try:
+        activity = Activity(progress)
+        if args.attach is not None:
+            await _attach(store, args.attach, printer, activity)
+            return
         session = await _session(runtime, args, agent, store)
         if not args.store.startswith("memory:"):
             printer.session_id = session.id
-        activity = Activity(progress)
         activity.start()
         async with session.stream(args.message) as events:
             async for event in events:
@@ -358,6 +373,27 @@ async def _converse(
         with contextlib.suppress(OSError, ValueError):
             progress.done()
         await store.close()
+
+
+async def _attach(
+    store: Store, run_id: str, printer: JsonPrinter | TerminalPrinter, activity: Activity
+) -> None:
+    """Show a stored run's events (its stream's, not its lifecycle's) to its end."""
+    from .errors import WingspanError
+    from .runs import RunHandle
+    from .types import ErrorEvent, RunFinished, RunQueued, RunStarted
+
+    handle = RunHandle(record=await store.get_run(run_id), store=store)
+    printer.session_id = handle.session_id
+    activity.start()
+    async for entry in handle.events():
+        event = entry.event
+        if type(event) is ErrorEvent:
+            raise WingspanError(f"run {run_id} ended with {event.error.code}: "
+                                f"{event.error.message}")
+        if type(event) not in (RunQueued, RunStarted, RunFinished):
+            activity.see(event)  # type: ignore[arg-type]
+            printer.show(event)  # type: ignore[arg-type]
 
 
 async def _session(

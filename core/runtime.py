@@ -20,6 +20,7 @@ from .errors import ConfigError, NotFoundError, PluginError, PluginLoadError
 from .loader import PluginInfo, hookimpls, load_plugins, make_plugin_manager, report_failure
 from .log import plugin_logger
 from .providers import Provider, ProviderSpec
+from .runs import Runs
 from .store import Store, StoreSpec
 from .tools import Tool
 from .transports import TransportSpec
@@ -95,6 +96,8 @@ class Runtime:
     store_plugins: Mapping[str, str] = attrs.field(factory=dict)
     #: What loading found odd but not wrong: a name to disable that is no plugin's.
     plugin_warnings: tuple[str, ...] = ()
+    #: The runs executing in this process (:meth:`wingspan.Session.start`), by id.
+    runs: Runs = attrs.field(factory=Runs, init=False, repr=False)
     #: How often each plugin's wingspan_event failed (to log the 1st, 2nd, 4th... failure).
     _observer_failures: dict[str, int] = attrs.field(factory=dict, init=False, repr=False)
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -20,26 +20,40 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .agent import Agent
-from .errors import ConfigError, ConflictError, NotFoundError, ProviderError, WingspanError
+from .errors import ConfigError, ConflictError, ProviderError, WingspanError
 from .history import alternates, alternating, repair_history
 from .ids import new_id
 from .providers import Accumulator
-from .store import RunRecord, SessionRecord, Store, utc_now
+from .runs import (
+    ABORTED,
+    EventLog,
+    RunControl,
+    RunFailed,
+    RunHandle,
+    follow,
+    run_error,
+    watch_for_abort,
+)
+from .store import IfBusy, RunRecord, SessionRecord, Store, utc_now
 from .tools import ToolContext, ToolInvocation, ToolOutcome, check_input, encodable, run_tool
 from .types import (
     UNKNOWN_USAGE,
     Done,
+    ErrorEvent,
+    ErrorInfo,
     InferenceRequest,
+    LogEvent,
+    LoggedEvent,
     Message,
     MessageStart,
     Result,
+    RunStatus,
     StreamEvent,
     TextBlock,
     ToolCall,
     ToolResultBlock,
     ToolResultEvent,
     ToolUseBlock,
-    Usage,
 )
 
 if TYPE_CHECKING:
@@ -109,6 +123,22 @@ class Session:
 
             self._runtime = default_runtime()
         return self._runtime
+
+    @classmethod
+    def from_record(
+        cls,
+        record: SessionRecord,
+        *,
+        agent: Agent,
+        store: Store,
+        runtime: Runtime | None = None,
+    ) -> Session:
+        """A session for a stored record, without reading its history yet: each run loads
+        it once it holds the session (what a server does for every message)."""
+        session = cls(agent=agent, work_dir=record.work_dir, store=store, id=record.id,
+                      title=record.title, runtime=runtime)
+        session._stored = True
+        return session
 
     @classmethod
     async def resume(
@@ -188,16 +218,79 @@ class Session:
         :param run_id: the run's id (default: a new ULID), known at once as
             :attr:`RunStream.run_id`.
         """
-        if isinstance(message, str):
-            message = Message(role="user", content=(TextBlock(text=message),))
-        elif not isinstance(message, Message) or message.role != "user":
-            raise ConfigError("a run starts from a user message: pass a str or a user Message")
+        message = _user_message(message)
         run_id = run_id or new_id()
-        return RunStream(self._loop(message, agent or self.agent, run_id), run_id)
+        return RunStream(self._loop(message, agent or self.agent, run_id, None, RunControl()),
+                         run_id)
+
+    async def start(
+        self,
+        message: str | Message,
+        *,
+        agent: Agent | None = None,
+        if_busy: IfBusy = "queue",
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> RunHandle:
+        """Admit a run of ``message`` to the session in the store, and execute it in a task
+        of its own once its turn comes (runs of a session go one at a time, in admission
+        order, across every process sharing the store). Returns at once.
+
+        :param if_busy: when a run is queued or running already: ``"queue"`` (wait its
+            turn), ``"reject"`` (:class:`~wingspan.ConflictError`) or ``"interrupt"``
+            (abort the runs ahead, then run this one).
+        :param idempotency_key: a repeat with the same key (and ``request_hash``) is the
+            first run again, not a new one: its handle is returned, and it is not executed
+            twice; with another ``request_hash``, :class:`~wingspan.ConflictError`.
+        :raises ConfigError: when the session has no store.
+        """
+        store = self._require_store("start()")
+        message = _user_message(message)
+        agent = agent or self.agent
+        await self._ensure_stored(store)
+        admission = await store.admit_run(
+            RunRecord(id=new_id(), session_id=self.id, agent_id=agent.id, status="queued",
+                      started_at=None, idempotency_key=idempotency_key,
+                      request_hash=request_hash),
+            if_busy=if_busy,
+        )
+        registry = self.runtime.runs
+        if not admission.created:
+            known = registry.get(admission.run.id)
+            return known if known is not None else RunHandle(record=admission.run, store=store)
+        control = RunControl()
+        events = self._loop(message, agent, admission.run.id, admission.run, control)
+        task = asyncio.ensure_future(_drain(events))
+        handle = RunHandle(record=admission.run, store=store, task=task, control=control)
+        registry.add(handle)
+        watcher = asyncio.ensure_future(watch_for_abort(store, handle.id, task, control))
+        task.add_done_callback(lambda _: watcher.cancel())
+        return handle
+
+    def events(self, *, after: int = 0) -> AsyncIterator[LoggedEvent]:
+        """Every event of the session's runs after seq ``after``, from its stored log,
+        then live as runs here or in other processes sharing the store append them; it
+        goes on until the caller stops. A cursor in a pruned range gets a
+        :class:`~wingspan.Resync` first.
+
+        :raises ConfigError: when the session has no store.
+        """
+        store = self._require_store("events()")
+        return _present(follow(store, self.id, after=after))
+
+    def _require_store(self, what: str) -> Store:
+        if self.store is None:
+            raise ConfigError(f"Session.{what} needs a store: Session(..., store=...)")
+        return self.store
 
 
     async def _loop(
-        self, message: Message, agent: Agent, run_id: str
+        self,
+        message: Message,
+        agent: Agent,
+        run_id: str,
+        admitted: RunRecord | None,
+        control: RunControl,
     ) -> AsyncGenerator[StreamEvent, None]:
         runtime = self.runtime
         store = self.store
@@ -213,15 +306,37 @@ class Session:
         response_text = ""
         stop_reason = "end_turn"
         status = "failed"
-        error: str | None = None
+        failure: BaseException | None = None
         #: outcomes of the tool calls in flight, by call position
         outcomes: list[ToolOutcome | None] = []
 
         context = _ContextFactory(self, run_id, tool_settings)
         run_record: RunRecord | None = None
+        event_log: EventLog | None = None
+
+        def emit(event: StreamEvent) -> StreamEvent:
+            """The one place every event of the run passes, on its way to the caller."""
+            if observe is not None:
+                observe(event, self)
+            if event_log is not None:
+                event_log.add(event)
+            return event
+
+        if store is not None:
+            # The store's claim orders runs (in admission order, across processes), so it is
+            # taken before this object's lock, which then only guards the history here.
+            if admitted is None:
+                await self._ensure_stored(store)
+                admitted = (await store.admit_run(RunRecord(
+                    id=run_id, session_id=self.id, agent_id=agent.id, status="queued",
+                    started_at=None))).run
+            try:
+                run_record = await self._begin(store, admitted)
+            except BaseException as exc:
+                await _shielded(_abandon(store, admitted, _reason(control, exc)))
+                raise
+            event_log = EventLog(store, self.id, run_id)
         async with self._lock:
-            if store is not None:
-                run_record = await self._claim(store, run_id, agent)
             try:
                 await self._append(message)
                 # Invariant 6: what earlier runs left (a failed run's dangling user message)
@@ -254,9 +369,7 @@ class Session:
                             add(event)
                             if type(event) is MessageStart:
                                 event = MessageStart(step=steps)
-                            if observe is not None:
-                                observe(event, self)
-                            yield event
+                            yield emit(event)
                     except WingspanError:
                         raise
                     except Exception as exc:
@@ -273,6 +386,8 @@ class Session:
                     usage = usage + response.usage
                     stop_reason = response.stop_reason
                     await self._append(Message(role="assistant", content=response.content))
+                    if event_log is not None:
+                        await event_log.flush()  # every event of a step is stored by its end
                     pending = accumulator.tool_uses
                     if accumulator.text or not pending:
                         response_text = accumulator.text
@@ -283,21 +398,17 @@ class Session:
                     if len(pending) == 1:  # the common case, without a task or a generator
                         outcome = await _call_one(runtime, tool_map, pending[0], invalid, context)
                         outcomes[0] = outcome
-                        event = _result_event(pending[0], outcome)
-                        if observe is not None:
-                            observe(event, self)
-                        yield event
+                        yield emit(_result_event(pending[0], outcome))
                     else:
                         results = self._call_tools(
                             runtime, tool_map, pending, invalid, context, outcomes
                         )
                         async with contextlib.aclosing(results):
                             async for position, outcome in results:
-                                event = _result_event(pending[position], outcome)
-                                if observe is not None:
-                                    observe(event, self)
-                                yield event
+                                yield emit(_result_event(pending[position], outcome))
                     await self._append(_results_message(pending, outcomes, ""))
+                    if event_log is not None:
+                        await event_log.flush()
                     for use, done_outcome in zip(pending, outcomes, strict=True):
                         # in call order, whatever order they finished in
                         assert done_outcome is not None
@@ -315,41 +426,37 @@ class Session:
                         stop_reason = "max_steps"
                         break
                 status = "completed"
-            except asyncio.CancelledError:
-                status, error = "aborted", "cancelled"
+            except asyncio.CancelledError as exc:
+                status, failure = "aborted", exc
                 raise
-            except GeneratorExit:
-                status, error = "aborted", "the caller stopped reading the run"
+            except GeneratorExit as exc:
+                status, failure = "aborted", exc
                 raise
-            except WingspanError as exc:
-                error = encodable(str(exc))
-                raise
-            except Exception as exc:
-                error = encodable(f"{type(exc).__name__}: {exc}")
+            except BaseException as exc:
+                failure = exc
                 raise
             finally:
+                done = Done(
+                    usage=usage,
+                    steps=steps,
+                    response=response_text,
+                    tool_calls=tuple(tool_calls),
+                    stop_reason=stop_reason,
+                    run_id=run_id,
+                )
                 # Whatever ended the run, and whatever fails meanwhile (invariant 7): a
                 # history the next run accepts, the run recorded, the claim released.
                 await _shielded(
                     self._clean_up(
                         run_record,
+                        event_log,
                         status,
-                        error,
+                        done,
+                        None if status == "completed" else _reason(control, failure),
                         outcomes,
-                        steps,
-                        usage,
-                        stop_reason,
                     )
                 )
 
-        done = Done(
-            usage=usage,
-            steps=steps,
-            response=response_text,
-            tool_calls=tuple(tool_calls),
-            stop_reason=stop_reason,
-            run_id=run_id,
-        )
         if observe is not None:
             observe(done, self)
         yield done
@@ -396,30 +503,36 @@ class Session:
         for message in repair_history(self._history):
             await self._append(message)
 
-    async def _claim(self, store: Store, run_id: str, agent: Agent) -> RunRecord:
-        """Hold the session for this run (creating its record on first use), bring the
-        history up to date, and record the run as started."""
-        created = False
+    async def _ensure_stored(self, store: Store) -> None:
+        """Create the session's record (with the history it was given) on first use."""
+        if self._stored:
+            return
+        work_dir = str(self.work_dir) if self.work_dir else None
         try:
-            granted = await store.claim_session(self.id, run_id)
-        except NotFoundError:
-            if self._stored:
-                raise  # deleted meanwhile: not ours to bring back
-            work_dir = str(self.work_dir) if self.work_dir else None
-            with contextlib.suppress(ConflictError):  # created meanwhile by another run
-                await store.create_session(
-                    SessionRecord(id=self.id, title=self.title, work_dir=work_dir)
-                )
-                created = True
-            granted = await store.claim_session(self.id, run_id)
+            await store.create_session(
+                SessionRecord(id=self.id, title=self.title, work_dir=work_dir)
+            )
+        except ConflictError:
+            pass  # stored already (by another object for the same id): its history is the one
+        else:
+            if self._history:  # the history this session was given to start from
+                await store.append_messages(self.id, tuple(self._history))
+            self._synced = True
         self._stored = True
-        if not granted:
+
+    async def _begin(self, store: Store, admitted: RunRecord) -> RunRecord:
+        """Wait for the admitted run's turn (its session's claim), mark it running, and
+        bring the history up to date."""
+        run_id = admitted.id
+        if not await store.claim_session(self.id, run_id):
             raise ConflictError(f"session {self.id} is busy with another run")
         try:
-            if created:
-                if self._history:  # the history this session was given to start from
-                    await store.append_messages(self.id, tuple(self._history))
-            elif (
+            try:
+                run = await store.start_run(run_id)
+            except ConflictError:
+                raise RunFailed(ErrorInfo(
+                    code="aborted", message="the run was aborted before it started")) from None
+            if (
                 not self._synced
                 or (await store.get_session(self.id)).message_count != len(self._history)
             ):
@@ -429,8 +542,6 @@ class Session:
                 self._alternating = 0  # what was loaded is checked again
             self._synced = True
             await self._repair()
-            run = RunRecord(id=run_id, session_id=self.id, agent_id=agent.id)
-            await store.save_run(run)
         except BaseException:
             await _shielded(_release(store, self.id, run_id))
             raise
@@ -439,15 +550,19 @@ class Session:
     async def _clean_up(
         self,
         run: RunRecord | None,
+        event_log: EventLog | None,
         status: Any,
-        error: str | None,
+        done: Done,
+        failure: ErrorInfo | None,
         outcomes: list[ToolOutcome | None],
-        steps: int,
-        usage: Usage,
-        stop_reason: str,
     ) -> None:
-        """End a run; never raises. Each step is tried whatever the one before did."""
+        """End a run; never raises. Each step is tried whatever the one before did.
+
+        :param done: the run's facts (its terminal event when it completed).
+        :param failure: the terminal ``error`` event's content when it did not.
+        """
         history = self._history
+        error = None if failure is None else encodable(failure.message)
         if status != "completed" and repair_history(history):
             # Calls that finished keep their results; the others get an error result. If
             # that cannot be stored (a result the store refuses, a full disk), plain error
@@ -474,17 +589,21 @@ class Session:
         if run is None or self.store is None:
             return
         store = self.store
+        last: list[LogEvent] = await event_log.close() if event_log is not None else []
+        last.append(done if failure is None else ErrorEvent(
+            error=ErrorInfo(code=failure.code, message=encodable(failure.message))))
         try:
-            await store.save_run(
+            await store.finish_run(
                 attrs.evolve(
                     run,
                     status=status,
                     finished_at=utc_now(),
-                    steps=steps,
-                    usage=usage,
-                    stop_reason=stop_reason if status == "completed" else None,
+                    steps=done.steps,
+                    usage=done.usage,
+                    stop_reason=done.stop_reason if failure is None else None,
                     error=error,
-                )
+                ),
+                last,
             )
         except Exception as exc:
             log.warning("session %s: recording run %s as %s failed: %s: %s",
@@ -653,3 +772,57 @@ def _resolve_work_dir(work_dir: str | os.PathLike[str] | None) -> Path | None:
     if not path.is_dir():
         raise ConfigError(f"work_dir {str(work_dir)!r} is not a directory")
     return path
+
+
+def _user_message(message: str | Message) -> Message:
+    if isinstance(message, str):
+        return Message(role="user", content=(TextBlock(text=message),))
+    if not isinstance(message, Message) or message.role != "user":
+        raise ConfigError("a run starts from a user message: pass a str or a user Message")
+    return message
+
+
+def _reason(control: RunControl, failure: BaseException | None) -> ErrorInfo:
+    """Why a run that did not complete ended: what its owner said when it cancelled it,
+    else what the failure was."""
+    if control.reason is not None and (
+        failure is None or isinstance(failure, asyncio.CancelledError | GeneratorExit)
+    ):
+        return control.reason
+    if isinstance(failure, GeneratorExit):
+        return ErrorInfo(code="aborted", message="the caller stopped reading the run")
+    if isinstance(failure, RunFailed):
+        return failure.error
+    return run_error(failure) if failure is not None else ABORTED
+
+
+async def _abandon(store: Store, admitted: RunRecord, reason: ErrorInfo) -> None:
+    """Finish a run that never started (its wait for its turn failed or was cancelled),
+    unless the store finished it already; never raises."""
+    status: RunStatus = "aborted" if reason.code == "aborted" else "failed"
+    try:
+        await store.finish_run(
+            attrs.evolve(admitted, status=status, finished_at=utc_now(), error=reason.message),
+            [ErrorEvent(error=reason)],
+        )
+    except Exception as exc:
+        log.warning("session %s: recording run %s as %s failed: %s: %s",
+                    admitted.session_id, admitted.id, status, type(exc).__name__, exc)
+
+
+async def _drain(events: AsyncGenerator[StreamEvent, None]) -> Result:
+    """Run a loop to its end: its result (or what it raised)."""
+    last: StreamEvent | None = None
+    try:
+        async for last in events:  # noqa: B007 (only the last event, Done, matters)
+            pass
+    finally:
+        await events.aclose()
+    assert type(last) is Done  # the loop ends with Done or raises
+    return last.result
+
+
+async def _present(batches: AsyncIterator[list[LoggedEvent]]) -> AsyncIterator[LoggedEvent]:
+    async for entries in batches:
+        for entry in entries:
+            yield entry

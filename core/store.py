@@ -15,11 +15,13 @@ from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar, runtime_
 
 import attrs
 
-from .types import Message, Usage
+from .types import LogEvent, LoggedEvent, Message, RunStatus, Usage
 
 __all__ = [
+    "Admission",
     "AgentRecord",
     "Credential",
+    "IfBusy",
     "Page",
     "RunRecord",
     "RunStatus",
@@ -30,7 +32,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-RunStatus: TypeAlias = Literal["running", "completed", "failed", "aborted", "interrupted"]
+#: What admitting a run does when its session is busy (a run queued, running or waiting):
+#: wait its turn, be refused (:class:`~wingspan.ConflictError`), or abort the runs ahead.
+IfBusy: TypeAlias = Literal["queue", "reject", "interrupt"]
 
 
 def utc_now() -> datetime:
@@ -66,22 +70,51 @@ class SessionRecord:
     created_at: datetime = attrs.field(factory=utc_now)
     updated_at: datetime = attrs.field(factory=utc_now)
     message_count: int = 0
+    #: The seq of the session's latest event (0: none yet), kept by the store.
+    last_seq: int = 0
 
 
 @attrs.frozen(kw_only=True)
 class RunRecord:
-    """One run of an agent on a session."""
+    """One run of an agent on a session.
+
+    :ivar status: see :data:`wingspan.RunStatus`.
+    :ivar created_at: when it was admitted.
+    :ivar started_at: when it got its turn (``None`` while queued).
+    :ivar idempotency_key: the client's key for its admission, if it gave one (a repeat
+        with the same key is this run again, not a new one).
+    :ivar request_hash: a digest of what was asked, to tell a repeat from a reuse of the key.
+    :ivar first_seq: the seq of its first event in the session's log (``run_queued``).
+    :ivar last_seq: the seq of its last event so far (``run_finished`` once it ended).
+    :ivar abort_requested: an abort was asked for while it ran; the process running it
+        stops it (and records it ``aborted``).
+    """
 
     id: str
     session_id: str
     agent_id: str | None = None
     status: RunStatus = "running"
-    started_at: datetime = attrs.field(factory=utc_now)
+    created_at: datetime = attrs.field(factory=utc_now)
+    started_at: datetime | None = attrs.field(factory=utc_now)
     finished_at: datetime | None = None
     steps: int = 0
     usage: Usage = Usage()  # noqa: RUF009 (frozen, so sharing one default is safe)
     stop_reason: str | None = None
     error: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    first_seq: int | None = None
+    last_seq: int | None = None
+    abort_requested: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Admission:
+    """What :meth:`Store.admit_run` did: ``run`` as stored, and whether it is new
+    (``False``: a repeat of an idempotency key, so ``run`` is the first admission's run)."""
+
+    run: RunRecord
+    created: bool = True
 
 
 @attrs.frozen(kw_only=True)
@@ -176,6 +209,88 @@ class Store(Protocol):
     async def save_run(self, run: RunRecord) -> None:
         """Insert or replace a run record."""
     async def get_run(self, run_id: str) -> RunRecord: ...
+
+    # runs: admission, lifecycle and listing
+    async def admit_run(
+        self, run: RunRecord, *, if_busy: IfBusy = "queue"
+    ) -> Admission:
+        """Admit ``run`` (status ``queued``) to its session, atomically: the record is
+        stored, the run takes its place in the session's claim queue (holder ``run.id``:
+        claims are granted in admission order, whichever process admitted), and a
+        :class:`~wingspan.RunQueued` event is appended to the log (``first_seq`` and
+        ``last_seq`` are its seq).
+
+        - ``run.idempotency_key`` already used by a run of the session: with the same
+          ``request_hash``, nothing is done and that run is answered (``created=False``);
+          with another, :class:`~wingspan.ConflictError` naming the key.
+        - ``if_busy="reject"`` and the session has a run queued, running or waiting:
+          :class:`~wingspan.ConflictError`.
+        - ``if_busy="interrupt"``: every unfinished run of the session is aborted as by
+          :meth:`abort_run`, then this one is admitted.
+
+        The place in the queue is kept while this store is open; a process that dies
+        leaves its queued runs to be recorded ``interrupted`` by whoever notices. Whoever
+        admits a run then claims its place (:meth:`claim_session` with holder ``run.id``) or
+        gives it up (:meth:`release_session`), so that it never holds up the queue.
+
+        :raises NotFoundError: when the session does not exist.
+        """
+    async def start_run(self, run_id: str) -> RunRecord:
+        """Mark a queued run ``running`` (``started_at`` now) and append its
+        :class:`~wingspan.RunStarted`; called by the holder of its session's claim.
+
+        :raises ConflictError: when the run is no longer queued (aborted meanwhile).
+        """
+    async def finish_run(self, run: RunRecord, events: Sequence[LogEvent] = ()) -> RunRecord:
+        """End a run, atomically: append ``events`` (its last events, e.g. the terminal
+        ``done`` or ``error``) and a :class:`~wingspan.RunFinished` with ``run.status``,
+        and store ``run`` (a finished status, its ``finished_at``) with ``last_seq`` set to
+        the seq of that ``run_finished``. :returns: the run as stored.
+        """
+    async def abort_run(self, run_id: str) -> RunRecord:
+        """Abort a run from any process. A queued run is finished ``aborted`` at once (with
+        an ``error`` event of code ``aborted`` and its ``run_finished``); a running or
+        waiting one gets ``abort_requested``, and the process running it stops it.
+
+        :returns: the run as stored after the request.
+        :raises ConflictError: when the run has already finished.
+        :raises NotFoundError: when there is no such run.
+        """
+    async def list_runs(
+        self, session_id: str, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[RunRecord]:
+        """The session's runs, newest first. :raises NotFoundError: unknown session."""
+
+    # the event log
+    async def append_events(
+        self, session_id: str, run_id: str, events: Sequence[LogEvent]
+    ) -> int:
+        """Append ``events`` of run ``run_id`` to the session's log, atomically, numbered
+        on from the session's ``last_seq`` with no gap; wake those waiting on the session
+        (:meth:`wait_events`), in this process and others. :returns: the session's
+        ``last_seq`` afterwards.
+        """
+    async def read_events(
+        self, session_id: str, *, after: int = 0, limit: int = 1000,
+        run_id: str | None = None,
+    ) -> list[LoggedEvent]:
+        """Up to ``limit`` retained events with a seq above ``after``, oldest first (only
+        ``run_id``'s, when given). Seqs are numbered without gaps, so a jump in them is
+        a pruned range (:meth:`prune_events`).
+        """
+    async def wait_events(self, session_id: str, *, after: int, timeout: float) -> int:
+        """Wait until the session's log has an event with a seq above ``after``
+        (appended by this process or another sharing the store), or ``timeout`` seconds
+        pass. :returns: the session's ``last_seq`` then.
+
+        :raises NotFoundError: when the session does not exist or is deleted meanwhile.
+        :raises StoreError: when the store is closed meanwhile.
+        """
+    async def prune_events(self, *, before: datetime) -> int:
+        """Drop the deltas (``text_delta``, ``input_json_delta``) and ``ping`` s of runs that
+        finished before ``before``; every other event is kept as long as its session.
+        :returns: how many were dropped.
+        """
 
     # credentials
     async def set_credential(self, provider: str, credential: Credential) -> None:

@@ -4,8 +4,9 @@
   methods that read, write, remove and list values by table and key: a dict-backed or
   file-backed store is those four methods;
 - :class:`ClaimQueue` serves :meth:`Store.claim_session` / :meth:`Store.release_session` for a
-  store used by one process: per-session claims, first come first served, with waits that time
-  out, can be cancelled and end when the session is deleted or the store closed;
+  store used by one process: per-session claims, first come first served (an admitted run in
+  the place its admission reserved), with waits that time out, can be cancelled and end when
+  the session is deleted or the store closed;
 - :func:`paginate` pages records kept in a mapping by id, newest first, as every listing is.
 
 A store that several processes share (``sqlite://``) must serialise claims across them, in the
@@ -15,15 +16,32 @@ storage itself: it can use neither :class:`ClaimQueue` nor :class:`KeyValueStore
 from __future__ import annotations
 
 import asyncio
-import collections
+import bisect
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 
+from .claims import ClaimQueue
 from .errors import ConfigError, ConflictError, NotFoundError, StoreError
-from .store import AgentRecord, Credential, Page, RunRecord, SessionRecord
-from .types import Message
+from .store import Admission, AgentRecord, Credential, Page, RunRecord, SessionRecord, utc_now
+from .types import (
+    FINISHED_STATUSES,
+    ErrorEvent,
+    ErrorInfo,
+    LoggedEvent,
+    Message,
+    RunFinished,
+    RunQueued,
+    RunStarted,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from .store import IfBusy
+    from .types import LogEvent
 
 __all__ = ["MAX_PAGE", "ClaimQueue", "KeyValueStore", "paginate"]
 
@@ -31,119 +49,6 @@ T = TypeVar("T")
 
 #: The largest ``limit`` a listing accepts.
 MAX_PAGE = 500
-
-_Waiter = tuple[str, "asyncio.Future[None]"]
-
-
-class ClaimQueue:
-    """The claims on a store's sessions, for a store used by one process.
-
-    A store calls :meth:`claim` from ``claim_session`` (after checking that the session
-    exists), :meth:`release` from ``release_session``, :meth:`delete_session` from
-    ``delete_session`` and :meth:`close` from ``close``. What it guarantees is what the
-    store contract (``wingspan.testing.ClaimContract``) checks:
-
-    - one holder per session; claiming again as that holder is granted at once;
-    - waiters are served first come, first served, as each holder releases;
-    - a wait that times out, or is cancelled, leaves the queue (a claim granted just as the
-      wait was cancelled is handed on to the next waiter);
-    - deleting the session makes its waiters raise :class:`~wingspan.NotFoundError`, and
-      closing the store makes every waiter raise :class:`~wingspan.StoreError`.
-
-    Waits are futures of the event loop they run on: use a store built on it from one event
-    loop at a time.
-    """
-
-    def __init__(self) -> None:
-        self._holders: dict[str, str] = {}
-        self._waiters: dict[str, collections.deque[_Waiter]] = {}
-
-    def __repr__(self) -> str:
-        waiting = sum(len(queue) for queue in self._waiters.values())
-        return f"<ClaimQueue held={len(self._holders)} waiting={waiting}>"
-
-    async def claim(
-        self, session_id: str, holder: str, *, wait: bool = True, timeout: float | None = None
-    ) -> bool:
-        """Make ``holder`` the holder of ``session_id``'s claim, waiting for its turn if
-        ``wait`` (up to ``timeout`` seconds; ``None``: forever).
-
-        :returns: whether the claim was granted.
-        :raises NotFoundError: when the session is deleted while waiting.
-        :raises StoreError: when the queue is closed while waiting.
-        """
-        current = self._holders.get(session_id)
-        if current == holder or (current is None and not self._waiters.get(session_id)):
-            self._holders[session_id] = holder
-            return True
-        if not wait:
-            return False
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._waiters.setdefault(session_id, collections.deque())
-        entry = (holder, future)
-        queue.append(entry)
-        try:
-            # shield: a timeout must not cancel the future a release may be completing.
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            if future.done():  # granted (or ended) just as the wait ran out
-                future.result()
-                return True
-            self._leave(session_id, entry)
-            return False
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self.release(session_id, holder)  # it was granted: hand it on
-            else:
-                self._leave(session_id, entry)
-            raise
-        return True
-
-    def release(self, session_id: str, holder: str) -> None:
-        """Give the claim up, granting it to the first waiter; a no-op if ``holder`` does
-        not hold it."""
-        if self._holders.get(session_id) != holder:
-            return
-        queue = self._waiters.get(session_id)
-        while queue:
-            waiter, future = queue.popleft()
-            if not future.done():
-                self._holders[session_id] = waiter
-                future.set_result(None)
-                break
-        else:
-            del self._holders[session_id]
-        if not queue:
-            self._waiters.pop(session_id, None)
-
-    def delete_session(self, session_id: str) -> None:
-        """Forget a deleted session: its claim goes, and its waiters raise
-        :class:`~wingspan.NotFoundError`."""
-        self._holders.pop(session_id, None)
-        self._end(self._waiters.pop(session_id, ()), NotFoundError,
-                  f"session {session_id!r} was deleted while waiting for its claim")
-
-    def close(self) -> None:
-        """Drop every claim; every waiter raises :class:`~wingspan.StoreError`."""
-        self._holders.clear()
-        waiters, self._waiters = self._waiters, {}
-        for queue in waiters.values():
-            self._end(queue, StoreError, "the store was closed while waiting for a claim")
-
-    def _leave(self, session_id: str, entry: _Waiter) -> None:
-        queue = self._waiters.get(session_id)
-        if queue is not None and entry in queue:
-            queue.remove(entry)
-            if not queue:
-                del self._waiters[session_id]
-
-    @staticmethod
-    def _end(
-        queue: collections.deque[_Waiter] | tuple[()], error: type[Exception], message: str
-    ) -> None:
-        for _, future in queue:
-            if not future.done():
-                future.set_exception(error(message))
 
 
 def paginate(records: Mapping[str, T], limit: int, cursor: str | None) -> Page[T]:
@@ -171,6 +76,9 @@ def _page_ids(ids: Iterable[str], limit: int, cursor: str | None) -> tuple[list[
 
 
 _KINDS = {"agents": "agent", "sessions": "session", "runs": "run"}
+_IF_BUSY = ("queue", "reject", "interrupt")
+#: The event types :meth:`Store.prune_events` drops once their run has finished.
+_PRUNABLE = frozenset({"text_delta", "input_json_delta", "ping"})
 
 
 class KeyValueStore:
@@ -185,18 +93,24 @@ class KeyValueStore:
 
     The tables (:attr:`TABLES` gives each one's value type, to read back what a subclass
     serialised with :mod:`wingspan.wire`): ``agents`` (:class:`~wingspan.AgentRecord` by id),
-    ``sessions`` (:class:`~wingspan.SessionRecord` by id, stored with ``message_count`` 0),
-    ``messages`` (a session's history, a list of :class:`~wingspan.Message`, by session id),
-    ``runs`` (:class:`~wingspan.RunRecord` by id) and ``credentials``
-    (:class:`~wingspan.Credential` by provider name; keys are written as they are).
+    ``sessions`` (:class:`~wingspan.SessionRecord` by id, stored with ``message_count`` 0 and
+    its ``last_seq``), ``messages`` (a session's history, a list of
+    :class:`~wingspan.Message`, by session id), ``events`` (a session's event log, a list of
+    :class:`~wingspan.LoggedEvent` in seq order, by session id), ``runs``
+    (:class:`~wingspan.RunRecord` by id) and ``credentials`` (:class:`~wingspan.Credential`
+    by provider name; keys are written as they are).
 
-    The base does the rest of the contract: ids that exist or not, message counts, cascading
-    deletes, newest-first pages (:func:`paginate`), claims (:class:`ClaimQueue`) and the closed
-    state. The four methods are synchronous and each store call makes its reads and writes
-    without awaiting in between, so the calls of one event loop never interleave. Keys and
-    values are whatever the callers give: a subclass that turns keys into file names must
-    encode them. Override :meth:`append` to add to a history without rewriting it, and
-    :meth:`close` (calling ``super().close()``) to release resources.
+    The base does the rest of the contract: ids that exist or not, message counts, run
+    admission (idempotency keys, ``if_busy``) and lifecycle with their events, event seqs,
+    waits on the log, pruning, cascading deletes, newest-first pages (:func:`paginate`),
+    claims (:class:`ClaimQueue`) and the closed state. The four methods are synchronous and
+    each store call makes its reads and writes without awaiting in between, so the calls of
+    one event loop never interleave. Keys and values are whatever the callers give: a
+    subclass that turns keys into file names must encode them. Override :meth:`append` to add
+    to a history or a log without rewriting it, and :meth:`close` (calling
+    ``super().close()``) to release resources. Finding a session's runs (an idempotency key,
+    a busy session, a listing) reads every run: the price of four methods, fine for the
+    records one process keeps.
     """
 
     #: Each table's value type.
@@ -204,6 +118,7 @@ class KeyValueStore:
         "agents": AgentRecord,
         "sessions": SessionRecord,
         "messages": list[Message],
+        "events": list[LoggedEvent],
         "runs": RunRecord,
         "credentials": Credential,
     }
@@ -213,6 +128,8 @@ class KeyValueStore:
     def __init__(self) -> None:
         self._claims = ClaimQueue()
         self._closed = False
+        #: Per session, the futures of the wait_events calls to wake when its log grows.
+        self._event_waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     # --- what a subclass implements -----------------------------------------------------
 
@@ -233,8 +150,8 @@ class KeyValueStore:
         raise NotImplementedError(f"{type(self).__name__} must implement keys(table)")
 
     def append(self, table: str, key: str, values: Sequence[Any]) -> int:
-        """Add ``values`` to the list under ``key``, all or nothing; by default, by writing
-        the whole new list.
+        """Add ``values`` to the list under ``key`` (a history or an event log), all or
+        nothing; by default, by writing the whole new list.
 
         :returns: the list's length afterwards.
         """
@@ -270,6 +187,51 @@ class KeyValueStore:
         count = len(self.read("messages", session.id) or ())
         return attrs.evolve(session, message_count=count)
 
+    def _last_seq(self, session_id: str) -> int:
+        session: SessionRecord = self._get("sessions", session_id)
+        return session.last_seq
+
+    def _runs_of(self, session_id: str) -> list[RunRecord]:
+        """The session's runs, in id (admission) order."""
+        runs = (self.read("runs", key) for key in self.keys("runs"))
+        return sorted((r for r in runs if r is not None and r.session_id == session_id),
+                      key=lambda run: run.id)
+
+    def _log(self, session_id: str, run_id: str, events: Sequence[LogEvent]) -> int:
+        """Append ``events`` of ``run_id`` to an existing session's log, numbered on from
+        its ``last_seq``, and wake its waiters. :returns: the new ``last_seq``."""
+        session: SessionRecord = self.read("sessions", session_id)
+        last_seq = session.last_seq + len(events)
+        # The count first: cut off between the two writes, the log has a gap (which reads as
+        # a pruned range), never a seq given twice.
+        self.write("sessions", session_id, attrs.evolve(session, last_seq=last_seq))
+        self.append("events", session_id, [
+            LoggedEvent(seq=seq, run_id=run_id, event=event)
+            for seq, event in enumerate(events, session.last_seq + 1)
+        ])
+        self._wake(session_id)
+        return last_seq
+
+    def _wake(self, session_id: str) -> None:
+        """Wake the session's ``wait_events`` calls; each looks again at the session."""
+        for waiter in self._event_waiters.pop(session_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _abort(self, run: RunRecord) -> RunRecord:
+        """Abort an unfinished run, as :meth:`abort_run` says."""
+        if run.status == "queued":
+            error = ErrorInfo(code="aborted", message="the run was aborted before it started")
+            last_seq = self._log(run.session_id, run.id, (
+                ErrorEvent(error=error), RunFinished(run_id=run.id, status="aborted"),
+            ))
+            run = attrs.evolve(run, status="aborted", finished_at=utc_now(),
+                               error="aborted before it started", last_seq=last_seq)
+        else:  # the process running it sees this and stops it
+            run = attrs.evolve(run, abort_requested=True)
+        self.write("runs", run.id, run)
+        return run
+
     # --- agents ----------------------------------------------------------------------------
 
     async def create_agent(self, agent: AgentRecord) -> AgentRecord:
@@ -299,7 +261,7 @@ class KeyValueStore:
         self._check_open()
         if self.read("sessions", session.id) is not None:
             raise ConflictError(f"session {session.id!r} already exists")
-        session = attrs.evolve(session, message_count=0)
+        session = attrs.evolve(session, message_count=0, last_seq=0)
         self.write("messages", session.id, [])  # first: a session always has its history
         self.write("sessions", session.id, session)
         return session
@@ -308,19 +270,20 @@ class KeyValueStore:
         return self._counted(self._get("sessions", session_id))
 
     async def update_session(self, session: SessionRecord) -> SessionRecord:
-        self._get("sessions", session.id)
-        self.write("sessions", session.id, attrs.evolve(session, message_count=0))
+        stored: SessionRecord = self._get("sessions", session.id)
+        session = attrs.evolve(session, message_count=0, last_seq=stored.last_seq)
+        self.write("sessions", session.id, session)
         return self._counted(session)
 
     async def delete_session(self, session_id: str) -> None:
         self._get("sessions", session_id)
         self.remove("sessions", session_id)  # first: what is left behind is unreachable
         self.remove("messages", session_id)
-        for run_id in list(self.keys("runs")):
-            run = self.read("runs", run_id)
-            if run is not None and run.session_id == session_id:
-                self.remove("runs", run_id)
+        self.remove("events", session_id)
+        for run in self._runs_of(session_id):
+            self.remove("runs", run.id)
         self._claims.delete_session(session_id)
+        self._wake(session_id)  # its waiters find it gone
 
     async def list_sessions(
         self, *, limit: int = 50, cursor: str | None = None
@@ -361,6 +324,131 @@ class KeyValueStore:
         run: RunRecord = self._get("runs", run_id)
         return run
 
+    async def admit_run(self, run: RunRecord, *, if_busy: IfBusy = "queue") -> Admission:
+        self._check_open()
+        if if_busy not in _IF_BUSY:
+            raise ConfigError(f"if_busy must be 'queue', 'reject' or 'interrupt', got {if_busy!r}")
+        if run.status != "queued":
+            raise ConfigError(f"a run is admitted with status 'queued', got {run.status!r}")
+        self._get("sessions", run.session_id)
+        runs = self._runs_of(run.session_id)
+        key = run.idempotency_key
+        for earlier in runs if key is not None else ():
+            if earlier.idempotency_key == key:
+                if earlier.request_hash == run.request_hash:
+                    return Admission(run=earlier, created=False)
+                raise ConflictError(f"idempotency key {key!r} was already used for another "
+                                    f"request on session {run.session_id!r}")
+        if self.read("runs", run.id) is not None:
+            raise ConflictError(f"run {run.id!r} already exists")
+        active = [earlier for earlier in runs if earlier.status not in FINISHED_STATUSES]
+        if active and if_busy == "reject":
+            raise ConflictError(f"session {run.session_id!r} is busy with run {active[0].id!r}")
+        if if_busy == "interrupt":
+            for earlier in active:
+                self._abort(earlier)
+        seq = self._log(run.session_id, run.id, (RunQueued(run_id=run.id),))
+        run = attrs.evolve(run, started_at=None, finished_at=None, first_seq=seq, last_seq=seq)
+        self.write("runs", run.id, run)
+        self._claims.reserve(run.session_id, run.id)
+        return Admission(run=run)
+
+    async def start_run(self, run_id: str) -> RunRecord:
+        run: RunRecord = self._get("runs", run_id)
+        if run.status != "queued":
+            raise ConflictError(f"run {run_id!r} cannot start: it is {run.status}, not queued")
+        seq = self._log(run.session_id, run_id, (RunStarted(run_id=run_id),))
+        run = attrs.evolve(run, status="running", started_at=utc_now(), last_seq=seq)
+        self.write("runs", run_id, run)
+        return run
+
+    async def finish_run(self, run: RunRecord, events: Sequence[LogEvent] = ()) -> RunRecord:
+        self._check_open()
+        if run.status not in FINISHED_STATUSES:
+            raise ConfigError(f"finish_run takes a run with a finished status "
+                              f"({', '.join(sorted(FINISHED_STATUSES))}), got {run.status!r}")
+        stored: RunRecord = self._get("runs", run.id)
+        if stored.status in FINISHED_STATUSES:
+            return stored  # the first ending wins (it may have been recovered meanwhile)
+        seq = self._log(stored.session_id, run.id,
+                        (*events, RunFinished(run_id=run.id, status=run.status)))
+        first_seq = stored.first_seq if run.first_seq is None else run.first_seq
+        run = attrs.evolve(run, first_seq=first_seq, last_seq=seq)
+        self.write("runs", run.id, run)
+        return run
+
+    async def abort_run(self, run_id: str) -> RunRecord:
+        run: RunRecord = self._get("runs", run_id)
+        if run.status in FINISHED_STATUSES:
+            raise ConflictError(f"run {run_id!r} has already finished ({run.status})")
+        return self._abort(run)
+
+    async def list_runs(
+        self, session_id: str, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[RunRecord]:
+        self._get("sessions", session_id)
+        return paginate({run.id: run for run in self._runs_of(session_id)}, limit, cursor)
+
+    # --- the event log ---------------------------------------------------------------------
+
+    async def append_events(
+        self, session_id: str, run_id: str, events: Sequence[LogEvent]
+    ) -> int:
+        if not events:
+            return self._last_seq(session_id)
+        self._get("sessions", session_id)
+        last_seq = self._log(session_id, run_id, events)
+        run = self.read("runs", run_id)
+        if run is not None and run.session_id == session_id:
+            self.write("runs", run_id, attrs.evolve(run, last_seq=last_seq))
+        return last_seq
+
+    async def read_events(
+        self, session_id: str, *, after: int = 0, limit: int = 1000, run_id: str | None = None
+    ) -> list[LoggedEvent]:
+        self._get("sessions", session_id)
+        if type(limit) is not int or limit < 1:
+            raise ConfigError(f"limit must be an integer of at least 1, got {limit!r}")
+        logged: list[LoggedEvent] = self.read("events", session_id) or []
+        start = bisect.bisect_right(logged, after, key=lambda entry: entry.seq)
+        later = (logged[i] for i in range(start, len(logged)))
+        picked = (e for e in later if run_id is None or e.run_id == run_id)
+        return list(itertools.islice(picked, limit))
+
+    async def wait_events(self, session_id: str, *, after: int, timeout: float) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (last_seq := self._last_seq(session_id)) <= after:
+            woken: asyncio.Future[None] = loop.create_future()
+            waiters = self._event_waiters.setdefault(session_id, set())
+            waiters.add(woken)
+            try:
+                await asyncio.wait_for(woken, deadline - loop.time())
+            except TimeoutError:
+                return self._last_seq(session_id)
+            finally:
+                waiters.discard(woken)
+                if not waiters and self._event_waiters.get(session_id) is waiters:
+                    del self._event_waiters[session_id]
+        return last_seq
+
+    async def prune_events(self, *, before: datetime) -> int:
+        self._check_open()
+        runs = (self.read("runs", key) for key in self.keys("runs"))
+        ended = {
+            run.id for run in runs
+            if run is not None and run.status in FINISHED_STATUSES
+            and run.finished_at is not None and run.finished_at < before
+        }
+        dropped = 0
+        for session_id in list(self.keys("events")):
+            logged = self.read("events", session_id) or []
+            kept = [e for e in logged if e.event.type not in _PRUNABLE or e.run_id not in ended]
+            if len(kept) < len(logged):
+                self.write("events", session_id, kept)
+                dropped += len(logged) - len(kept)
+        return dropped
+
     # --- credentials -----------------------------------------------------------------------
 
     async def set_credential(self, provider: str, credential: Credential) -> None:
@@ -390,6 +478,8 @@ class KeyValueStore:
 
     async def close(self) -> None:
         """Close the store: every later call raises :class:`~wingspan.StoreError`, and
-        waiting claims end with it. Idempotent."""
+        waiting claims and waits on event logs end with it. Idempotent."""
         self._closed = True
         self._claims.close()
+        for session_id in list(self._event_waiters):
+            self._wake(session_id)  # they find the store closed

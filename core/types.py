@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 import attrs
 
 __all__ = [
+    "FINISHED_STATUSES",
     "UNKNOWN_USAGE",
     "ContentBlock",
     "ContentBlockStart",
@@ -22,13 +23,20 @@ __all__ = [
     "InferenceRequest",
     "InferenceResponse",
     "InputJsonDelta",
+    "LogEvent",
+    "LoggedEvent",
     "Message",
     "MessageDelta",
     "MessageStart",
     "MessageStop",
     "Ping",
     "Result",
+    "Resync",
     "Role",
+    "RunFinished",
+    "RunQueued",
+    "RunStarted",
+    "RunStatus",
     "StopReason",
     "StreamEvent",
     "TextBlock",
@@ -350,6 +358,59 @@ class Done:
         )
 
 
+# --- run lifecycle and the event log ---------------------------------------------------------
+
+#: Where a run is: admitted and waiting its turn (``queued``), executing (``running``), paused
+#: on a permission request (``waiting``), or finished one of four ways. ``interrupted``: the
+#: process running it died, set by whoever noticed first.
+RunStatus: TypeAlias = Literal[
+    "queued", "running", "waiting", "completed", "failed", "aborted", "interrupted"
+]
+#: The statuses of a run that has ended.
+FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "aborted", "interrupted"})
+
+
+@attrs.frozen(kw_only=True)
+class RunQueued:
+    """A run was admitted to its session's queue (event log only, not a run's stream)."""
+
+    type: ClassVar[str] = "run_queued"
+
+    run_id: str
+    status: RunStatus = "queued"
+
+
+@attrs.frozen(kw_only=True)
+class RunStarted:
+    """A run got its turn and began (event log only)."""
+
+    type: ClassVar[str] = "run_started"
+
+    run_id: str
+    status: RunStatus = "running"
+
+
+@attrs.frozen(kw_only=True)
+class RunFinished:
+    """A run ended; ``status`` says how (event log only). Always its run's last event."""
+
+    type: ClassVar[str] = "run_finished"
+
+    run_id: str
+    status: RunStatus
+
+
+@attrs.frozen(kw_only=True)
+class Resync:
+    """The start of a replay whose cursor fell in a pruned range: the events before
+    ``next_seq`` that were kept are gone (the session's history holds the messages)."""
+
+    type: ClassVar[str] = "resync"
+
+    next_seq: int
+    reason: str = "pruned"
+
+
 StreamEvent: TypeAlias = (
     MessageStart
     | ContentBlockStart
@@ -363,3 +424,20 @@ StreamEvent: TypeAlias = (
     | ToolResultEvent
     | Done
 )
+#: What a session's event log holds: every event of its runs' streams, and each run's
+#: lifecycle around them.
+LogEvent: TypeAlias = StreamEvent | RunQueued | RunStarted | RunFinished
+
+
+@attrs.frozen(kw_only=True)
+class LoggedEvent:
+    """One entry of a session's event log.
+
+    :ivar seq: its number, strictly increasing within the session, from 1 (the SSE ``id``).
+    :ivar run_id: the run it belongs to.
+    :ivar event: the event (a :class:`Resync` only at the start of a replay, never stored).
+    """
+
+    seq: int
+    run_id: str
+    event: LogEvent | Resync

@@ -60,9 +60,16 @@ TAGGED: tuple[type, ...] = (
     t.ErrorEvent,
     t.ToolResultEvent,
     t.Done,
+    t.RunQueued,
+    t.RunStarted,
+    t.RunFinished,
+    t.Resync,
 )
 #: Unions dispatched on their members' ``"type"`` tags.
-UNIONS: tuple[Any, ...] = (t.ContentBlock, t.StreamEvent, t.TextStart | t.ToolUseStart)
+UNIONS: tuple[Any, ...] = (
+    t.ContentBlock, t.StreamEvent, t.LogEvent, t.LogEvent | t.Resync,
+    t.TextStart | t.ToolUseStart,
+)
 
 
 class _WireError(ValueError):

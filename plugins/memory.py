@@ -17,6 +17,7 @@ from wingspan import (
     ConfigError,
     Credential,
     KeyValueStore,
+    LoggedEvent,
     Message,
     RunRecord,
     SessionRecord,
@@ -34,12 +35,14 @@ class MemoryStore(KeyValueStore):
         self._agents: dict[str, AgentRecord] = {}
         self._sessions: dict[str, SessionRecord] = {}
         self._messages: dict[str, list[Message]] = {}
+        self._events: dict[str, list[LoggedEvent]] = {}
         self._runs: dict[str, RunRecord] = {}
         self._credentials: dict[str, Credential] = {}
         self._tables: dict[str, dict[str, Any]] = {
             "agents": self._agents,
             "sessions": self._sessions,
             "messages": self._messages,
+            "events": self._events,
             "runs": self._runs,
             "credentials": self._credentials,
         }
@@ -61,7 +64,7 @@ class MemoryStore(KeyValueStore):
 
     def append(self, table: str, key: str, values: Sequence[Any]) -> int:
         history: list[Any] = self._tables[table].setdefault(key, [])
-        history.extend(values)  # in place: appending costs what is appended, not the history
+        history.extend(values)  # in place: appending costs what is appended, not the list
         return len(history)
 
 

@@ -4,7 +4,8 @@
 - :func:`scripted` builds the ``test`` provider from a script;
 - :class:`StoreStateMachine` / :func:`store_state_machine` are the store contract suite: a
   hypothesis state machine that drives any :class:`~wingspan.Store` against a model of it,
-  and :class:`ClaimContract` checks the waiting side of its claims;
+  and :class:`ClaimContract` checks the waiting side of its claims (admission order
+  included) and of its event log;
 - :class:`ProviderConformance` is the provider conformance suite: shared scenarios run against
   a provider's fake server (:class:`FakeServer`) speaking its real wire format.
 

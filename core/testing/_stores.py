@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.from_thread
@@ -14,15 +15,45 @@ from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
     consumes,
+    initialize,
     invariant,
     precondition,
     rule,
 )
 
-from ..errors import ConflictError, NotFoundError, StoreError
+from ..errors import ConfigError, ConflictError, NotFoundError, StoreError
 from ..ids import new_id
-from ..store import AgentRecord, Credential, Page, RunRecord, SessionRecord, Store
-from ..types import Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
+from ..store import (
+    Admission,
+    AgentRecord,
+    Credential,
+    Page,
+    RunRecord,
+    SessionRecord,
+    Store,
+    utc_now,
+)
+from ..storekit import MAX_PAGE
+from ..types import (
+    FINISHED_STATUSES,
+    ErrorEvent,
+    ErrorInfo,
+    InputJsonDelta,
+    LogEvent,
+    LoggedEvent,
+    Message,
+    MessageStart,
+    Ping,
+    RunFinished,
+    RunQueued,
+    RunStarted,
+    TextBlock,
+    TextDelta,
+    ToolResultBlock,
+    ToolResultEvent,
+    ToolUseBlock,
+    Usage,
+)
 
 __all__ = ["StoreStateMachine", "store_state_machine"]
 
@@ -34,6 +65,28 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_texts, inner, max_size=3),
     max_leaves=8,
 )
+
+
+_log_events = st.lists(
+    st.builds(TextDelta, text=_texts, index=st.integers(0, 3))
+    | st.builds(InputJsonDelta, partial_json=_texts, index=st.integers(0, 3))
+    | st.just(Ping())
+    | st.builds(MessageStart, step=st.integers(0, 5))
+    | st.builds(ToolResultEvent, tool_use_id=st.just("toolu_1"), tool_name=_names,
+                content=_texts, is_error=st.booleans())
+    | st.builds(ErrorEvent, error=st.builds(ErrorInfo, code=st.just("provider_error"),
+                                            message=_texts)),
+    max_size=4,
+)
+#: The event types prune_events drops once their run has finished.
+_PRUNABLE = {"text_delta", "input_json_delta", "ping"}
+#: How long before now a run record's ``finished_at`` is.
+_ages = st.sampled_from([timedelta(hours=h) for h in (0, 1, 30)])
+#: Claimants that are not admitted runs.
+_claimants = ["run-a", "run-b", "run-c"]
+_if_busy = st.sampled_from(["queue", "reject", "interrupt"])
+#: Where a pruning cutoff is from when a run finished: just before, at or just after.
+_shifts = st.sampled_from([timedelta(milliseconds=ms) for ms in (-1, 0, 1)])
 
 
 @st.composite
@@ -65,8 +118,9 @@ def _messages(draw: st.DrawFn) -> list[Message]:
 
 
 class StoreStateMachine(RuleBasedStateMachine):
-    """Drives a store through creates, updates, deletes, appends, claims, listings and
-    credentials, checking every answer against a model.
+    """Drives a store through creates, updates, deletes, appends, claims, run admissions
+    and lifecycles, the event log, listings and credentials, checking every answer against
+    a model.
 
     Subclass it with :func:`store_state_machine`; rules are synchronous and run the store's
     coroutines on an event loop in a helper thread (an anyio blocking portal).
@@ -84,9 +138,13 @@ class StoreStateMachine(RuleBasedStateMachine):
         self.portal = self._exit.enter_context(anyio.from_thread.start_blocking_portal())
         self.store: Store = self.portal.call(type(self).open_store)
         self.model_agents: dict[str, AgentRecord] = {}
+        #: Each session as stored, with its ``last_seq`` (``message_count`` is counted).
         self.model_sessions: dict[str, SessionRecord] = {}
         self.model_messages: dict[str, list[Message]] = {}
+        self.model_events: dict[str, list[LoggedEvent]] = {}
         self.model_holders: dict[str, str] = {}
+        #: Per session, the admitted runs whose claim has not been granted, in line.
+        self.model_places: dict[str, list[str]] = {}
         self.model_runs: dict[str, RunRecord] = {}
         self.model_credentials: dict[str, Credential] = {}
 
@@ -166,21 +224,36 @@ class StoreStateMachine(RuleBasedStateMachine):
 
     # --- sessions ---------------------------------------------------------------------------
 
-    @rule(target=sessions, title=_names, work_dir=st.none() | st.just("/tmp"))
-    def create_session(self, title: str, work_dir: str | None) -> str:
-        record = SessionRecord(id=new_id(), title=title, work_dir=work_dir)
+    @initialize(target=sessions, title=_names, work_dir=st.none() | st.just("/tmp"),
+                count=st.integers(0, 3), last_seq=st.integers(0, 3))
+    def first_session(self, title: str, work_dir: str | None, count: int, last_seq: int) -> str:
+        """Every run of the machine has a session to admit runs to from its first step."""
+        return self._create_session(title, work_dir, count, last_seq)
+
+    @rule(target=sessions, title=_names, work_dir=st.none() | st.just("/tmp"),
+          count=st.integers(0, 3), last_seq=st.integers(0, 3))
+    def create_session(self, title: str, work_dir: str | None, count: int, last_seq: int) -> str:
+        """The counts passed are the store's to keep: it starts them at 0."""
+        return self._create_session(title, work_dir, count, last_seq)
+
+    def _create_session(self, title: str, work_dir: str | None, count: int, last_seq: int) -> str:
+        record = SessionRecord(id=new_id(), title=title, work_dir=work_dir,
+                               message_count=count, last_seq=last_seq)
         created = self.call(self.store.create_session, record)
+        record = attrs.evolve(record, message_count=0, last_seq=0)
         assert created == record, (created, record)
         self.model_sessions[record.id] = record
         self.model_messages[record.id] = []
+        self.model_events[record.id] = []
         return record.id
 
-    @rule(session_id=sessions, title=_names)
-    def update_session(self, session_id: str, title: str) -> None:
+    @rule(session_id=sessions, title=_names, last_seq=st.integers(0, 3))
+    def update_session(self, session_id: str, title: str, last_seq: int) -> None:
+        """An update keeps the session's ``last_seq``, whatever it is given."""
         if session_id not in self.model_sessions:
             return
         record = attrs.evolve(self.model_sessions[session_id], title=title)
-        updated = self.call(self.store.update_session, record)
+        updated = self.call(self.store.update_session, attrs.evolve(record, last_seq=last_seq))
         assert updated.title == title
         self.model_sessions[session_id] = record
 
@@ -193,22 +266,40 @@ class StoreStateMachine(RuleBasedStateMachine):
         got = self.call(self.store.get_session, session_id)
         assert got == attrs.evolve(expected, message_count=len(self.model_messages[session_id]))
 
-    @rule(session_id=consumes(sessions))
-    def delete_session(self, session_id: str) -> None:
+    @rule(session_id=consumes(sessions), again=st.booleans())
+    def delete_session(self, session_id: str, again: bool) -> None:
+        """Everything of the session goes with it: made again with its id, it is empty."""
         record = self.model_sessions.pop(session_id, None)
         if record is not None:
             self.call(self.store.delete_session, session_id)
             del self.model_messages[session_id]
+            del self.model_events[session_id]
             self.model_holders.pop(session_id, None)
+            self.model_places.pop(session_id, None)
             runs = [k for k, r in self.model_runs.items() if r.session_id == session_id]
             for run_id in runs:  # deleted with their session
                 del self.model_runs[run_id]
                 self._assert_missing(self.store.get_run, run_id)
+            if runs:
+                self._assert_missing(self.store.abort_run, runs[0])
+                self._assert_missing(self.store.start_run, runs[0])
             self._assert_missing(self.store.update_session, record)
             self._assert_missing(self.store.save_run, RunRecord(id=new_id(), session_id=session_id))
         self._assert_missing(self.store.get_session, session_id)
         self._assert_missing(self.store.load_messages, session_id)
         self._assert_missing(self.store.append_messages, session_id, [])
+        self._assert_missing(self.store.admit_run, self._queued(session_id))
+        self._assert_missing(self.store.list_runs, session_id)
+        self._assert_missing(self.store.append_events, session_id, "run", [Ping()])
+        self._assert_missing(self.store.read_events, session_id)
+        self._assert_missing(self.store.wait_events, session_id, after=0, timeout=0)
+        if record is not None and again:
+            self.call(self.store.create_session, SessionRecord(id=session_id))
+            assert self.call(self.store.load_messages, session_id) == []
+            assert self.call(self.store.read_events, session_id) == []
+            assert self.call(self.store.list_runs, session_id) == Page(items=())
+            assert self.call(self.store.get_session, session_id).last_seq == 0
+            self.call(self.store.delete_session, session_id)
 
     # --- history ----------------------------------------------------------------------------
 
@@ -227,34 +318,60 @@ class StoreStateMachine(RuleBasedStateMachine):
                 session_id
             ]
 
-    # --- claims and runs --------------------------------------------------------------------
+    # --- claims -----------------------------------------------------------------------------
 
-    @rule(session_id=sessions, holder=st.sampled_from(["run-a", "run-b", "run-c"]))
-    def claim_session(self, session_id: str, holder: str) -> None:
+    @rule(session_id=sessions, data=st.data())
+    def claim_session(self, session_id: str, data: st.DataObject) -> None:
+        """Without waiting: granted to the holder, or when the session is free and no
+        admitted run is in line before the claimant (an admitted run is served in its
+        place, and keeps it when refused)."""
         if session_id not in self.model_sessions:
             return
+        holder = data.draw(st.sampled_from([*_claimants, *self._run_ids(session_id)]))
         granted = self.call(self.store.claim_session, session_id, holder, wait=False)
-        expected = self.model_holders.get(session_id) in (None, holder)
-        assert granted == expected, (granted, self.model_holders.get(session_id), holder)
+        current = self.model_holders.get(session_id)
+        places = self.model_places.get(session_id, [])
+        expected = current == holder or (current is None and places[:1] in ([], [holder]))
+        assert granted == expected, (granted, current, places, holder)
         if granted:
             self.model_holders[session_id] = holder
+            if places[:1] == [holder]:
+                places.pop(0)
 
-    @rule(session_id=sessions, holder=st.sampled_from(["run-a", "run-b", "run-c"]))
-    def release_session(self, session_id: str, holder: str) -> None:
+    @rule(session_id=sessions, data=st.data())
+    def release_session(self, session_id: str, data: st.DataObject) -> None:
+        """A release gives the claim up, or the place in line of an admitted run that has
+        not claimed it; by anyone else it does nothing."""
         if session_id not in self.model_sessions:
             return
+        holder = data.draw(st.sampled_from([*_claimants, *self._run_ids(session_id)]))
         self.call(self.store.release_session, session_id, holder)
+        places = self.model_places.get(session_id, [])
         if self.model_holders.get(session_id) == holder:
             del self.model_holders[session_id]
+        elif holder in places:
+            places.remove(holder)
+
+    # --- runs -------------------------------------------------------------------------------
 
     @rule(session_id=sessions, status=st.sampled_from(
-        ["running", "completed", "failed", "aborted", "interrupted"]),
-        steps=st.integers(0, 100), tokens=st.integers(0, 10**6))
-    def save_run(self, session_id: str, status: Any, steps: int, tokens: int) -> None:
+        ["running", "waiting", "completed", "failed", "aborted", "interrupted"]),
+        steps=st.integers(0, 100), tokens=st.integers(0, 10**6),
+        key=st.none() | st.just("saved"), first_seq=st.none() | st.integers(1, 5),
+        abort_requested=st.booleans(), age=st.none() | _ages)
+    def save_run(
+        self, session_id: str, status: Any, steps: int, tokens: int, key: str | None,
+        first_seq: int | None, abort_requested: bool, age: timedelta | None,
+    ) -> None:
+        """Insert or replace, every field round-tripping. (Its idempotency key is never one
+        an admission uses: what a saved run's key means to admissions is no rule.)"""
         if session_id not in self.model_sessions:
             return
         run = RunRecord(id=new_id(), session_id=session_id, status=status, steps=steps,
-                        usage=Usage(input_tokens=tokens, output_tokens=tokens // 2))
+                        usage=Usage(input_tokens=tokens, output_tokens=tokens // 2),
+                        idempotency_key=key, request_hash=key, first_seq=first_seq,
+                        last_seq=first_seq, abort_requested=abort_requested,
+                        finished_at=None if age is None else utc_now() - age)
         self.call(self.store.save_run, run)
         self.model_runs[run.id] = run
         assert self.call(self.store.get_run, run.id) == run
@@ -265,6 +382,275 @@ class StoreStateMachine(RuleBasedStateMachine):
         run_id = data.draw(st.sampled_from(sorted(self.model_runs)))
         assert self.call(self.store.get_run, run_id) == self.model_runs[run_id]
 
+    @rule(session_id=sessions, key=st.none() | st.just("k1"),
+          request_hash=st.none() | st.just("h1"), if_busy=_if_busy,
+          agent_id=st.none() | st.just("agent-1"))
+    def admit_run(
+        self, session_id: str, key: str | None, request_hash: str | None, if_busy: str,
+        agent_id: str | None,
+    ) -> None:
+        """A repeat of an idempotency key with the same request is the first run again,
+        with another request a conflict naming the key; ``reject`` refuses a busy session,
+        ``interrupt`` aborts its unfinished runs; an admitted run is stored queued, takes
+        its place in line and logs its ``run_queued``."""
+        if session_id not in self.model_sessions:
+            return
+        run = attrs.evolve(self._queued(session_id), agent_id=agent_id, idempotency_key=key,
+                           request_hash=request_hash)
+        self._admit(run, if_busy)
+
+    @precondition(lambda self: any(r.idempotency_key == "k1" for r in self.model_runs.values()))
+    @rule(data=st.data(), same_request=st.booleans(), if_busy=_if_busy)
+    def admit_again(self, data: st.DataObject, same_request: bool, if_busy: str) -> None:
+        """A client repeats an admission with its idempotency key, asking the same or not."""
+        earlier = data.draw(st.sampled_from(
+            [run for run in self.model_runs.values() if run.idempotency_key == "k1"]))
+        other = None if earlier.request_hash else "h1"
+        run = attrs.evolve(self._queued(earlier.session_id), idempotency_key="k1",
+                           request_hash=earlier.request_hash if same_request else other)
+        self._admit(run, if_busy)
+
+    def _admit(self, run: RunRecord, if_busy: str) -> RunRecord | None:
+        """Admit ``run`` to the store and the model, checking the answer.
+        :returns: the run as admitted, if it was admitted (not a repeat, not refused)."""
+        key, session_id = run.idempotency_key, run.session_id
+        runs = self._runs_of(session_id)
+        admitted = None
+        earlier = next((r for r in runs if key is not None and r.idempotency_key == key), None)
+        if earlier is not None and earlier.request_hash != run.request_hash:
+            error = self._assert_raises(ConflictError, self.store.admit_run, run, if_busy=if_busy)
+            assert str(key) in str(error), f"the conflict should name the key: {error}"
+        elif earlier is not None:
+            admission = self.call(self.store.admit_run, run, if_busy=if_busy)
+            assert admission == Admission(run=earlier, created=False), (admission, earlier)
+        elif if_busy == "reject" and any(r.status not in FINISHED_STATUSES for r in runs):
+            self._assert_raises(ConflictError, self.store.admit_run, run, if_busy=if_busy)
+        else:
+            before = utc_now()
+            admission = self.call(self.store.admit_run, run, if_busy=if_busy)
+            for aborted in runs if if_busy == "interrupt" else ():
+                if aborted.status not in FINISHED_STATUSES:
+                    self._model_abort(aborted, before)
+            seq = self._model_log(session_id, run.id, [RunQueued(run_id=run.id)])
+            run = attrs.evolve(run, started_at=None, finished_at=None, first_seq=seq,
+                               last_seq=seq)
+            assert admission == Admission(run=run, created=True), (admission, run)
+            self.model_runs[run.id] = admitted = run
+            self.model_places.setdefault(session_id, []).append(run.id)
+        self._check_session(session_id)
+        return admitted
+
+    @rule(session_id=sessions, deltas=st.lists(st.builds(TextDelta, text=_texts, index=st.just(0))
+                                               | st.just(Ping()), min_size=1, max_size=3),
+          end=st.sampled_from(["running", "waiting", *sorted(FINISHED_STATUSES)]), age=_ages,
+          next_if_busy=st.sampled_from(["reject", "interrupt"]), prune=st.none() | _shifts)
+    def run_a_turn(
+        self, session_id: str, deltas: list[LogEvent], end: Any, age: timedelta,
+        next_if_busy: str, prune: timedelta | None,
+    ) -> None:
+        """A run as the kernel drives it: admitted (and its id then in use), started,
+        streaming, then paused on a permission request (saved ``waiting``) or still running
+        (and then the next admission is refused, or interrupts it), or finished (and maybe
+        its deltas pruned, about when it finished)."""
+        if session_id not in self.model_sessions:
+            return
+        run = self._admit(self._queued(session_id), "queue")
+        assert run is not None
+        again = attrs.evolve(self._queued(session_id), id=run.id)
+        self._assert_raises(ConflictError, self.store.admit_run, again)  # its id is in use
+        run = self._start(run)
+        self._append(session_id, run.id, deltas)
+        run = self.model_runs[run.id]
+        if end in ("running", "waiting"):
+            run = attrs.evolve(run, status=end)
+            self.call(self.store.save_run, run)
+            self.model_runs[run.id] = run
+            self._admit(self._queued(session_id), next_if_busy)
+        else:
+            finished_at = utc_now() - age
+            self._finish(run, attrs.evolve(run, status=end, finished_at=finished_at), [])
+            if prune is not None:
+                self._prune(finished_at + prune)
+
+    @precondition(lambda self: bool(self.model_runs))
+    @rule(data=st.data())
+    def start_run(self, data: st.DataObject) -> None:
+        """A queued run starts (``running``, ``started_at`` now, its ``run_started``
+        logged); any other is a conflict."""
+        run = self._draw_run(data, lambda r: r.status == "queued")
+        if run.status != "queued":
+            self._assert_raises(ConflictError, self.store.start_run, run.id)
+        else:
+            self._start(run)
+
+    def _start(self, run: RunRecord) -> RunRecord:
+        before = utc_now()
+        started = self.call(self.store.start_run, run.id)
+        seq = self._model_log(run.session_id, run.id, [RunStarted(run_id=run.id)])
+        run = attrs.evolve(run, status="running", started_at=self._now(started.started_at, before),
+                           last_seq=seq)
+        assert started == run, (started, run)
+        self.model_runs[run.id] = run
+        self._check_session(run.session_id)
+        return run
+
+    @precondition(lambda self: bool(self.model_runs))
+    @rule(data=st.data(), status=st.sampled_from(sorted(FINISHED_STATUSES)),
+          events=_log_events, age=st.none() | _ages, steps=st.integers(0, 9),
+          keep_first_seq=st.booleans())
+    def finish_run(
+        self, data: st.DataObject, status: Any, events: list[LogEvent],
+        age: timedelta | None, steps: int, keep_first_seq: bool,
+    ) -> None:
+        """An unfinished run ends: its events and ``run_finished`` logged, the record stored
+        as given with ``last_seq`` that of its ``run_finished`` (and the stored
+        ``first_seq`` when it is given none). A finished one stays as it is."""
+        stored = self._draw_run(data, lambda r: r.status not in FINISHED_STATUSES)
+        run = attrs.evolve(
+            stored, status=status, steps=steps, stop_reason="end_turn",
+            finished_at=None if age is None else utc_now() - age,
+            first_seq=stored.first_seq if keep_first_seq else None,
+        )
+        self._finish(stored, run, events)
+
+    def _finish(self, stored: RunRecord, run: RunRecord, events: list[LogEvent]) -> None:
+        finished = self.call(self.store.finish_run, run, events)
+        if stored.status in FINISHED_STATUSES:
+            assert finished == stored, (finished, stored)  # the first ending wins
+            return
+        seq = self._model_log(
+            run.session_id, run.id, [*events, RunFinished(run_id=run.id, status=run.status)]
+        )
+        run = attrs.evolve(run, first_seq=stored.first_seq, last_seq=seq)
+        assert finished == run, (finished, run)
+        self.model_runs[run.id] = run
+        self._check_session(run.session_id)
+
+    @precondition(lambda self: bool(self.model_runs))
+    @rule(data=st.data())
+    def abort_run(self, data: st.DataObject) -> None:
+        """A queued run is finished ``aborted`` at once (its ``error`` and ``run_finished``
+        logged) and keeps its place in line; a running or waiting one gets
+        ``abort_requested``; a finished one is a conflict."""
+        run = self.model_runs[data.draw(st.sampled_from(sorted(self.model_runs)))]
+        if run.status in FINISHED_STATUSES:
+            self._assert_raises(ConflictError, self.store.abort_run, run.id)
+            return
+        before = utc_now()
+        aborted = self.call(self.store.abort_run, run.id)
+        assert aborted == self._model_abort(run, before)
+        self._check_session(run.session_id)
+
+    @rule(session_id=sessions, limit=st.integers(1, 4))
+    def list_runs(self, session_id: str, limit: int) -> None:
+        if session_id not in self.model_sessions:
+            return
+        got = self._all_pages(lambda **page: self.store.list_runs(session_id, **page), limit)
+        assert got == sorted(self._runs_of(session_id), key=lambda r: r.id, reverse=True)
+
+    @precondition(lambda self: bool(self.model_sessions))
+    @rule(data=st.data())
+    def refuse_bad_arguments(self, data: st.DataObject) -> None:
+        """What the contract rules out is refused, and changes nothing: admitting a run that
+        is not queued or with an unknown ``if_busy``, finishing one with an unfinished
+        status, or a page limit out of range is a ``ConfigError``; starting, aborting or
+        finishing a run that never was a ``NotFoundError``."""
+        session_id = data.draw(st.sampled_from(sorted(self.model_sessions)))
+        case = data.draw(st.sampled_from(
+            ["admit_status", "if_busy", "finish_status", "read_limit", "list_limit",
+             "unknown_run"]))
+        queued = self._queued(session_id)
+        if case == "admit_status":
+            run = attrs.evolve(queued, status=data.draw(st.sampled_from(["running", "failed"])))
+            self._assert_raises(ConfigError, self.store.admit_run, run)
+        elif case == "if_busy":
+            self._assert_raises(ConfigError, self.store.admit_run, queued, if_busy="later")
+        elif case == "finish_status" and self.model_runs:
+            run = self.model_runs[data.draw(st.sampled_from(sorted(self.model_runs)))]
+            run = attrs.evolve(run, status=data.draw(st.sampled_from(["running", "queued"])))
+            self._assert_raises(ConfigError, self.store.finish_run, run)
+        elif case == "read_limit":
+            limit = data.draw(st.sampled_from([0, -1, 1.5, "2"]))
+            self._assert_raises(ConfigError, self.store.read_events, session_id, limit=limit)
+        elif case == "list_limit":
+            limit = data.draw(st.sampled_from([0, 501]))
+            self._assert_raises(ConfigError, self.store.list_runs, session_id, limit=limit)
+        elif case == "unknown_run":
+            self._assert_missing(self.store.start_run, queued.id)
+            self._assert_missing(self.store.abort_run, queued.id)
+            self._assert_missing(self.store.finish_run, attrs.evolve(queued, status="failed"))
+
+    # --- the event log ----------------------------------------------------------------------
+
+    @rule(session_id=sessions, events=_log_events, data=st.data())
+    def append_events(self, session_id: str, events: list[LogEvent], data: st.DataObject) -> None:
+        """Events are numbered on from the session's ``last_seq``, which the session and
+        the run (when there is such a run) keep; none appended changes nothing."""
+        if session_id not in self.model_sessions:
+            return
+        runs = self._run_ids(session_id)
+        known = bool(runs) and data.draw(st.booleans())
+        run_id = data.draw(st.sampled_from(runs if known else ["ghost", *runs]))
+        self._append(session_id, run_id, events)
+
+    def _append(self, session_id: str, run_id: str, events: list[LogEvent]) -> None:
+        last_seq = self.call(self.store.append_events, session_id, run_id, events)
+        if events:
+            self._model_log(session_id, run_id, events)
+            if run_id in self.model_runs:
+                self.model_runs[run_id] = attrs.evolve(self.model_runs[run_id], last_seq=last_seq)
+        assert last_seq == self.model_sessions[session_id].last_seq
+        self._check_session(session_id)
+
+    @rule(session_id=sessions, data=st.data())
+    def read_events(self, session_id: str, data: st.DataObject) -> None:
+        """The retained events after ``after``, oldest first, at most ``limit``, only the
+        run's when one is given."""
+        if session_id not in self.model_sessions:
+            return
+        logged = self.model_events[session_id]
+        after = data.draw(st.integers(0, self.model_sessions[session_id].last_seq + 1))
+        limit = data.draw(st.sampled_from([1, 2, 5, 1000]))
+        run_id = data.draw(st.none() | st.sampled_from(["ghost", *self._run_ids(session_id)]))
+        got = self.call(self.store.read_events, session_id, after=after, limit=limit,
+                        run_id=run_id)
+        expected = [e for e in logged if e.seq > after and run_id in (None, e.run_id)][:limit]
+        assert got == expected, (got, expected)
+
+    @rule(session_id=sessions, data=st.data())
+    def wait_events(self, session_id: str, data: st.DataObject) -> None:
+        """A wait for what is there already returns at once; one for what is not returns the
+        ``last_seq`` when its time is up."""
+        if session_id not in self.model_sessions:
+            return
+        last_seq = self.model_sessions[session_id].last_seq
+        after = data.draw(st.integers(0, last_seq + 1))
+        # A store that waited for what it has would fail this rule on its own time limit.
+        timeout = 60.0 if after < last_seq else 0.0
+        assert self.call(self.store.wait_events, session_id, after=after,
+                         timeout=timeout) == last_seq
+
+    @precondition(lambda self: any(
+        self._prunable(e, datetime.max.replace(tzinfo=UTC))
+        for logged in self.model_events.values() for e in logged))
+    @rule(data=st.data(), shift=_shifts)
+    def prune_events(self, data: st.DataObject, shift: timedelta) -> None:
+        ends = sorted({r.finished_at for r in self.model_runs.values() if r.finished_at})
+        self._prune(data.draw(st.sampled_from(ends)) + shift)
+
+    def _prune(self, before: datetime) -> None:
+        """Only the deltas and pings of runs that finished before the cutoff go (a cutoff
+        about when a run finished: just before, at or just after it); ``last_seq`` stays."""
+        dropped = self.call(self.store.prune_events, before=before)
+        expected = 0
+        for session_id, logged in self.model_events.items():
+            kept = [e for e in logged if not self._prunable(e, before)]
+            expected += len(logged) - len(kept)
+            self.model_events[session_id] = kept
+        assert dropped == expected, (dropped, expected)
+        for session_id in self.model_sessions:
+            self._check_session(session_id)
+
     # --- listings ---------------------------------------------------------------------------
 
     @rule(limit=st.integers(1, 4))
@@ -273,6 +659,7 @@ class StoreStateMachine(RuleBasedStateMachine):
         assert [s.id for s in got] == sorted(self.model_sessions, reverse=True)
         for record in got:
             assert record.message_count == len(self.model_messages[record.id])
+            assert record.last_seq == self.model_sessions[record.id].last_seq
 
     @rule(limit=st.integers(1, 4))
     def list_agents(self, limit: int) -> None:
@@ -282,7 +669,8 @@ class StoreStateMachine(RuleBasedStateMachine):
     def _all_pages(self, method: Callable[..., Awaitable[Page[Any]]], limit: int) -> list[Any]:
         items: list[Any] = []
         cursor = None
-        for _ in range(len(self.model_sessions) + len(self.model_agents) + 2):
+        for _ in range(len(self.model_sessions) + len(self.model_agents) + len(self.model_runs)
+                       + 2):
             page = self.call(method, limit=limit, cursor=cursor)
             assert len(page.items) <= limit
             items.extend(page.items)
@@ -319,12 +707,99 @@ class StoreStateMachine(RuleBasedStateMachine):
         listed = self.call(self.store.list_credentials)
         assert listed == {p: c.type for p, c in self.model_credentials.items()}
 
-    def _assert_missing(self, method: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    # --- the model --------------------------------------------------------------------------
+
+    def _check_session(self, session_id: str) -> None:
+        """The session's ``last_seq``, runs and log are the model's."""
+        got = self.call(self.store.get_session, session_id)
+        assert got.last_seq == self.model_sessions[session_id].last_seq
+        runs = self.call(self.store.list_runs, session_id, limit=MAX_PAGE)
+        expected = self._runs_of(session_id)[::-1]
+        assert list(runs.items) == expected[:MAX_PAGE], (runs.items, expected)
+        logged = self.call(self.store.read_events, session_id, limit=10**9)
+        assert logged == self.model_events[session_id], (logged, self.model_events[session_id])
+        if expected:  # and the latest run's part of it
+            run_id = expected[0].id
+            logged = self.call(self.store.read_events, session_id, run_id=run_id)
+            assert logged == [e for e in self.model_events[session_id] if e.run_id == run_id]
+
+    @staticmethod
+    def _queued(session_id: str) -> RunRecord:
+        return RunRecord(id=new_id(), session_id=session_id, status="queued")
+
+    def _runs_of(self, session_id: str) -> list[RunRecord]:
+        """The session's runs, in id (admission) order."""
+        return [self.model_runs[i] for i in sorted(self.model_runs)
+                if self.model_runs[i].session_id == session_id]
+
+    def _draw_run(self, data: st.DataObject, likely: Callable[[RunRecord], bool]) -> RunRecord:
+        """A run of the model, mostly one that is ``likely`` (when there is one)."""
+        runs = [self.model_runs[i] for i in sorted(self.model_runs)]
+        fitting = [run for run in runs if likely(run)]
+        coin: bool = data.draw(st.booleans())
+        if fitting and coin:
+            runs = fitting
+        return data.draw(st.sampled_from(runs))
+
+    def _run_ids(self, session_id: str) -> list[str]:
+        return [run.id for run in self._runs_of(session_id)]
+
+    def _model_log(self, session_id: str, run_id: str, events: Sequence[LogEvent]) -> int:
+        """Log ``events`` in the model, numbered on from the session's ``last_seq``.
+        :returns: the new ``last_seq``."""
+        session = self.model_sessions[session_id]
+        self.model_events[session_id].extend(
+            LoggedEvent(seq=seq, run_id=run_id, event=event)
+            for seq, event in enumerate(events, session.last_seq + 1)
+        )
+        self.model_sessions[session_id] = attrs.evolve(
+            session, last_seq=session.last_seq + len(events))
+        return self.model_sessions[session_id].last_seq
+
+    def _model_abort(self, run: RunRecord, before: datetime) -> RunRecord:
+        """Abort ``run`` in the model, as the store did since ``before``."""
+        if run.status == "queued":
+            stored = self.call(self.store.get_run, run.id)
+            error = ErrorInfo(code="aborted", message="the run was aborted before it started")
+            seq = self._model_log(run.session_id, run.id, [
+                ErrorEvent(error=error), RunFinished(run_id=run.id, status="aborted"),
+            ])
+            run = attrs.evolve(run, status="aborted", error="aborted before it started",
+                               finished_at=self._now(stored.finished_at, before), last_seq=seq)
+        else:
+            run = attrs.evolve(run, abort_requested=True)
+        assert self.call(self.store.get_run, run.id) == run
+        self.model_runs[run.id] = run
+        return run
+
+    def _prunable(self, logged: LoggedEvent, before: datetime) -> bool:
+        run = self.model_runs.get(logged.run_id)
+        return (
+            logged.event.type in _PRUNABLE and run is not None
+            and run.status in FINISHED_STATUSES
+            and run.finished_at is not None and run.finished_at < before
+        )
+
+    @staticmethod
+    def _now(stamp: datetime | None, before: datetime) -> datetime:
+        """``stamp``, checked to be a time since ``before``."""
+        assert stamp is not None and before <= stamp <= utc_now(), (stamp, before)
+        return stamp
+
+    def _assert_raises(
+        self, error: type[Exception], method: Callable[..., Awaitable[Any]], *args: Any,
+        **kwargs: Any,
+    ) -> Exception:
         try:
-            self.call(method, *args)
-        except NotFoundError:
-            return
-        raise AssertionError(f"{method.__name__}{args} should raise NotFoundError")
+            self.call(method, *args, **kwargs)
+        except error as raised:
+            return raised
+        raise AssertionError(f"{method.__name__}{args} should raise {error.__name__}")
+
+    def _assert_missing(
+        self, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    ) -> None:
+        self._assert_raises(NotFoundError, method, *args, **kwargs)
 
 
 

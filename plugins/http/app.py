@@ -4,24 +4,28 @@ on ``app.extensions["wingspan"]``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from datetime import datetime
+import logging
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from quart import Quart, current_app, request
 
-from wingspan import Runtime, Store, ValidationError, wire
+from wingspan import Runtime, Store, ValidationError, WingspanError, utc_now, wire
 
 from .config import ServerConfig
 from .errors import ApiError, install_error_handlers, unsupported_media_type
 from .middleware import install_middleware
-from .runs import RunManager, TrackingStore
+from .runs import RunManager
 
 if TYPE_CHECKING:
     import cattrs
 
 __all__ = ["ServerState", "create_app", "state"]
+
+log = logging.getLogger("wingspan.http")
 
 T = Any
 
@@ -82,20 +86,24 @@ def create_app(
     server = ServerState(
         runtime=runtime,
         config=config,
-        runs=RunManager(buffer=config.subscriber_buffer, max_run_time=config.max_run_time),
-        store=cast(Store, TrackingStore(store)) if store is not None else None,
+        runs=RunManager(runtime=runtime, max_run_time=config.max_run_time),
+        store=store,
         owns_store=store is None,
     )
     app.extensions["wingspan"] = server
 
+    pruner: list[asyncio.Task[None]] = []
+
     @app.before_serving
     async def open_store() -> None:
         if server.store is None:
-            opened = await runtime.open_store(config.store_url)
-            server.store = cast(Store, TrackingStore(opened))
+            server.store = await runtime.open_store(config.store_url)
+        pruner.append(asyncio.create_task(_prune(server.store, config.event_retention)))
 
     @app.after_serving
     async def close_store() -> None:
+        for task in pruner:
+            task.cancel()
         await server.runs.shutdown(config.shutdown_grace)
         if server.store is not None and server.owns_store:
             await server.store.close()
@@ -103,12 +111,27 @@ def create_app(
     install_error_handlers(app, runtime.converter)
     install_middleware(app, config)
 
-    from .routes import agents, meta, providers, sessions
+    from .routes import agents, meta, providers, runs, sessions
 
     for blueprint in (meta.blueprint, providers.blueprint, agents.blueprint,
-                      sessions.blueprint):
+                      sessions.blueprint, runs.blueprint):
         app.register_blueprint(blueprint)
     return app
+
+
+async def _prune(store: Store, retention: float) -> None:
+    """Drop the deltas and pings of runs finished over ``retention`` seconds ago, now and
+    then (a tenth of the retention, at most hourly) while the server runs."""
+    interval = min(max(retention / 10, 1.0), 3600.0)
+    while True:
+        try:
+            pruned = await store.prune_events(before=utc_now() - timedelta(seconds=retention))
+        except WingspanError as exc:
+            log.warning("pruning the event log failed: %s", exc)
+        else:
+            if pruned:
+                log.info("pruned %d delta and ping events of finished runs", pruned)
+        await asyncio.sleep(interval)
 
 
 #: How deep a request body may nest. Agents' options and output schemas need a handful of

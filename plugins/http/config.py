@@ -63,8 +63,9 @@ class ServerConfig:
     access_log: bool = True
     shutdown_grace: float = 10.0
     ping_interval: float = 15.0
-    #: Events buffered for one streaming client before it is disconnected as too slow.
-    subscriber_buffer: int = 1024
+    #: Seconds the deltas and pings of finished runs stay in the event log (default 24 h);
+    #: every other event stays as long as its session.
+    event_retention: float = 86400.0
     #: The config file's ``[tools]`` table: settings given to every tool call (docs/tools.md).
     tools: Mapping[str, Any] = attrs.field(factory=dict)
 
@@ -220,7 +221,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "access_log": _boolean,
     "shutdown_grace": _seconds,
     "ping_interval": _seconds,
-    "subscriber_buffer": _integer(1),
+    "event_retention": _seconds,
 }
 #: Flags of ``wingspan serve`` this transport reads (``config`` names the file itself).
 FLAGS = ("host", "port", "db", "store", "token", "insecure")
@@ -293,7 +294,7 @@ ENV_READERS: dict[str, Callable[[str], Any]] = {
     "access_log": _boolean_text,
     "shutdown_grace": _number_text,
     "ping_interval": _number_text,
-    "subscriber_buffer": _integer_text,
+    "event_retention": _number_text,
 }
 
 

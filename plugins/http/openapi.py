@@ -25,7 +25,15 @@ import attrs
 from quart import Quart
 
 import wingspan
-from wingspan import AgentRecord, Message, ModelInfo, PluginInfo, Result, StreamEvent
+from wingspan import (
+    AgentRecord,
+    LogEvent,
+    Message,
+    ModelInfo,
+    PluginInfo,
+    Result,
+    StreamEvent,
+)
 
 from .errors import CODES
 from .shapes import (
@@ -38,6 +46,7 @@ from .shapes import (
     MessageRequest,
     ProviderView,
     PutCredentialsRequest,
+    RunView,
     SessionRequest,
     SessionSummary,
     SessionView,
@@ -231,6 +240,8 @@ class Route:
     paginated: bool = False
     sse: bool = False
     links: Mapping[str, tuple[tuple[str, str], ...]] = attrs.field(factory=dict)
+    #: Header and query parameters besides the path's and the pages'.
+    parameters: tuple[Mapping[str, Any], ...] = ()
 
 
 def _of(tp: Any) -> Callable[[SchemaBuilder, ServerState], JSONSchema]:
@@ -287,7 +298,24 @@ def _update_session(builder: SchemaBuilder, server: ServerState) -> JSONSchema:
 
 def _message(builder: SchemaBuilder, server: ServerState) -> JSONSchema:
     return _request(builder, MessageRequest, required=("agent_id", "message"),
-                    not_null=("agent_id", "message"), refine={"message": {"pattern": NOT_BLANK}})
+                    not_null=("agent_id", "message"), refine={
+                        "message": {"pattern": NOT_BLANK},
+                        "if_busy": {"enum": ["queue", "reject", "interrupt", None]}})
+
+
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+    "description": "a repeat with the same key and body does not run again (it answers the "
+                   "first run); with another body, 409",
+}
+_SEQ = {"type": "string", "pattern": "^[0-9]{1,18}$"}
+_RESUME = (
+    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": _SEQ,
+     "description": "the seq of the last event received: the stream goes on after it"},
+    {"name": "after", "in": "query", "required": False, "schema": _SEQ,
+     "description": "as Last-Event-ID (for clients that cannot set headers)"},
+)
 
 
 def _credentials(builder: SchemaBuilder, server: ServerState) -> JSONSchema:
@@ -335,7 +363,16 @@ BASE_URL: JSONSchema = {
 _SSE = (
     "A `text/event-stream` of frames `id: <seq>`, `event: <type>`, `data: <JSON>`. Each "
     "`data` is one of `#/components/schemas/StreamEvent` (its `type` is the frame's event); "
-    "the stream ends with one `done` or `error` frame."
+    "the stream ends with one `done` or `error` frame. `id` is the event's seq in the "
+    "session's log: sent back as `Last-Event-ID` with the same body, the stream resumes after "
+    "it (also on another server sharing the store) instead of running again."
+)
+_LOG_SSE = (
+    "A `text/event-stream` of frames `id: <seq>`, `event: <type>`, `data: <JSON>`, each "
+    "`data` one of `#/components/schemas/LogEvent`: the stored events after `Last-Event-ID` "
+    "(or `?after=`), then the live ones, each run bracketed by `run_queued`, `run_started` "
+    "and `run_finished`; a `ping` (without `id`) after 15 s of silence; a `resync` first when "
+    "the cursor fell in a pruned range."
 )
 
 #: (path, method) -> its description.
@@ -407,7 +444,7 @@ ROUTES: dict[tuple[str, str], Route] = {
         errors={404: "unknown session"}),
     ("/sessions/{session_id}/message", "post"): Route(
         summary="Run an agent on a message and answer when it is done", answer=_of(Result),
-        body=_message,
+        body=_message, parameters=(_IDEMPOTENCY_KEY,),
         errors={400: "invalid body, or the agent's provider cannot be built",
                 404: "unknown session or agent", 409: "the run was aborted",
                 502: "the provider failed (what finished is saved)",
@@ -416,12 +453,44 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("/sessions/{session_id}/message/stream", "post"): Route(
         summary="Run an agent on a message, streaming its events (SSE)", description=_SSE,
         answer=lambda *_: {"type": "string"}, body=_message, sse=True,
-        errors={400: "invalid body, or the agent's provider cannot be built",
+        parameters=(_IDEMPOTENCY_KEY, *_RESUME),
+        errors={400: "invalid body or Last-Event-ID, or the agent's provider cannot be built",
                 404: "unknown session or agent",
+                409: "the Idempotency-Key was used with another body, the Last-Event-ID is of "
+                     "another request's run, or if_busy is reject and the session is busy",
                 503: "the store is not open, or the server is stopping"}),
     ("/sessions/{session_id}/abort", "post"): Route(
         summary="Cancel the active run", answer=_of(AbortAnswer),
         errors={404: "unknown session", 409: "no run is active"}),
+    ("/sessions/{session_id}/runs", "post"): Route(
+        summary="Admit a run; answers at once with it (follow it at /runs/{id}/events)",
+        status="202", answer=_of(RunView), body=_message, parameters=(_IDEMPOTENCY_KEY,),
+        links={"run_id": (("/runs/{run_id}", "get"), ("/runs/{run_id}/events", "get"))},
+        errors={400: "invalid body, or the agent's provider cannot be built",
+                404: "unknown session or agent",
+                409: "the Idempotency-Key was used with another body, or if_busy is reject "
+                     "and the session is busy",
+                503: "the store is not open, or the server is stopping"}),
+    ("/sessions/{session_id}/runs", "get"): Route(
+        summary="The session's runs, newest first, paginated", answer=_of(list[RunView]),
+        errors={400: "limit out of range", 404: "unknown session"}, paginated=True),
+    ("/sessions/{session_id}/events", "get"): Route(
+        summary="Every event of the session after Last-Event-ID (default: from now), live "
+                "(SSE)", description=_LOG_SSE, answer=lambda *_: {"type": "string"},
+        sse=True, parameters=_RESUME,
+        errors={400: "a Last-Event-ID that is no seq of this session",
+                404: "unknown session"}),
+    ("/runs/{run_id}", "get"): Route(summary="One run", answer=_of(RunView),
+                                     errors={404: "unknown run"}),
+    ("/runs/{run_id}/abort", "post"): Route(
+        summary="Abort a queued, running or waiting run, from any server sharing the store",
+        answer=_of(RunView), errors={404: "unknown run", 409: "it has already finished"}),
+    ("/runs/{run_id}/events", "get"): Route(
+        summary="The run's events from its first (or after Last-Event-ID), then live, to its "
+                "end (SSE)", description=_LOG_SSE, answer=lambda *_: {"type": "string"},
+        sse=True, parameters=_RESUME,
+        errors={400: "a Last-Event-ID that is no seq of the run's session",
+                404: "unknown run"}),
 }
 
 _STATE_CHANGING = frozenset({"post", "put", "patch", "delete"})
@@ -536,6 +605,7 @@ def _operation(
             {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
              "description": "where the page starts: the `cursor` of the previous page's Link"},
         ]
+    parameters += [dict(parameter) for parameter in route.parameters]
     if parameters:
         operation["parameters"] = parameters
     if route.body is not None:
@@ -561,6 +631,7 @@ def build_openapi(app: Quart) -> dict[str, Any]:
                                                         token=token, endpoints=endpoints)
     builder.ref(Message)
     builder.components["StreamEvent"] = builder.of(StreamEvent)
+    builder.components["LogEvent"] = builder.of(LogEvent)
     components: dict[str, Any] = {"schemas": dict(sorted(builder.components.items()))}
     document: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -240,7 +240,7 @@ async def _serve_app(
 
     async def shutdown_trigger() -> None:
         await stop.wait()
-        log.info("stopping: %d run(s) active", len(server.runs.all_runs()))
+        log.info("stopping: %d run(s) active", len(server.runtime.runs))
         # Returning makes hypercorn stop accepting; the runs drain meanwhile, and the app's
         # after_serving waits for that before the store is closed.
         server.runs.shutdown(config.shutdown_grace)

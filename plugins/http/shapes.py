@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from wingspan import Message
+from wingspan import Message, Usage
 
 JSONObject = Mapping[str, Any]
 
@@ -61,6 +61,8 @@ class MessageRequest:
 
     agent_id: str | None = None
     message: str | None = None
+    #: What to do when the session is busy: ``queue`` (default), ``reject``, ``interrupt``.
+    if_busy: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -150,3 +152,23 @@ class CredentialStatus:
 class CredentialsView:
     providers: Mapping[str, CredentialStatus]
     updated_at: datetime | None
+
+
+@attrs.frozen(kw_only=True)
+class RunView:
+    """A run, as ``/runs/{id}`` and the run listings show it."""
+
+    id: str
+    session_id: str
+    agent_id: str | None
+    status: str
+    stop_reason: str | None
+    steps: int
+    usage: Usage
+    error: str | None
+    idempotency_key: str | None
+    first_seq: int | None
+    last_seq: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

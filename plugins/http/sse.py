@@ -1,25 +1,25 @@
-"""Server-sent events: the framing of a run's events for a streaming client.
+"""Server-sent events: the framing of a session's logged events for a streaming client.
 
-Each frame is ``id: <n>`` (1, 2, ... within the response), ``event: <type>``,
-``data: <one line of JSON>`` and a blank line. A ``ping`` goes out after every
-``ping_interval`` seconds of silence, and the stream ends after exactly one terminal frame,
-``done`` or ``error``.
+Each frame is ``id: <seq>`` (the event's seq in its session's log, which a client sends
+back as ``Last-Event-ID`` to resume after it), ``event: <type>``, ``data: <one line of
+JSON>`` and a blank line. A ``ping`` (without an ``id``: it is not in the log) goes out after
+every ``ping_interval`` seconds of silence.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
-from wingspan import Done, ErrorEvent, Ping, StreamEvent, wire
+from wingspan import Done, ErrorEvent, ErrorInfo, LoggedEvent, Ping, wire
 
 if TYPE_CHECKING:
     import cattrs
 
-    from .runs import Run
-
-__all__ = ["HEADERS", "event_stream", "frame"]
+__all__ = ["HEADERS", "LIFECYCLE", "event_stream", "frame"]
 
 HEADERS = {
     "Content-Type": "text/event-stream",
@@ -27,39 +27,68 @@ HEADERS = {
     "X-Accel-Buffering": "no",
 }
 
+#: The events that bracket runs: only on the run and session event routes.
+LIFECYCLE = frozenset({"run_queued", "run_started", "run_finished"})
 
-def frame(number: int, event: StreamEvent, converter: cattrs.Converter) -> bytes:
+
+def frame(seq: int | None, event: Any, converter: cattrs.Converter) -> bytes:
     """One SSE frame. JSON never holds a raw newline (they are escaped in strings), so the
     data is always one line."""
     data = wire.unstructure(event, converter)
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"id: {number}\nevent: {data['type']}\ndata: {text}\n\n".encode()
+    head = f"id: {seq}\n" if seq is not None else ""
+    return f"{head}event: {data['type']}\ndata: {text}\n\n".encode()
 
 
 async def event_stream(
-    run: Run, converter: cattrs.Converter, *, ping_interval: float
+    batches: AsyncGenerator[list[LoggedEvent], None],
+    converter: cattrs.Converter,
+    *,
+    stopped: asyncio.Event,
+    stop_error: ErrorInfo,
+    lifecycle: bool = True,
+    until_terminal: bool = False,
 ) -> AsyncIterator[bytes]:
-    """The frames of ``run`` for one client, until its terminal frame. A client that goes
-    away only unsubscribes; the run goes on."""
-    subscriber = run.subscribe()
-    number = 0
+    """The frames of ``batches`` (from :func:`wingspan.runs.follow` with a heartbeat: an
+    empty batch is a ``ping``) for one client, one write per batch.
+
+    :param stopped: once set (the server stops), the stream ends with an ``error`` frame
+        with ``stop_error``.
+    :param lifecycle: whether ``run_queued`` / ``run_started`` / ``run_finished`` are sent.
+    :param until_terminal: end after the first ``done`` or ``error`` frame.
+
+    A client that goes away only stops reading the log; the run goes on.
+    """
+    stop = asyncio.ensure_future(stopped.wait())
+    step: asyncio.Future[list[LoggedEvent] | None] | None = None
     try:
         while True:
-            event = await subscriber.next_event(ping_interval)
-            if event is None:
-                number += 1
-                yield frame(number, Ping(), converter)
+            step = asyncio.ensure_future(anext(batches, None))
+            await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                yield frame(None, ErrorEvent(error=stop_error), converter)
+                return
+            entries = step.result()
+            if entries is None:
+                return
+            if not entries:
+                yield frame(None, Ping(), converter)
                 continue
-            # The events already queued go out together: one write to the socket instead
-            # of one per event when the run is ahead of this client.
             frames = []
-            while event is not None:
-                number += 1
-                frames.append(frame(number, event, converter))
-                if type(event) is Done or type(event) is ErrorEvent:
+            for entry in entries:
+                event = entry.event
+                if not lifecycle and event.type in LIFECYCLE:
+                    continue
+                frames.append(frame(entry.seq, event, converter))
+                if until_terminal and type(event) in (Done, ErrorEvent):
                     yield b"".join(frames)
                     return
-                event = subscriber.ready()
-            yield b"".join(frames)
+            if frames:
+                yield b"".join(frames)
     finally:
-        run.unsubscribe(subscriber)
+        stop.cancel()
+        if step is not None and not step.done():  # the client left, or the server stops
+            step.cancel()
+            with contextlib.suppress(BaseException):
+                await step
+        await batches.aclose()

@@ -1,9 +1,12 @@
-"""The ``sqlite://`` store: agents, sessions, history, runs and credentials in one SQLite file.
+"""The ``sqlite://`` store: agents, sessions, history, runs, event logs and credentials in one
+SQLite file.
 
 The server's default store. ``sqlite://`` alone is :func:`default_path`; ``sqlite:///abs/x.db``
 is an absolute path and ``sqlite://x.db`` one relative to the working directory (see
 ``docs/store.md``). Several processes may open the same file: writes are ``BEGIN IMMEDIATE``
-transactions in WAL mode, and runs on a session are serialised by a lease table.
+transactions in WAL mode, runs on a session are serialised by a lease table (in the order they
+were admitted), and each session's events are a log numbered in the transaction that appends
+them.
 
 No database call runs on the event loop. Each store has two threads, each with its own
 connection: a writer that commits whatever has queued up in one transaction (group commit,

@@ -36,6 +36,8 @@ _CHUNK = 64  # messages converted between two chances for the event loop to run
 T = TypeVar("T")
 #: The message count of the session row ``sessions.pk`` (the next sequence number).
 MESSAGE_COUNT = "(SELECT coalesce(max(seq) + 1, 0) FROM messages WHERE session_pk = sessions.pk)"
+#: What :func:`session` makes a record of.
+SESSION_COLUMNS = f"body, {MESSAGE_COUNT}, last_seq"
 
 
 class HistoryCache:
@@ -95,7 +97,7 @@ def returning(cursor: sqlite3.Cursor) -> Any:
     return rows[0] if rows else None
 
 
-def _yielding(items: Sequence[T]) -> Iterator[T]:
+def yielding(items: Sequence[T]) -> Iterator[T]:
     """``items``, letting other threads (the event loop's) take the GIL every so often: a
     thread that converts thousands of messages would otherwise keep it for 5 ms at a time
     (the interpreter's switch interval), and more when several threads contend for it."""
@@ -110,8 +112,10 @@ def check_limit(limit: int) -> None:
         raise ConfigError(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}")
 
 
-def session(body: str, count: int) -> SessionRecord:
-    return wire.structure({**json.loads(body), "message_count": count}, SessionRecord)
+def session(body: str, count: int, last_seq: int) -> SessionRecord:
+    return wire.structure(
+        {**json.loads(body), "message_count": count, "last_seq": last_seq}, SessionRecord
+    )
 
 
 def insert(tx: Tx, table: str, kind: str, record_id: str, body: str) -> int:
@@ -130,26 +134,31 @@ def select_body(tx: Tx, table: str, kind: str, record_id: str) -> str:
     return body
 
 
-def select_session(tx: Tx, session_id: str) -> tuple[str, int]:
+def select_session(tx: Tx, session_id: str) -> tuple[str, int, int]:
     row = tx.conn.execute(
-        f"SELECT body, {MESSAGE_COUNT} FROM sessions WHERE id = ?", (session_id,)
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
     ).fetchone()
     if row is None:
         raise NotFoundError(f"session {session_id!r} not found")
-    return row[0], row[1]
+    return row[0], row[1], row[2]
 
 
-def update_body(tx: Tx, table: str, kind: str, record_id: str, body: str) -> int:
-    count_column = MESSAGE_COUNT if table == "sessions" else "0"
+def update_body(tx: Tx, table: str, kind: str, record_id: str, body: str) -> None:
+    if not tx.conn.execute(f"UPDATE {table} SET body = ? WHERE id = ?", (body, record_id)).rowcount:
+        raise NotFoundError(f"{kind} {record_id!r} not found")
+
+
+def update_session(tx: Tx, session_id: str, body: str) -> tuple[int, int]:
+    """:returns: the session's message count and ``last_seq``."""
     row = returning(
         tx.conn.execute(
-            f"UPDATE {table} SET body = ? WHERE id = ? RETURNING {count_column}", (body, record_id)
+            f"UPDATE sessions SET body = ? WHERE id = ? RETURNING {MESSAGE_COUNT}, last_seq",
+            (body, session_id),
         )
     )
     if row is None:
-        raise NotFoundError(f"{kind} {record_id!r} not found")
-    count: int = row[0]
-    return count
+        raise NotFoundError(f"session {session_id!r} not found")
+    return row[0], row[1]
 
 
 def delete(tx: Tx, table: str, kind: str, record_id: str) -> None:
@@ -182,7 +191,7 @@ def session_pk(tx: Tx, session_id: str) -> int:
 def append(tx: Tx, cache: HistoryCache, session_id: str, messages: tuple[Message, ...]) -> int:
     # The count is the highest seq + 1, read in the same statement: keeping it in the
     # session row would dirty one more page per commit.
-    bodies = [wire.dumps(m) for m in _yielding(messages)]
+    bodies = [wire.dumps(m) for m in yielding(messages)]
     if bodies:
         row = returning(
             tx.conn.execute(

@@ -2,8 +2,13 @@
 
 A claim is a row of ``leases``: its holder (a run id), the store instance that renews it (the
 owner), when it lapses if nobody does, and the process behind it (``wingspan.procs``). A claim
-is recovered — its run marked interrupted, the history repaired, the claim handed to the next
+is recovered — its run recorded interrupted, the history repaired, the claim handed to the next
 waiter — once it lapses, or at once when a claimant of the same host finds its process gone.
+
+A waiting ticket is renewed by its owner likewise, and dropped when it lapses or its process is
+gone. ``admit_run`` takes a ticket for the run it admits (``_runs.admit``), so that claims are
+granted in admission order whichever process admitted: a queued run whose ticket is dropped
+can never get its turn, and is recorded interrupted.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from collections.abc import Collection, Iterable
 import attrs
 
 import wingspan
-from wingspan import Message, NotFoundError, ProcessIdentity, RunRecord, wire
+from wingspan import Message, NotFoundError, ProcessIdentity, wire
 
+from ._events import QUEUED, interrupt
 from ._jobs import HistoryCache, append, returning, session_pk
 from ._worker import Tx
 
@@ -24,6 +30,11 @@ INTERRUPTED_RUN = "the process running it stopped before the run finished (its c
 ENDED_RUN = "the process running it (pid {pid}, this host) stopped before the run finished"
 CLOSED_RUN = "the store was closed before the run finished"
 UNRECORDED_RUN = "the run ended while the store could not record it ({why})"
+LAPSED_QUEUED = (
+    "the process that admitted it stopped before the run started (its place in the queue expired)"
+)
+ENDED_QUEUED = "the process that admitted it (pid {pid}, this host) stopped before the run started"
+CLOSED_QUEUED = "the store was closed before the run started"
 
 
 @attrs.frozen
@@ -103,7 +114,8 @@ def _insert_lease(
     )
 
 
-def _queue(tx: Tx, pk: int, holder: str, me: Claimant) -> int:
+def join_queue(tx: Tx, pk: int, holder: str, me: Claimant) -> int:
+    """Queue ``holder`` for the claim on session ``pk``, last. :returns: its ticket."""
     cursor = tx.conn.execute(
         "INSERT INTO lease_waiters (session_pk, holder, owner, expires_at, host, pid, started) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -113,19 +125,25 @@ def _queue(tx: Tx, pk: int, holder: str, me: Claimant) -> int:
 
 
 def drop_dead_waiters(tx: Tx, pk: int, me: Claimant) -> None:
-    """Take out of the queue the tickets that lapsed, and those of ended processes."""
+    """Take out of the queue the tickets that lapsed, and those of ended processes (their
+    queued runs are recorded interrupted)."""
     conn = tx.conn
-    conn.execute(
-        "DELETE FROM lease_waiters WHERE session_pk = ? AND expires_at < ?", (pk, time.time())
-    )
+    lapsed = conn.execute(
+        "DELETE FROM lease_waiters WHERE session_pk = ? AND expires_at < ? RETURNING holder",
+        (pk, time.time()),
+    ).fetchall()
+    for (holder,) in lapsed:
+        interrupt(tx, pk, holder, LAPSED_QUEUED, QUEUED)
     if me.process.host:
         rows = conn.execute(
-            "SELECT ticket, owner, host, pid, started FROM lease_waiters "
+            "SELECT ticket, holder, owner, host, pid, started FROM lease_waiters "
             "WHERE session_pk = ? AND host = ? AND owner != ?",
             (pk, me.process.host, me.owner),
         ).fetchall()
-        dead = [(ticket,) for ticket, *process in rows if me.sees_gone(*process)]
-        conn.executemany("DELETE FROM lease_waiters WHERE ticket = ?", dead)
+        for ticket, holder, *process in rows:
+            if me.sees_gone(*process):
+                conn.execute("DELETE FROM lease_waiters WHERE ticket = ?", (ticket,))
+                interrupt(tx, pk, holder, ENDED_QUEUED.format(pid=process[2]), QUEUED)
 
 
 def grant_next(tx: Tx, pk: int, me: Claimant) -> None:
@@ -146,23 +164,10 @@ def grant_next(tx: Tx, pk: int, me: Claimant) -> None:
 def end_lease(
     tx: Tx, cache: HistoryCache, session_id: str, pk: int, holder: str, reason: str, me: Claimant
 ) -> None:
-    """The holder is gone: mark its run interrupted, repair the history, hand the lease on."""
+    """The holder is gone: record its run interrupted (unless it finished), repair the
+    history, hand the lease on."""
     conn = tx.conn
-    row = conn.execute(
-        "SELECT body FROM runs WHERE id = ? AND session_pk = ? AND status = 'running'",
-        (holder, pk),
-    ).fetchone()
-    if row is not None:
-        run = attrs.evolve(
-            wire.loads(row[0], RunRecord),
-            status="interrupted",
-            finished_at=wingspan.utc_now(),
-            error=reason,
-        )
-        conn.execute(
-            "UPDATE runs SET status = ?, body = ? WHERE id = ?",
-            (run.status, wire.dumps(run), run.id),
-        )
+    interrupt(tx, pk, holder, reason)
     last = conn.execute(
         "SELECT body FROM messages WHERE session_pk = ? ORDER BY seq DESC LIMIT 1", (pk,)
     ).fetchone()
@@ -198,30 +203,35 @@ def claim(
     me: Claimant,
     wait: bool,
 ) -> tuple[bool, int | None]:
-    """Grant the lease now if it is free (or already ``holder``'s) and nobody waits;
-    else, with ``wait``, join the queue. :returns: ``(granted, ticket)``."""
+    """Grant the lease now if it is ``holder``'s already, or free with ``holder`` first in
+    line (or nobody in line); else, with ``wait``, wait in the place this store admitted
+    ``holder`` to (``_runs.admit``), or join the queue. :returns: ``(granted, ticket)``."""
     conn = tx.conn
     pk = session_pk(tx, session_id)
     recover(tx, cache, session_id, pk, me)
-    drop_dead_waiters(tx, pk, me)
     lease = conn.execute("SELECT holder FROM leases WHERE session_pk = ?", (pk,)).fetchone()
-    queued = conn.execute(
-        "SELECT 1 FROM lease_waiters WHERE session_pk = ? LIMIT 1", (pk,)
-    ).fetchone()
-    granted = False
-    if lease is None and queued is None:
-        _insert_lease(tx, pk, holder, me.owner, None, time.time() + me.ttl, me.columns)
-        granted = True
-    elif lease is not None and lease[0] == holder and queued is None:
-        granted = True
-    if granted:
+    if lease is None:
+        # A free session goes to the first in line (a run admitted before), if any.
+        grant_next(tx, pk, me)
+        lease = conn.execute("SELECT holder FROM leases WHERE session_pk = ?", (pk,)).fetchone()
+        if lease is None:
+            _insert_lease(tx, pk, holder, me.owner, None, time.time() + me.ttl, me.columns)
+            lease = (holder,)
+    if lease[0] == holder:
         if unreleased:
             # Held again by a holder whose release failed: its own again, to renew.
             tx.effects.append(lambda: unreleased.discard([(session_id, holder)]))
         return True, None
     if not wait:
         return False, None
-    return False, _queue(tx, pk, holder, me)
+    admitted = conn.execute(
+        "SELECT ticket FROM lease_waiters WHERE session_pk = ? AND holder = ? AND owner = ? "
+        "ORDER BY ticket LIMIT 1",
+        (pk, holder, me.owner),
+    ).fetchone()
+    if admitted is not None:
+        return False, admitted[0]
+    return False, join_queue(tx, pk, holder, me)
 
 
 def claim_state(tx: Tx, session_id: str, ticket: int, me: Claimant) -> tuple[str, float]:
@@ -258,7 +268,7 @@ def poll_claim(
     if conn.execute("SELECT 1 FROM lease_waiters WHERE ticket = ?", (ticket,)).fetchone():
         return False, ticket
     # Our place lapsed (this process could not renew it in time): queue again.
-    return False, _queue(tx, pk, holder, me)
+    return False, join_queue(tx, pk, holder, me)
 
 
 def abandon(tx: Tx, session_id: str, ticket: int, hand_on: bool, me: Claimant) -> bool:
@@ -280,6 +290,8 @@ def abandon(tx: Tx, session_id: str, ticket: int, hand_on: bool, me: Claimant) -
 
 
 def release(tx: Tx, session_id: str, holder: str, me: Claimant) -> bool:
+    """Give up the claim, or else the place in line ``holder`` was admitted to (a run
+    that will not claim it). :returns: whether there was either."""
     row = returning(
         tx.conn.execute(
             "DELETE FROM leases WHERE holder = ? AND session_pk = "
@@ -287,10 +299,18 @@ def release(tx: Tx, session_id: str, holder: str, me: Claimant) -> bool:
             (holder, session_id),
         )
     )
-    if row is None:
-        return False
-    grant_next(tx, row[0], me)
-    return True
+    if row is not None:
+        grant_next(tx, row[0], me)
+        return True
+    # The next in line is granted the session by its claim (or the next release).
+    place = returning(
+        tx.conn.execute(
+            "DELETE FROM lease_waiters WHERE holder = ? AND session_pk = "
+            "(SELECT pk FROM sessions WHERE id = ?) RETURNING ticket",
+            (holder, session_id),
+        )
+    )
+    return place is not None
 
 
 def release_unreleased(
@@ -339,8 +359,14 @@ def renew(tx: Tx, me: Claimant, unreleased: Collection[tuple[str, str]]) -> None
 
 
 def give_up(tx: Tx, cache: HistoryCache, me: Claimant) -> None:
+    """Drop this store's tickets (their queued runs are recorded interrupted) and end its
+    claims, as it closes."""
     conn = tx.conn
-    conn.execute("DELETE FROM lease_waiters WHERE owner = ?", (me.owner,))
+    tickets = conn.execute(
+        "DELETE FROM lease_waiters WHERE owner = ? RETURNING session_pk, holder", (me.owner,)
+    ).fetchall()
+    for pk, holder in tickets:
+        interrupt(tx, pk, holder, CLOSED_QUEUED, QUEUED)
     held = conn.execute(
         "SELECT s.id, s.pk, l.holder FROM leases l JOIN sessions s ON s.pk = l.session_pk "
         "WHERE l.owner = ?",
@@ -351,8 +377,9 @@ def give_up(tx: Tx, cache: HistoryCache, me: Claimant) -> None:
 
 
 def sweep(tx: Tx, cache: HistoryCache, me: Claimant) -> int:
-    """Recover the claims, and drop the tickets, of the processes of this host that ended
-    (when a store opens: a crashed server's sessions are free before its successor serves).
+    """Recover the claims, and drop the tickets (recording their queued runs interrupted),
+    of the processes of this host that ended (when a store opens: a crashed server's sessions
+    are free before its successor serves).
 
     :returns: how many claims were recovered.
     """
@@ -368,13 +395,14 @@ def sweep(tx: Tx, cache: HistoryCache, me: Claimant) -> int:
         return judged[key]
 
     tickets = conn.execute(
-        "SELECT ticket, owner, pid, started FROM lease_waiters WHERE host = ?",
+        "SELECT ticket, session_pk, holder, owner, pid, started FROM lease_waiters "
+        "WHERE host = ?",
         (me.process.host,),
     ).fetchall()
-    conn.executemany(
-        "DELETE FROM lease_waiters WHERE ticket = ?",
-        [(ticket,) for ticket, *process in tickets if gone(*process)],
-    )
+    for ticket, pk, holder, owner, pid, started in tickets:
+        if gone(owner, pid, started):
+            conn.execute("DELETE FROM lease_waiters WHERE ticket = ?", (ticket,))
+            interrupt(tx, pk, holder, ENDED_QUEUED.format(pid=pid), QUEUED)
     held = conn.execute(
         "SELECT s.id, s.pk, l.holder, l.owner, l.pid, l.started FROM leases l "
         "JOIN sessions s ON s.pk = l.session_pk WHERE l.host = ?",

@@ -89,6 +89,38 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE lease_waiters ADD COLUMN pid INTEGER",
         "ALTER TABLE lease_waiters ADD COLUMN started INTEGER",
     ),
+    (
+        # Each session's event log, numbered from 1 without gaps. ``last_seq`` is the last
+        # number given: kept when the events it numbered are pruned, none is given twice.
+        "ALTER TABLE sessions ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0",
+        # Mostly deltas of a few dozen bytes: one b-tree keyed by their place, no rowid.
+        """CREATE TABLE events (
+            session_pk INTEGER NOT NULL REFERENCES sessions (pk) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            run_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (session_pk, seq)) WITHOUT ROWID""",
+        # A run's body stays its record; what is looked up by is read out of it (so the
+        # two never disagree, and runs stored before this version are indexed too).
+        """ALTER TABLE runs ADD COLUMN idempotency_key TEXT
+            GENERATED ALWAYS AS (json_extract(body, '$.idempotency_key')) VIRTUAL""",
+        # RFC 3339 UTC to the millisecond (``wire``): text order is time order.
+        """ALTER TABLE runs ADD COLUMN finished_at TEXT
+            GENERATED ALWAYS AS (json_extract(body, '$.finished_at')) VIRTUAL""",
+        # Whether the run's deltas were pruned since it last changed or logged an event
+        # (a pruned run is not looked at again).
+        "ALTER TABLE runs ADD COLUMN deltas_pruned INTEGER NOT NULL DEFAULT 0",
+        # Not unique: an admission refuses a key in use, a saved run may repeat one.
+        """CREATE INDEX runs_by_idempotency_key ON runs (session_pk, idempotency_key)
+            WHERE idempotency_key IS NOT NULL""",
+        """CREATE INDEX runs_unfinished ON runs (session_pk)
+            WHERE status IN ('queued', 'running', 'waiting')""",
+        "CREATE INDEX runs_to_prune ON runs (finished_at) WHERE deltas_pruned = 0",
+        # A session's runs are listed newest (highest id) first.
+        "DROP INDEX runs_by_session",
+        "CREATE INDEX runs_by_session ON runs (session_pk, id)",
+    ),
 )
 
 

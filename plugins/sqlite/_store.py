@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,9 +17,16 @@ import attrs
 
 import wingspan
 from wingspan import (
+    FINISHED_STATUSES,
+    Admission,
     AgentRecord,
+    ConfigError,
     Credential,
+    IfBusy,
+    LogEvent,
+    LoggedEvent,
     Message,
+    NotFoundError,
     Page,
     ProcessIdentity,
     RunRecord,
@@ -27,14 +35,35 @@ from wingspan import (
     wire,
 )
 
+from . import _events as eventlog
 from . import _jobs as jobs
 from . import _leases as leases
+from . import _runs as runs
 from ._options import Options
 from ._schema import connect, create_file, migrate, store_error, truncate_wal
 from ._secrets import Cipher, check_format, no_key_error
+from ._watch import LogWatch
 from ._worker import Tx, Worker, notify
 
 T = TypeVar("T")
+IF_BUSY = ("queue", "reject", "interrupt")
+
+
+def _log_events(events: Sequence[Any], what: str) -> tuple[LogEvent, ...]:
+    for event in events:
+        if not isinstance(event, LogEvent):
+            raise TypeError(f"{what} takes LogEvents, got {type(event).__name__}")
+    return tuple(events)
+
+
+def _cutoff(before: datetime) -> str:
+    """``before`` as stored timestamps are written (to the millisecond), rounded up: a
+    stored time is earlier than it exactly when it is earlier than ``before``."""
+    if not isinstance(before, datetime) or before.tzinfo is None:
+        raise ConfigError(f"before must be a timezone-aware datetime, got {before!r}")
+    if before.microsecond % 1000:
+        before += timedelta(microseconds=1000 - before.microsecond % 1000)
+    return wire.format_timestamp(before)
 
 
 class SqliteStore:
@@ -55,6 +84,7 @@ class SqliteStore:
         self._cache = jobs.HistoryCache(options.cache_messages)
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._waiters_lock = threading.Lock()
+        self._log = LogWatch(lambda known, ids: self._read(eventlog.last_seqs, known, ids))
         self._closed = False
         self._writer = Worker(
             f"wingspan-sqlite-writer {path}",
@@ -154,7 +184,7 @@ class SqliteStore:
     # --- sessions ---------------------------------------------------------------------------
 
     async def create_session(self, session: SessionRecord) -> SessionRecord:
-        session = attrs.evolve(session, message_count=0)
+        session = attrs.evolve(session, message_count=0, last_seq=0)
         await self._write(jobs.insert, "sessions", "session", session.id, wire.dumps(session))
         return session
 
@@ -163,21 +193,27 @@ class SqliteStore:
         return jobs.session(*row)
 
     async def update_session(self, session: SessionRecord) -> SessionRecord:
-        body = wire.dumps(attrs.evolve(session, message_count=0))
-        count = await self._write(jobs.update_body, "sessions", "session", session.id, body)
-        return attrs.evolve(session, message_count=count)
+        body = wire.dumps(attrs.evolve(session, message_count=0, last_seq=0))
+        count, last_seq = await self._write(jobs.update_session, session.id, body)
+        return attrs.evolve(session, message_count=count, last_seq=last_seq)
 
     async def delete_session(self, session_id: str) -> None:
+        """Delete a session with its messages, runs and events; waits on its claim or its
+        events raise :class:`~wingspan.NotFoundError`."""
         await self._write(jobs.delete, "sessions", "session", session_id)
         self._cache.drop(session_id)
         self._wake(session_id)
+        self._log.end(
+            session_id,
+            NotFoundError(f"session {session_id!r} was deleted while waiting for its events"),
+        )
 
     async def list_sessions(
         self, *, limit: int = 50, cursor: str | None = None
     ) -> Page[SessionRecord]:
         jobs.check_limit(limit)
         rows, next_cursor = await self._read(
-            jobs.page, "sessions", f"body, {jobs.MESSAGE_COUNT}", limit, cursor
+            jobs.page, "sessions", jobs.SESSION_COLUMNS, limit, cursor
         )
         return Page(items=tuple(jobs.session(*row) for row in rows), next_cursor=next_cursor)
 
@@ -312,6 +348,69 @@ class SqliteStore:
     async def get_run(self, run_id: str) -> RunRecord:
         return wire.loads(await self._read(jobs.select_body, "runs", "run", run_id), RunRecord)
 
+    # --- runs: admission, lifecycle and listing ---------------------------------------------
+
+    async def admit_run(self, run: RunRecord, *, if_busy: IfBusy = "queue") -> Admission:
+        if run.status != "queued":
+            raise ConfigError(f"admit_run takes a queued run, got run {run.id} {run.status}")
+        if if_busy not in IF_BUSY:
+            raise ConfigError(
+                f"if_busy must be one of {', '.join(IF_BUSY)}, got {if_busy!r}", option="if_busy"
+            )
+        stored, created = await self._write(runs.admit, self._log, self._me, run, if_busy)
+        return Admission(run=stored, created=created)
+
+    async def start_run(self, run_id: str) -> RunRecord:
+        return await self._write(runs.start, self._log, run_id)
+
+    async def finish_run(self, run: RunRecord, events: Sequence[LogEvent] = ()) -> RunRecord:
+        if run.status not in FINISHED_STATUSES:
+            raise ConfigError(
+                f"finish_run takes a finished run ({', '.join(sorted(FINISHED_STATUSES))}), "
+                f"got run {run.id} {run.status}"
+            )
+        return await self._write(runs.finish, self._log, run, _log_events(events, "finish_run"))
+
+    async def abort_run(self, run_id: str) -> RunRecord:
+        return await self._write(runs.abort, self._log, run_id)
+
+    async def list_runs(
+        self, session_id: str, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[RunRecord]:
+        jobs.check_limit(limit)
+        bodies, next_cursor = await self._read(runs.page, session_id, limit, cursor)
+        return Page(items=tuple(wire.loads(b, RunRecord) for b in bodies), next_cursor=next_cursor)
+
+    # --- the event log ----------------------------------------------------------------------
+
+    async def append_events(
+        self, session_id: str, run_id: str, events: Sequence[LogEvent]
+    ) -> int:
+        checked = _log_events(events, "append_events")
+        return await self._write(eventlog.append_events, self._log, session_id, run_id, checked)
+
+    async def read_events(
+        self, session_id: str, *, after: int = 0, limit: int = 1000, run_id: str | None = None
+    ) -> list[LoggedEvent]:
+        if type(limit) is not int or limit < 1:
+            raise ConfigError(f"limit must be an integer of 1 or more, got {limit!r}")
+        return await self._read(eventlog.read_events, session_id, after, limit, run_id)
+
+    async def wait_events(self, session_id: str, *, after: int, timeout: float) -> int:
+        return await self._log.wait(
+            session_id, after, timeout, lambda: self._read(eventlog.last_seq, session_id)
+        )
+
+    async def prune_events(self, *, before: datetime) -> int:
+        """Drop the deltas and pings of the runs that finished before ``before``, some runs
+        per transaction (so that other writers get their turn)."""
+        cutoff = _cutoff(before)
+        dropped, more = 0, True
+        while more:
+            count, more = await self._write(eventlog.prune, cutoff)
+            dropped += count
+        return dropped
+
     # --- credentials ------------------------------------------------------------------------
 
     async def set_credential(self, provider: str, credential: Credential) -> None:
@@ -342,12 +441,17 @@ class SqliteStore:
         return await self._read(jobs.list_credentials)
 
     async def close(self) -> None:
-        """Give up this store's claims (their runs are marked interrupted), then close."""
+        """Give up this store's claims and places in their queues (their runs are recorded
+        interrupted), then close: waits on claims and events raise
+        :class:`~wingspan.StoreError`."""
         if self._closed:
             return
         with contextlib.suppress(StoreError):
             await asyncio.shield(self._write(leases.give_up, self._cache, self._me))
         self._closed = True
+        await self._log.close(
+            StoreError(f"the SQLite store {self.path} was closed while waiting for events")
+        )
         with self._waiters_lock:
             sessions = list(self._waiters)
         for session_id in sessions:

@@ -286,3 +286,18 @@ def _get_when_up(url: str, process: subprocess.Popen[bytes]) -> Any:
         except httpx.TransportError:
             assert time.monotonic() < deadline, "the server did not answer in time"
             time.sleep(0.05)  # polling the port until it listens, bounded by the deadline
+
+
+def test_attach_follows_a_stored_run_by_id(tmp_path: Path) -> None:
+    env = environment(tmp_path)
+    first = wingspan_run("hello", "--json", "-o", 'script=["an answer to replay"]', env=env)
+    assert first.returncode == 0, first.stderr
+    done = json.loads(first.stdout.splitlines()[-1])
+    attached = wingspan_run("--attach", done["run_id"], env=env)
+    assert (attached.returncode, attached.stdout) == (0, "an answer to replay\n"), \
+        attached.stderr
+    both = wingspan_run("--attach", done["run_id"], "again", env=env)
+    assert both.returncode == 2 and "give no message" in both.stderr
+    missing = wingspan_run("--attach", "nope", env=env)
+    assert missing.returncode == 1 and "nope" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1

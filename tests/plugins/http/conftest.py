@@ -166,18 +166,27 @@ def bounded(items: Iterable[T], within: float = WAIT) -> Iterator[T]:
             raise AssertionError(f"the stream did not end within {within:g} s")
 
 
-def parse_sse(text: str) -> list[tuple[int, str, dict[str, Any]]]:
-    """``(id, event, data)`` of every frame, checking the framing on the way."""
+def parse_sse(text: str, *, pings: bool = False) -> list[tuple[int, str, dict[str, Any]]]:
+    """``(id, event, data)`` of every frame, checking the framing on the way; ``ping`` frames
+    are left out unless ``pings``. A frame of no logged event (a ``ping``, a stopping
+    server's ``error``) has no id: 0 here."""
     frames = []
     for block in text.split("\n\n"):
         if not block.strip():
             continue
         lines = block.split("\n")
-        assert len(lines) == 3, block
-        assert lines[0].startswith("id: ") and lines[1].startswith("event: "), block
-        assert lines[2].startswith("data: "), block
-        data = json.loads(lines[2][len("data: "):])
-        event = lines[1][len("event: "):]
+        seq = 0
+        if lines[0].startswith("id: "):
+            seq = int(lines.pop(0)[len("id: "):])
+        assert len(lines) == 2, block
+        assert lines[0].startswith("event: ") and lines[1].startswith("data: "), block
+        data = json.loads(lines[1][len("data: "):])
+        event = lines[0][len("event: "):]
         assert data["type"] == event
-        frames.append((int(lines[0][len("id: "):]), event, data))
+        # every event has its seq but a ping and a stopping server's last word (not logged)
+        unlogged = event == "ping" or (event == "error"
+                                       and data["error"]["code"] == "server_stopping")
+        assert (seq == 0) == unlogged, block
+        if event != "ping" or pings:
+            frames.append((seq, event, data))
     return frames

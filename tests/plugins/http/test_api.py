@@ -244,7 +244,11 @@ async def test_blocking_and_streaming_messages(client: Client, tmp_path: Path) -
     assert response.headers["Cache-Control"] == "no-cache"
     assert response.headers["X-Accel-Buffering"] == "no"
     frames = parse_sse(body.decode())
-    assert [n for n, _, _ in frames] == list(range(1, len(frames) + 1))
+    # ids are seqs in the session's log: after the first run's, numbered on without a gap
+    # (but for the run_queued and run_started before message_start, which this stream skips)
+    assert [n for n, _, _ in frames] == list(range(frames[0][0], frames[0][0] + len(frames)))
+    first_run = await (await client.get(f"/runs/{result['run_id']}")).get_json()
+    assert frames[0][0] == first_run["last_seq"] + 3
     kinds = [kind for _, kind, _ in frames]
     assert kinds[0] == "message_start" and kinds[-1] == "done"
     assert kinds.count("done") == 1 and "error" not in kinds
@@ -388,7 +392,7 @@ async def test_delete_session_aborts_its_run(client: Client) -> None:
             text = ""
             while "event: error" not in text:
                 text += (await connection.receive()).decode()
-    assert app_state.runs.runs_of(sid) == ()
+    assert app_state.runtime.runs.of_session(sid) == []
     await error_of(await client.get(f"/sessions/{sid}"), 404)
 
 

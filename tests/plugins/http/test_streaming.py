@@ -1,4 +1,4 @@
-"""The run manager's fan-out and the SSE framing."""
+"""The SSE framing of logged events: ids, pings, batches, lifecycle and stopping."""
 
 from __future__ import annotations
 
@@ -12,14 +12,21 @@ from wingspan import (
     Done,
     ErrorEvent,
     ErrorInfo,
+    RunFinished,
+    RunStarted,
+    SessionRecord,
+    Store,
     StreamEvent,
     TextDelta,
     ToolResultEvent,
     Usage,
+    new_id,
     wire,
 )
-from wingspan.plugins.http.runs import Run
+from wingspan.plugins.http.runs import STREAM_STOPPED
 from wingspan.plugins.http.sse import event_stream, frame
+from wingspan.plugins.memory import MemoryStore
+from wingspan.runs import follow
 
 from .conftest import WAIT, parse_sse, runtime_with_plugins
 
@@ -42,42 +49,52 @@ def test_frames_round_trip(items: list[StreamEvent]) -> None:
         parsed, items, strict=True)] == items
 
 
-async def test_a_slow_subscriber_is_dropped_not_the_run() -> None:
-    run = Run(session_id="s", agent_id=None, buffer=3)
-    slow = run.subscribe()
-    fast = run.subscribe()
-    received: list[StreamEvent] = []
-
-    async def read_fast() -> None:
-        while True:
-            event = await fast.next_event(WAIT)
-            assert event is not None
-            received.append(event)
-            if type(event) is Done:
-                return
-
-    reader = asyncio.ensure_future(read_fast())
-    for i in range(10):
-        run.publish(TextDelta(text=str(i), index=0))
-        await asyncio.sleep(0)  # let the fast reader keep up, as a real client would
-    done = Done(usage=Usage(), steps=1, response="", tool_calls=(), stop_reason="end_turn")
-    run.publish(done)
-    await asyncio.wait_for(reader, WAIT)
-    assert [e.text for e in received[:-1]] == [str(i) for i in range(10)]  # type: ignore[union-attr]
-    first = await slow.next_event(WAIT)
-    assert type(first) is ErrorEvent and first.error.code == "too_slow"
-    assert slow not in run.subscribers
+async def _logged_session(store: Store) -> str:
+    session = await store.create_session(SessionRecord(id=new_id()))
+    return session.id
 
 
-async def test_event_stream_pings_while_silent() -> None:
-    run = Run(session_id="s", agent_id=None, buffer=8)
-    frames = event_stream(run, CONVERTER, ping_interval=0.01)
+async def test_event_stream_pings_while_silent_then_sends_what_is_logged() -> None:
+    store = MemoryStore()
+    sid = await _logged_session(store)
+    stopped = asyncio.Event()
+    frames = event_stream(follow(store, sid, heartbeat=0.01), CONVERTER, stopped=stopped,
+                          stop_error=STREAM_STOPPED)
     first = await asyncio.wait_for(anext(frames), WAIT)
-    assert b"event: ping" in first and first.startswith(b"id: 1\n")
-    run.publish(Done(usage=Usage(), steps=1, response="ok", tool_calls=(),
-                     stop_reason="end_turn"))
+    assert first.startswith(b"event: ping\n")  # not in the log: no id
+    done = Done(usage=Usage(), steps=1, response="ok", tool_calls=(), stop_reason="end_turn")
+    await store.append_events(sid, "r", [TextDelta(text="a", index=0), done])
     async with asyncio.timeout(WAIT):
-        rest = [chunk async for chunk in frames]
-    assert b"event: done" in rest[-1]
-    assert json.loads(rest[-1].decode().split("data: ")[1])["response"] == "ok"
-    assert not run.subscribers
+        while (chunk := await anext(frames)).startswith(b"event: ping"):
+            pass
+    assert [n for n, _, _ in parse_sse(chunk.decode())] == [1, 2]  # one write for the batch
+    assert json.loads(chunk.decode().split("data: ")[-1])["response"] == "ok"
+    await frames.aclose()
+
+
+async def test_a_stream_ends_with_an_error_frame_when_the_server_stops() -> None:
+    store = MemoryStore()
+    sid = await _logged_session(store)
+    stopped = asyncio.Event()
+    frames = event_stream(follow(store, sid), CONVERTER, stopped=stopped,
+                          stop_error=STREAM_STOPPED)
+    pending = asyncio.ensure_future(anext(frames))
+    await asyncio.sleep(0)
+    stopped.set()
+    last = await asyncio.wait_for(pending, WAIT)
+    assert b"event: error" in last and b"server_stopping" in last
+    async with asyncio.timeout(WAIT):
+        assert [chunk async for chunk in frames] == []
+
+
+async def test_lifecycle_events_are_left_out_and_the_stream_ends_at_its_terminal() -> None:
+    store = MemoryStore()
+    sid = await _logged_session(store)
+    done = Done(usage=Usage(), steps=1, response="", tool_calls=(), stop_reason="end_turn")
+    await store.append_events(sid, "r", [RunStarted(run_id="r"), done,
+                                         RunFinished(run_id="r", status="completed")])
+    frames = event_stream(follow(store, sid), CONVERTER, stopped=asyncio.Event(),
+                          stop_error=STREAM_STOPPED, lifecycle=False, until_terminal=True)
+    async with asyncio.timeout(WAIT):
+        sent = b"".join([chunk async for chunk in frames]).decode()
+    assert [(n, kind) for n, kind, _ in parse_sse(sent)] == [(2, "done")]

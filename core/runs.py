@@ -1,0 +1,399 @@
+"""Runs: admitted to a session in the store, executed by the loop, followed through the log.
+
+A run's events are appended to its session's event log as they happen (:class:`EventLog`,
+used by the loop), so any process sharing the store can replay and follow them
+(:func:`follow`). :meth:`wingspan.Session.start` admits a run and executes it in a task of
+its own, returning a :class:`RunHandle`; :class:`Runs` keeps the handles of one runtime, so
+a run can be aborted by id: at once when it runs here, through the store when it runs in
+another process (which notices within :data:`ABORT_POLL` seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+from .errors import ConflictError, NotFoundError, ProviderError, StoreError, WingspanError
+from .ids import new_id
+from .store import RunRecord, Store
+from .types import (
+    FINISHED_STATUSES,
+    Done,
+    ErrorEvent,
+    ErrorInfo,
+    LogEvent,
+    LoggedEvent,
+    Result,
+    Resync,
+    RunFinished,
+)
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = [
+    "ABORTED",
+    "ABORT_POLL",
+    "EventLog",
+    "RunControl",
+    "RunHandle",
+    "Runs",
+    "follow",
+    "run_error",
+]
+
+log = logging.getLogger("wingspan.runs")
+
+#: Seconds between two looks, by the process running a run, at whether another process
+#: asked to abort it.
+ABORT_POLL = 0.5
+#: Seconds a follower of a running run waits for news before it checks that the run's
+#: process is still there (a dead one's run is then recorded ``interrupted``).
+LIVENESS_POLL = 1.0
+
+#: The terminal error of an aborted run.
+ABORTED = ErrorInfo(code="aborted", message="the run was aborted; every finished step is saved")
+
+
+def run_error(exc: BaseException) -> ErrorInfo:
+    """The terminal ``error`` event's content for a run that ended with ``exc``."""
+    if isinstance(exc, ProviderError):
+        return ErrorInfo(code="provider_error", message=str(exc))
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return ABORTED
+    if isinstance(exc, WingspanError):
+        return ErrorInfo(code="internal", message=f"{type(exc).__name__}: {exc}")
+    return ErrorInfo(code="internal", message=f"the run failed: {type(exc).__name__}: {exc}")
+
+
+class RunControl:
+    """What the owner of a run tells its loop: why it cancelled it (the terminal error's
+    code and message, e.g. a server's ``timeout``), set just before cancelling."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self) -> None:
+        self.reason: ErrorInfo | None = None
+
+
+class EventLog:
+    """The loop's writer of one run's events to its session's log: group commit.
+
+    :meth:`add` never waits. The first event is written at once; events that come while a
+    write is in flight go together in the next one, so a fast stream costs few writes and a
+    slow one no delay. :meth:`flush` waits until everything added is stored (the loop calls
+    it at the end of each step) and raises what a write raised.
+    """
+
+    __slots__ = ("_failure", "_pending", "_run_id", "_session_id", "_store", "_writer")
+
+    def __init__(self, store: Store, session_id: str, run_id: str) -> None:
+        self._store = store
+        self._session_id = session_id
+        self._run_id = run_id
+        self._pending: list[LogEvent] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    def add(self, event: LogEvent) -> None:
+        self._pending.append(event)
+        if self._writer is None and self._failure is None:
+            self._writer = asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._store.append_events(self._session_id, self._run_id, batch)
+        except BaseException as exc:  # kept for flush(); the events stay for finish_run
+            self._failure = exc
+            self._pending[:0] = batch
+        finally:
+            self._writer = None
+
+    async def flush(self) -> None:
+        """Wait until every event added so far is stored.
+
+        :raises StoreError: when a write failed (the events not stored are kept for
+            :meth:`close`).
+        """
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+        if self._failure is not None:
+            failure = self._failure
+            raise StoreError(f"the event log of run {self._run_id} could not be written: "
+                             f"{failure}") from failure
+
+    async def close(self) -> list[LogEvent]:
+        """Stop writing: wait for the write in flight, and give back what is not stored
+        (for the run's last, atomic write, :meth:`Store.finish_run`). Never raises."""
+        with contextlib.suppress(BaseException):
+            while self._writer is not None:
+                await asyncio.shield(self._writer)
+        self._failure = self._failure or StoreError("the event log is closed")
+        pending, self._pending = self._pending, []
+        return pending
+
+
+async def follow(
+    store: Store,
+    session_id: str,
+    *,
+    after: int = 0,
+    run_id: str | None = None,
+    heartbeat: float | None = None,
+    batch: int = 1000,
+    task: asyncio.Future[Result] | None = None,
+) -> AsyncGenerator[list[LoggedEvent], None]:
+    """The session's events after seq ``after``, in batches: those stored, then the live
+    ones as they are appended (by any process sharing the store). A batch is what one read
+    found, so a reader that is behind catches up in few steps.
+
+    :param run_id: only this run's events; the iterator ends after its ``run_finished``.
+        Without it, the session's events go on until the caller stops.
+    :param heartbeat: yield an empty batch after this many seconds without an event (for
+        a keep-alive), instead of staying silent.
+    :param task: the task executing run ``run_id`` in this process, if it does: should it
+        end without its last events in the log (a store that could not write them), the
+        iterator ends with its terminal event all the same (with the seq of the last event
+        read, as it has none of its own).
+
+    A session-wide replay whose cursor falls in a pruned range begins with a
+    :class:`~wingspan.Resync` (its seq is the one before ``next_seq``, a cursor that goes
+    on from there).
+    """
+    cursor = after
+    first = True
+    interval = heartbeat if heartbeat is not None else LIVENESS_POLL
+    while True:
+        entries = await store.read_events(session_id, after=cursor, limit=batch, run_id=run_id)
+        if entries:
+            if first and run_id is None and cursor > 0 and entries[0].seq > cursor + 1:
+                entries.insert(0, LoggedEvent(seq=entries[0].seq - 1, run_id=entries[0].run_id,
+                                              event=Resync(next_seq=entries[0].seq)))
+            first = False
+            if run_id is not None:
+                for position, entry in enumerate(entries):
+                    if type(entry.event) is RunFinished:
+                        yield entries[:position + 1]
+                        return
+            yield entries
+            cursor = entries[-1].seq
+            continue
+        first = False
+        if task is not None and task.done():
+            yield [LoggedEvent(seq=cursor, run_id=run_id or "", event=_terminal(task))]
+            return
+        if run_id is not None and await _ended_unlogged(store, session_id, run_id, cursor):
+            return
+        waiting = store.wait_events(session_id, after=cursor, timeout=interval)
+        if task is None:
+            last = await waiting
+        else:
+            wait = asyncio.ensure_future(waiting)
+            await asyncio.wait((wait, task), return_when=asyncio.FIRST_COMPLETED)
+            if not wait.done():
+                wait.cancel()
+                continue  # the run ended here: read what it stored last
+            last = wait.result()
+        if last <= cursor and heartbeat is not None:
+            yield []
+
+
+def _terminal(task: asyncio.Future[Result]) -> Done | ErrorEvent:
+    """The terminal event of a run that ended in ``task`` (when its log lacks it)."""
+    if task.cancelled():
+        return ErrorEvent(error=ABORTED)
+    failure = task.exception()
+    if failure is not None:
+        return ErrorEvent(error=failure.error if isinstance(failure, RunFailed)
+                          else run_error(failure))
+    result = task.result()
+    return Done(usage=result.usage, steps=result.steps, response=result.response,
+                tool_calls=result.tool_calls, stop_reason=result.stop_reason,
+                run_id=result.run_id)
+
+
+async def _ended_unlogged(store: Store, session_id: str, run_id: str, cursor: int) -> bool:
+    """Whether a followed run has ended with nothing more to read; a run whose process has
+    died is recovered on the way (a claim probe: the store records it ``interrupted``)."""
+    run = await store.get_run(run_id)
+    if run.status in FINISHED_STATUSES:
+        return run.last_seq is None or cursor >= run.last_seq
+    if run.status in ("running", "waiting"):
+        probe = f"probe-{new_id()}"
+        with contextlib.suppress(WingspanError):
+            if await store.claim_session(session_id, probe, wait=False):
+                await store.release_session(session_id, probe)
+    return False
+
+
+@attrs.define(eq=False)
+class RunHandle:
+    """A run of a session: its id, its record as admitted, and ways to follow, await and
+    abort it. A handle made by :meth:`wingspan.Session.start` in this process executes the
+    run in a task of its own; a handle of a run executing elsewhere follows it through the
+    store."""
+
+    record: RunRecord
+    store: Store
+    #: the task executing the run here (``None``: another process executes it)
+    task: asyncio.Task[Result] | None = None
+    control: RunControl = attrs.field(factory=RunControl)
+    _on_end: list[Callable[[RunHandle], None]] = attrs.field(factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def session_id(self) -> str:
+        return self.record.session_id
+
+    @property
+    def local(self) -> bool:
+        """Whether the run executes in this process."""
+        return self.task is not None
+
+    async def status(self) -> str:
+        """The run's status now, as stored."""
+        return (await self.store.get_run(self.id)).status
+
+    async def events(self, *, after: int = 0) -> AsyncIterator[LoggedEvent]:
+        """The run's events from the log (after seq ``after``), then live, to its
+        ``run_finished``."""
+        async for entries in follow(self.store, self.session_id, after=after, run_id=self.id):
+            for entry in entries:
+                yield entry
+
+    async def result(self) -> Result:
+        """Wait for the run's end; cancelling the wait never cancels the run.
+
+        :raises ProviderError: when the provider failed; :raises WingspanError: for any
+            other failure (its message says what ended the run).
+        """
+        if self.task is not None:
+            try:
+                return await asyncio.shield(self.task)
+            except asyncio.CancelledError:
+                if not self.task.cancelled():
+                    raise  # the wait itself was cancelled
+                raise RunFailed(self.control.reason or ABORTED) from None
+        terminal: Done | ErrorEvent | None = None
+        async for entry in self.events():
+            if type(entry.event) in (Done, ErrorEvent):
+                terminal = entry.event  # type: ignore[assignment]
+        return outcome_result(terminal, self.id)
+
+    async def abort(self, reason: ErrorInfo = ABORTED) -> None:
+        """Stop the run and wait until it has ended (here), or ask its process to.
+
+        :raises ConflictError: when it has already finished.
+        """
+        if self.task is not None:
+            if self.task.done():
+                raise ConflictError(f"run {self.id} has already finished")
+            self.control.reason = reason
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+            # A task cancelled before its first step never ran its loop: the admitted run
+            # is still queued in the store.
+            # Its place in the session's queue goes too, so the runs after it get their turn.
+            with contextlib.suppress(ConflictError, NotFoundError):
+                if (await self.store.get_run(self.id)).status == "queued":
+                    await self.store.abort_run(self.id)
+                    await self.store.release_session(self.session_id, self.id)
+            return
+        await self.store.abort_run(self.id)
+
+
+def outcome_result(terminal: Done | ErrorEvent | None, run_id: str) -> Result:
+    """The :class:`~wingspan.Result` of a run's terminal event, or the error it ended with."""
+    if type(terminal) is Done:
+        return terminal.result
+    if terminal is None:
+        raise WingspanError(f"run {run_id} ended without a terminal event")
+    assert type(terminal) is ErrorEvent
+    if terminal.error.code == "provider_error":
+        raise ProviderError(terminal.error.message)
+    raise RunFailed(terminal.error)
+
+
+class RunFailed(WingspanError):
+    """A run ended with an ``error`` event (its :attr:`error` has the code and message)."""
+
+    def __init__(self, error: ErrorInfo) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class Runs:
+    """The runs executing in this process (of one runtime), by id: to abort one by id,
+    and to let them finish, or stop them, at shut-down."""
+
+    def __init__(self) -> None:
+        self._handles: dict[str, RunHandle] = {}
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def add(self, handle: RunHandle) -> None:
+        self._handles[handle.id] = handle
+        assert handle.task is not None
+        handle.task.add_done_callback(lambda _: self._handles.pop(handle.id, None))
+
+    def get(self, run_id: str) -> RunHandle | None:
+        """The handle of a run executing here, or ``None``."""
+        return self._handles.get(run_id)
+
+    def of_session(self, session_id: str) -> Sequence[RunHandle]:
+        return [h for h in self._handles.values() if h.session_id == session_id]
+
+    async def abort(self, store: Store, run_id: str, reason: ErrorInfo = ABORTED) -> RunRecord:
+        """Abort a run wherever it executes: here at once; in another process sharing the
+        store through it (that process stops it within :data:`ABORT_POLL` seconds).
+
+        :returns: the run's record afterwards.
+        :raises NotFoundError: for an unknown run; :raises ConflictError: when it has
+            already finished.
+        """
+        handle = self._handles.get(run_id)
+        if handle is not None and handle.task is not None and not handle.task.done():
+            await handle.abort(reason)
+            return await store.get_run(run_id)
+        return await store.abort_run(run_id)
+
+    async def drain(self, grace: float, reason: ErrorInfo) -> None:
+        """Let the runs finish for up to ``grace`` seconds, then abort the rest."""
+        tasks = [h.task for h in self._handles.values() if h.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        left = [h for h in self._handles.values() if h.task is not None and not h.task.done()]
+        if left:
+            log.warning("aborting %d run(s) still going after %.0f s", len(left), grace)
+            await asyncio.gather(*(h.abort(reason) for h in left), return_exceptions=True)
+
+
+async def watch_for_abort(store: Store, run_id: str, task: asyncio.Task[Result],
+                          control: RunControl) -> None:
+    """Until ``task`` ends: cancel it when another process asks the store to abort the run
+    (or the store finished it meanwhile, e.g. aborted while it waited its turn)."""
+    while not task.done():
+        await asyncio.sleep(ABORT_POLL)
+        try:
+            run = await store.get_run(run_id)
+        except NotFoundError:
+            run = None  # its session was deleted
+        except WingspanError:
+            continue
+        if run is None or run.abort_requested or run.status in FINISHED_STATUSES:
+            if not task.done():
+                control.reason = control.reason or ABORTED
+                task.cancel()
+            return

@@ -1,0 +1,151 @@
+"""The lifecycle of runs, run in the store's threads: admission, start, end, abort, listing.
+
+Every change of a run's status appends its event to the session's log (``_events``) in the
+same transaction, and wakes this store's waiters on that log once it commits.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+import wingspan
+from wingspan import (
+    FINISHED_STATUSES,
+    ConflictError,
+    ErrorEvent,
+    ErrorInfo,
+    LogEvent,
+    NotFoundError,
+    RunQueued,
+    RunRecord,
+    RunStarted,
+    wire,
+)
+
+from ._events import UNFINISHED, end_run, log, write_run
+from ._jobs import session_pk
+from ._leases import Claimant, join_queue
+from ._worker import Tx
+
+if TYPE_CHECKING:
+    from ._watch import LogWatch
+
+ABORTED_QUEUED = ErrorInfo(code="aborted", message="the run was aborted before it started")
+
+
+def _stored(tx: Tx, run_id: str) -> tuple[int, RunRecord]:
+    """``(session pk, record)`` of a run."""
+    row = tx.conn.execute("SELECT session_pk, body FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"run {run_id!r} not found")
+    return row[0], wire.loads(row[1], RunRecord)
+
+
+def _woken(tx: Tx, watch: LogWatch, pk: int, run: RunRecord) -> RunRecord:
+    """Wake the waiters on the log of ``run``'s session once the transaction commits."""
+    session_id, last_seq = run.session_id, run.last_seq or 0
+    tx.effects.append(lambda: watch.appended(session_id, pk, last_seq))
+    return run
+
+
+def admit(
+    tx: Tx, watch: LogWatch, me: Claimant, run: RunRecord, if_busy: str
+) -> tuple[RunRecord, bool]:
+    """Store ``run`` queued, give it a ticket in the claim queue (its place, whichever
+    process claims next) and log its ``run_queued``. :returns: ``(stored run, created)``."""
+    conn = tx.conn
+    pk = session_pk(tx, run.session_id)
+    if run.idempotency_key is not None:
+        row = conn.execute(
+            "SELECT body FROM runs WHERE session_pk = ? AND idempotency_key = ?",
+            (pk, run.idempotency_key),
+        ).fetchone()
+        if row is not None:
+            first = wire.loads(row[0], RunRecord)
+            if first.request_hash != run.request_hash:
+                raise ConflictError(
+                    f"idempotency key {run.idempotency_key!r} was already used for another "
+                    f"request on session {run.session_id}; send a new key for a new request"
+                )
+            return first, False
+    unfinished = conn.execute(
+        f"SELECT id, body FROM runs WHERE session_pk = ? AND {UNFINISHED} ORDER BY id", (pk,)
+    ).fetchall()
+    if unfinished and if_busy == "reject":
+        raise ConflictError(f"session {run.session_id} is busy with run {unfinished[0][0]}")
+    if if_busy == "interrupt":
+        for _, body in unfinished:
+            _abort(tx, watch, pk, wire.loads(body, RunRecord))
+    if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run.id,)).fetchone():
+        raise ConflictError(f"run {run.id} already exists")
+    join_queue(tx, pk, run.id, me)
+    seq = log(tx, pk, run.id, [RunQueued(run_id=run.id)])
+    stored = attrs.evolve(
+        run, status="queued", started_at=None, finished_at=None, first_seq=seq, last_seq=seq
+    )
+    conn.execute(
+        "INSERT INTO runs (id, session_pk, status, body) VALUES (?, ?, ?, ?)",
+        (stored.id, pk, stored.status, wire.dumps(stored)),
+    )
+    return _woken(tx, watch, pk, stored), True
+
+
+def start(tx: Tx, watch: LogWatch, run_id: str) -> RunRecord:
+    pk, run = _stored(tx, run_id)
+    if run.status != "queued":
+        raise ConflictError(f"run {run_id} cannot start: it is {run.status}, not queued")
+    seq = log(tx, pk, run_id, [RunStarted(run_id=run_id)])
+    run = attrs.evolve(run, status="running", started_at=wingspan.utc_now(), last_seq=seq)
+    write_run(tx, run)
+    return _woken(tx, watch, pk, run)
+
+
+def finish(tx: Tx, watch: LogWatch, run: RunRecord, events: tuple[LogEvent, ...]) -> RunRecord:
+    pk, stored = _stored(tx, run.id)
+    if stored.status in FINISHED_STATUSES:
+        return stored  # the first ending (a recovery's, say) wins
+    if run.first_seq is None:
+        run = attrs.evolve(run, first_seq=stored.first_seq)
+    return _woken(tx, watch, pk, end_run(tx, pk, run, events))
+
+
+def abort(tx: Tx, watch: LogWatch, run_id: str) -> RunRecord:
+    pk, run = _stored(tx, run_id)
+    if run.status in FINISHED_STATUSES:
+        raise ConflictError(f"run {run_id} has already finished ({run.status})")
+    return _abort(tx, watch, pk, run)
+
+
+def _abort(tx: Tx, watch: LogWatch, pk: int, run: RunRecord) -> RunRecord:
+    """Abort an unfinished run: a queued one ends now (its place in the queue stays: its
+    executor, granted the claim, finds it finished and lets go); a running or waiting one
+    is asked to stop by the process running it."""
+    if run.status != "queued":
+        run = attrs.evolve(run, abort_requested=True)
+        write_run(tx, run)
+        return run
+    run = attrs.evolve(
+        run, status="aborted", finished_at=wingspan.utc_now(), error="aborted before it started"
+    )
+    return _woken(tx, watch, pk, end_run(tx, pk, run, [ErrorEvent(error=ABORTED_QUEUED)]))
+
+
+def page(
+    tx: Tx, session_id: str, limit: int, cursor: str | None
+) -> tuple[list[str], str | None]:
+    """The bodies of one page of a session's runs, newest first, and the next cursor."""
+    pk = session_pk(tx, session_id)
+    # Newest first by id, as every listing (see ``_jobs.page``); a range of the index
+    # ``runs_by_session`` either way.
+    args: tuple[object, ...]
+    where, args = "session_pk = ?", (pk, limit + 1)
+    if cursor is not None:
+        where, args = "session_pk = ? AND id < ?", (pk, cursor, limit + 1)
+    rows = tx.conn.execute(
+        f"SELECT id, body FROM runs WHERE {where} ORDER BY id DESC LIMIT ?", args
+    ).fetchall()
+    shown = rows[:limit]
+    return [body for _, body in shown], shown[-1][0] if len(rows) > limit else None
+

@@ -1,0 +1,240 @@
+"""Runs in the kernel: admission, the event log, handles, idempotency, ``if_busy`` and aborts
+(on the memory store; the SQLite store's own tests cover several processes)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import wingspan
+from wingspan import (
+    Agent,
+    ConfigError,
+    ConflictError,
+    Done,
+    ErrorEvent,
+    LoggedEvent,
+    Message,
+    MessageStop,
+    RunFinished,
+    RunQueued,
+    RunStarted,
+    Session,
+    Store,
+    StoreError,
+    check_history,
+)
+from wingspan.runs import ABORT_POLL, RunFailed, RunHandle
+from wingspan.testing import make_runtime, scripted
+
+WAIT = 10  # seconds: every wait is bounded
+
+
+@wingspan.tool
+async def nap(seconds: float) -> str:
+    """Sleep.
+
+    :param seconds: how long
+    """
+    await asyncio.sleep(seconds)
+    return "rested"
+
+
+@pytest.fixture
+def runtime() -> wingspan.Runtime:
+    return make_runtime()
+
+
+@pytest.fixture
+async def store(runtime: wingspan.Runtime) -> Any:
+    opened = await runtime.open_store("memory://")
+    yield opened
+    await opened.close()
+
+
+def agent_for(runtime: wingspan.Runtime, script: Any) -> Agent:
+    return Agent(name="a", provider=scripted(script, runtime=runtime), tools=[nap])
+
+
+NAP = [[{"name": "nap", "input": {"seconds": 30}}], "done"]
+
+
+async def log_of(store: Store, session_id: str) -> list[LoggedEvent]:
+    return await store.read_events(session_id)
+
+
+async def test_a_stored_run_logs_every_event_it_streams_numbered_from_one(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    session = Session(agent=agent_for(runtime, ["hello there"]), store=store, runtime=runtime)
+    async with session.stream("hi") as run:
+        streamed = [event async for event in run]
+    logged = await log_of(store, session.id)
+    assert [entry.seq for entry in logged] == list(range(1, len(logged) + 1))
+    assert {entry.run_id for entry in logged} == {run.run_id}
+    events = [entry.event for entry in logged]
+    assert events[:2] == [RunQueued(run_id=run.run_id), RunStarted(run_id=run.run_id)]
+    assert events[2:-1] == streamed  # the terminal done included, in order
+    assert events[-1] == RunFinished(run_id=run.run_id, status="completed")
+    record = await store.get_run(run.run_id)
+    assert (record.status, record.first_seq, record.last_seq) == ("completed", 1, len(logged))
+    assert (await store.get_session(session.id)).last_seq == len(logged)
+
+
+async def test_start_admits_at_once_and_the_handle_follows_and_awaits_the_run(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    session = Session(agent=agent_for(runtime, ["one", "two"]), store=store, runtime=runtime)
+    first = await session.start("a")
+    second = await session.start("b")
+    assert first.record.status == second.record.status == "queued"
+    results = await asyncio.wait_for(asyncio.gather(first.result(), second.result()), WAIT)
+    assert [r.run_id for r in results] == [first.id, second.id]
+    replayed = [entry.event async for entry in second.events()]
+    assert type(replayed[-2]) is Done and replayed[-1] == RunFinished(
+        run_id=second.id, status="completed")
+    # runs in admission order, never interleaved, in one log
+    order = [(e.run_id, type(e.event).__name__) for e in await log_of(store, session.id)
+             if type(e.event) in (RunStarted, RunFinished)]
+    assert order == [(first.id, "RunStarted"), (first.id, "RunFinished"),
+                     (second.id, "RunStarted"), (second.id, "RunFinished")]
+    page = await store.list_runs(session.id)
+    assert [run.id for run in page.items] == [second.id, first.id]
+
+
+async def test_a_repeated_idempotency_key_is_the_first_run_and_never_runs_twice(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    session = Session(agent=agent_for(runtime, ["once"]), store=store, runtime=runtime)
+    first = await session.start("hello", idempotency_key="k-1", request_hash="h")
+    again = await session.start("hello", idempotency_key="k-1", request_hash="h")
+    assert again is first  # still running here: the same handle
+    await asyncio.wait_for(first.result(), WAIT)
+    later = await session.start("hello", idempotency_key="k-1", request_hash="h")
+    assert later.id == first.id and not later.local
+    assert (await asyncio.wait_for(later.result(), WAIT)).response == "once"
+    with pytest.raises(ConflictError, match="k-1"):
+        await session.start("other", idempotency_key="k-1", request_hash="other")
+    history = await store.load_messages(session.id)
+    assert [m.text for m in history if m.role == "user"] == ["hello"]
+
+
+async def test_if_busy_reject_refuses_and_interrupt_aborts_the_run_ahead(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    session = Session(agent=agent_for(runtime, NAP), store=store, runtime=runtime)
+    busy = await session.start("nap")
+    await _in_tool(busy)
+    with pytest.raises(ConflictError, match="busy"):
+        await session.start("again", if_busy="reject")
+    quick = Session.from_record(await store.get_session(session.id),
+                                agent=agent_for(runtime, ["right away"]), store=store,
+                                runtime=runtime)
+    interrupting = await quick.start("now", if_busy="interrupt")
+    assert (await asyncio.wait_for(interrupting.result(), WAIT)).response == "right away"
+    with pytest.raises(RunFailed) as failed:
+        await asyncio.wait_for(busy.result(), WAIT)
+    assert failed.value.error.code == "aborted"
+    assert (await store.get_run(busy.id)).status == "aborted"
+    check_history(await store.load_messages(session.id))
+
+
+async def test_an_abort_through_the_store_stops_a_run_of_this_process_within_a_poll(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    """What another process sharing the store does: ``abort_run`` sets a flag that the
+    process running the run notices."""
+    session = Session(agent=agent_for(runtime, NAP), store=store, runtime=runtime)
+    handle = await session.start("nap")
+    await _in_tool(handle)
+    started = asyncio.get_running_loop().time()
+    await store.abort_run(handle.id)
+    with pytest.raises(RunFailed):
+        await asyncio.wait_for(handle.result(), WAIT)
+    assert asyncio.get_running_loop().time() - started < 1.0 + ABORT_POLL
+    run = await store.get_run(handle.id)
+    assert run.status == "aborted"
+    history = await store.load_messages(session.id)
+    check_history(history)
+    assert history[-1].content[0].is_error  # the nap's result says it was cancelled
+    logged = await log_of(store, session.id)
+    assert type(logged[-2].event) is ErrorEvent and logged[-2].event.error.code == "aborted"
+
+
+async def test_runs_abort_by_id_stops_a_queued_run_before_it_starts(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    session = Session(agent=agent_for(runtime, NAP), store=store, runtime=runtime)
+    ahead = await session.start("nap")
+    queued = await session.start("later")
+    record = await runtime.runs.abort(store, queued.id)
+    assert record.status == "aborted"
+    with pytest.raises(RunFailed):
+        await asyncio.wait_for(queued.result(), WAIT)
+    await runtime.runs.abort(store, ahead.id)
+    assert (await store.get_run(ahead.id)).status == "aborted"
+    user_turns = [m for m in await store.load_messages(session.id) if m.role == "user"
+                  and m.text]
+    assert [m.text for m in user_turns] == ["nap"]  # the queued message never ran
+    with pytest.raises(ConflictError):
+        await runtime.runs.abort(store, queued.id)
+    after = Session.from_record(await store.get_session(session.id),
+                                agent=agent_for(runtime, ["next"]), store=store, runtime=runtime)
+    assert (await asyncio.wait_for(after.run("go on"), WAIT)).response == "next"  # not stuck
+
+
+async def test_session_events_replay_after_a_seq_then_follow_live(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    session = Session(agent=agent_for(runtime, ["first", "second"]), store=store,
+                      runtime=runtime)
+    await session.run("one")
+    middle = (await store.get_session(session.id)).last_seq
+    seen: list[LoggedEvent] = []
+
+    async def watch() -> None:
+        async for entry in session.events(after=middle - 1):
+            seen.append(entry)
+            if type(entry.event) is RunFinished and len(seen) > 1:
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    await asyncio.sleep(0.05)
+    await session.run("two")
+    await asyncio.wait_for(watcher, WAIT)
+    assert seen[0].seq == middle  # the first run's last event, then the second run live
+    assert [e.seq for e in seen] == list(range(middle, middle + len(seen)))
+
+
+async def test_a_failing_event_log_fails_the_run_and_releases_the_session(
+        runtime: wingspan.Runtime, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    session = Session(agent=agent_for(runtime, ["text"]), store=store, runtime=runtime)
+    await session.run("warm")  # stored
+
+    async def full_disk(*args: Any, **kwargs: Any) -> int:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(store, "append_events", full_disk)
+    with pytest.raises(StoreError, match="event log"):
+        await session.run("again")
+    monkeypatch.undo()
+    assert (await session.run("after")).response == "text"  # not stuck
+
+
+async def test_start_and_events_need_a_store(runtime: wingspan.Runtime) -> None:
+    session = Session(agent=agent_for(runtime, ["x"]), runtime=runtime)
+    with pytest.raises(ConfigError, match="needs a store"):
+        await session.start("hi")
+    with pytest.raises(ConfigError, match="needs a store"):
+        session.events()
+
+
+async def test_a_run_without_a_store_streams_as_before(runtime: wingspan.Runtime) -> None:
+    session = Session(agent=agent_for(runtime, ["plain"]), runtime=runtime)
+    result = await session.run("hi")
+    assert result.response == "plain"
+    assert [m.role for m in session.history] == ["user", "assistant"]
+    assert isinstance(session.history[0], Message)
+
+
+async def _in_tool(handle: RunHandle) -> None:
+    """Wait (bounded) until the run has called its tool: its log says so."""
+    async with asyncio.timeout(WAIT):
+        async for entry in handle.events():
+            if type(entry.event) is MessageStop:
+                return
