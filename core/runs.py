@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import attrs
 
@@ -28,23 +28,23 @@ from .types import (
     ErrorInfo,
     LogEvent,
     LoggedEvent,
+    Message,
     Result,
     Resync,
     RunFinished,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "ABORTED",
     "ABORT_POLL",
     "EventLog",
     "RunControl",
+    "RunFailed",
     "RunHandle",
     "Runs",
     "follow",
     "run_error",
+    "shielded",
 ]
 
 log = logging.getLogger("wingspan.runs")
@@ -69,6 +69,18 @@ def run_error(exc: BaseException) -> ErrorInfo:
     if isinstance(exc, WingspanError):
         return ErrorInfo(code="internal", message=f"{type(exc).__name__}: {exc}")
     return ErrorInfo(code="internal", message=f"the run failed: {type(exc).__name__}: {exc}")
+
+
+async def shielded(coro: Any) -> Any:
+    """Finish ``coro`` even if the surrounding task is cancelled again meanwhile, so that
+    clean-up (the history's repair, the run's record) is never half done; when it is,
+    ``CancelledError`` is raised once ``coro`` has succeeded (else its own error)."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 class RunControl:
@@ -116,14 +128,28 @@ class EventLog:
         finally:
             self._writer = None
 
-    async def flush(self) -> None:
-        """Wait until every event added so far is stored.
+    async def flush(self, messages: Sequence[Message] = ()) -> None:
+        """Wait until every event added so far is stored, and store ``messages`` (the
+        step's turn) with the last of them, in one write.
 
         :raises StoreError: when a write failed (the events not stored are kept for
-            :meth:`close`).
+            :meth:`close`; the messages are not stored).
+        :raises CancelledError: only once everything is stored (the flush is shielded), so
+            a cancelled caller knows the messages are in the store.
         """
+        await shielded(self._flush(messages))
+
+    async def _flush(self, messages: Sequence[Message]) -> None:
         while self._writer is not None:
             await asyncio.shield(self._writer)
+        if self._failure is None and (self._pending or messages):
+            batch, self._pending = self._pending, []
+            try:
+                await self._store.append_events(self._session_id, self._run_id, batch,
+                                                messages)
+            except Exception as exc:
+                self._pending[:0] = batch
+                self._failure = exc
         if self._failure is not None:
             failure = self._failure
             raise StoreError(f"the event log of run {self._run_id} could not be written: "

@@ -32,6 +32,7 @@ from .runs import (
     RunHandle,
     follow,
     run_error,
+    shielded,
     watch_for_abort,
 )
 from .store import IfBusy, RunRecord, SessionRecord, Store, utc_now
@@ -178,7 +179,7 @@ class Session:
                     session._history = await store.load_messages(session_id)
                 await session._repair()
             finally:
-                await _shielded(_release(store, session_id, holder))
+                await shielded(_release(store, session_id, holder))
         return session
 
     # --- running ----------------------------------------------------------------------------
@@ -331,14 +332,15 @@ class Session:
                     id=run_id, session_id=self.id, agent_id=agent.id, status="queued",
                     started_at=None))).run
             try:
-                run_record = await self._begin(store, admitted)
+                run_record = await self._begin(store, admitted, message)
             except BaseException as exc:
-                await _shielded(_abandon(store, admitted, _reason(control, exc)))
+                await shielded(_abandon(store, admitted, _reason(control, exc)))
                 raise
             event_log = EventLog(store, self.id, run_id)
         async with self._lock:
             try:
-                await self._append(message)
+                if store is None:
+                    self._history.append(message)  # with a store, it is stored as it starts
                 # Invariant 6: what earlier runs left (a failed run's dangling user message)
                 # is merged into alternating turns, in requests only. Checked once a run.
                 opening: tuple[Message, ...] | None = None
@@ -385,9 +387,9 @@ class Session:
                     response = accumulator.response()
                     usage = usage + response.usage
                     stop_reason = response.stop_reason
-                    await self._append(Message(role="assistant", content=response.content))
-                    if event_log is not None:
-                        await event_log.flush()  # every event of a step is stored by its end
+                    # Every event of a step is stored by its end, with the turn it made.
+                    await self._end_step(event_log,
+                                         Message(role="assistant", content=response.content))
                     pending = accumulator.tool_uses
                     if accumulator.text or not pending:
                         response_text = accumulator.text
@@ -406,9 +408,7 @@ class Session:
                         async with contextlib.aclosing(results):
                             async for position, outcome in results:
                                 yield emit(_result_event(pending[position], outcome))
-                    await self._append(_results_message(pending, outcomes, ""))
-                    if event_log is not None:
-                        await event_log.flush()
+                    await self._end_step(event_log, _results_message(pending, outcomes, ""))
                     for use, done_outcome in zip(pending, outcomes, strict=True):
                         # in call order, whatever order they finished in
                         assert done_outcome is not None
@@ -446,7 +446,7 @@ class Session:
                 )
                 # Whatever ended the run, and whatever fails meanwhile (invariant 7): a
                 # history the next run accepts, the run recorded, the claim released.
-                await _shielded(
+                await shielded(
                     self._clean_up(
                         run_record,
                         event_log,
@@ -492,11 +492,23 @@ class Session:
     async def _append(self, message: Message) -> None:
         if self.store is not None:
             try:
-                await _shielded(self.store.append_messages(self.id, (message,)))
+                await shielded(self.store.append_messages(self.id, (message,)))
             except asyncio.CancelledError:
                 # The write completed (a failed one raises its own error): mirror it here.
                 self._history.append(message)
                 raise
+        self._history.append(message)
+
+    async def _end_step(self, event_log: EventLog | None, message: Message) -> None:
+        """Store a step's turn with the step's last events (one write), then keep it here."""
+        if event_log is None:
+            await self._append(message)
+            return
+        try:
+            await event_log.flush((message,))
+        except asyncio.CancelledError:
+            self._history.append(message)  # the write completed (a failed one raises)
+            raise
         self._history.append(message)
 
     async def _repair(self) -> None:
@@ -520,18 +532,13 @@ class Session:
             self._synced = True
         self._stored = True
 
-    async def _begin(self, store: Store, admitted: RunRecord) -> RunRecord:
-        """Wait for the admitted run's turn (its session's claim), mark it running, and
-        bring the history up to date."""
+    async def _begin(self, store: Store, admitted: RunRecord, message: Message) -> RunRecord:
+        """Wait for the admitted run's turn (its session's claim), bring the history up to
+        date, and mark the run running with its user message stored."""
         run_id = admitted.id
         if not await store.claim_session(self.id, run_id):
             raise ConflictError(f"session {self.id} is busy with another run")
         try:
-            try:
-                run = await store.start_run(run_id)
-            except ConflictError:
-                raise RunFailed(ErrorInfo(
-                    code="aborted", message="the run was aborted before it started")) from None
             if (
                 not self._synced
                 or (await store.get_session(self.id)).message_count != len(self._history)
@@ -542,9 +549,20 @@ class Session:
                 self._alternating = 0  # what was loaded is checked again
             self._synced = True
             await self._repair()
+            try:
+                run = await shielded(store.start_run(run_id, (message,)))
+            except ConflictError:
+                raise RunFailed(ErrorInfo(
+                    code="aborted", message="the run was aborted before it started")) from None
+            except asyncio.CancelledError:
+                # Started all the same (the write was shielded): the caller's clean-up
+                # (_abandon) finishes it, aborted, with its message unanswered.
+                self._history.append(message)
+                raise
         except BaseException:
-            await _shielded(_release(store, self.id, run_id))
+            await shielded(_release(store, self.id, run_id))
             raise
+        self._history.append(message)
         return run
 
     async def _clean_up(
@@ -593,7 +611,7 @@ class Session:
         last.append(done if failure is None else ErrorEvent(
             error=ErrorInfo(code=failure.code, message=encodable(failure.message))))
         try:
-            await store.finish_run(
+            await store.finish_run(  # which gives the claim up too
                 attrs.evolve(
                     run,
                     status=status,
@@ -608,7 +626,7 @@ class Session:
         except Exception as exc:
             log.warning("session %s: recording run %s as %s failed: %s: %s",
                         self.id, run.id, status, type(exc).__name__, exc)
-        await _release(store, self.id, run.id)
+            await _release(store, self.id, run.id)
 
 
 class RunStream:
@@ -734,17 +752,6 @@ def _results_message(
     return Message(role="user", content=tuple(blocks))
 
 
-async def _shielded(coro: Any) -> Any:
-    """Finish ``coro`` even if the surrounding task is cancelled again meanwhile, so that
-    clean-up (the history's repair, the run's record) is never half done."""
-    task = asyncio.ensure_future(coro)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise
-
-
 async def _release(store: Store, session_id: str, holder: str) -> None:
     """Give a claim up; a failure is logged, not raised (the store retries or its lease
     lapses), so that it never hides why a run ended."""
@@ -797,8 +804,9 @@ def _reason(control: RunControl, failure: BaseException | None) -> ErrorInfo:
 
 
 async def _abandon(store: Store, admitted: RunRecord, reason: ErrorInfo) -> None:
-    """Finish a run that never started (its wait for its turn failed or was cancelled),
-    unless the store finished it already; never raises."""
+    """Finish a run that never ran its loop (its wait for its turn failed or was
+    cancelled, or it was cancelled as it started), unless the store finished it already,
+    and give its claim or place up; never raises."""
     status: RunStatus = "aborted" if reason.code == "aborted" else "failed"
     try:
         await store.finish_run(

@@ -235,17 +235,23 @@ class Store(Protocol):
 
         :raises NotFoundError: when the session does not exist.
         """
-    async def start_run(self, run_id: str) -> RunRecord:
-        """Mark a queued run ``running`` (``started_at`` now) and append its
-        :class:`~wingspan.RunStarted`; called by the holder of its session's claim.
+    async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
+        """Mark a queued run ``running`` (``started_at`` now), append its
+        :class:`~wingspan.RunStarted`, and append ``messages`` (its user message) to the
+        session's history, atomically; called by the holder of its session's claim.
 
-        :raises ConflictError: when the run is no longer queued (aborted meanwhile).
+        :raises ConflictError: when the run is no longer queued (aborted meanwhile); then
+            nothing is written.
         """
     async def finish_run(self, run: RunRecord, events: Sequence[LogEvent] = ()) -> RunRecord:
         """End a run, atomically: append ``events`` (its last events, e.g. the terminal
         ``done`` or ``error``) and a :class:`~wingspan.RunFinished` with ``run.status``,
-        and store ``run`` (a finished status, its ``finished_at``) with ``last_seq`` set to
-        the seq of that ``run_finished``. :returns: the run as stored.
+        store ``run`` (a finished status, its ``finished_at``) with ``last_seq`` set to the
+        seq of that ``run_finished``, and give up the session's claim (or place in line)
+        held by ``run.id``, as :meth:`release_session` does. A run that had finished already
+        is left as stored, and its claim is given up all the same.
+
+        :returns: the run as stored.
         """
     async def abort_run(self, run_id: str) -> RunRecord:
         """Abort a run from any process. A queued run is finished ``aborted`` at once (with
@@ -263,11 +269,13 @@ class Store(Protocol):
 
     # the event log
     async def append_events(
-        self, session_id: str, run_id: str, events: Sequence[LogEvent]
+        self, session_id: str, run_id: str, events: Sequence[LogEvent],
+        messages: Sequence[Message] = (),
     ) -> int:
-        """Append ``events`` of run ``run_id`` to the session's log, atomically, numbered
-        on from the session's ``last_seq`` with no gap; wake those waiting on the session
-        (:meth:`wait_events`), in this process and others. :returns: the session's
+        """Append ``events`` of run ``run_id`` to the session's log, numbered on from the
+        session's ``last_seq`` with no gap, and ``messages`` to its history (a step's last
+        events go with the message that step made), atomically; wake those waiting on the
+        session (:meth:`wait_events`), in this process and others. :returns: the session's
         ``last_seq`` afterwards.
         """
     async def read_events(

@@ -353,13 +353,18 @@ class KeyValueStore:
         self._claims.reserve(run.session_id, run.id)
         return Admission(run=run)
 
-    async def start_run(self, run_id: str) -> RunRecord:
+    async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
         run: RunRecord = self._get("runs", run_id)
         if run.status != "queued":
             raise ConflictError(f"run {run_id!r} cannot start: it is {run.status}, not queued")
+        for message in messages:
+            if not isinstance(message, Message):
+                raise TypeError(f"start_run takes Messages, got {type(message).__name__}")
         seq = self._log(run.session_id, run_id, (RunStarted(run_id=run_id),))
         run = attrs.evolve(run, status="running", started_at=utc_now(), last_seq=seq)
         self.write("runs", run_id, run)
+        if messages:
+            self.append("messages", run.session_id, tuple(messages))
         return run
 
     async def finish_run(self, run: RunRecord, events: Sequence[LogEvent] = ()) -> RunRecord:
@@ -368,6 +373,7 @@ class KeyValueStore:
             raise ConfigError(f"finish_run takes a run with a finished status "
                               f"({', '.join(sorted(FINISHED_STATUSES))}), got {run.status!r}")
         stored: RunRecord = self._get("runs", run.id)
+        self._claims.release(stored.session_id, run.id)  # the run is over, however it ended
         if stored.status in FINISHED_STATUSES:
             return stored  # the first ending wins (it may have been recovered meanwhile)
         seq = self._log(stored.session_id, run.id,
@@ -392,8 +398,11 @@ class KeyValueStore:
     # --- the event log ---------------------------------------------------------------------
 
     async def append_events(
-        self, session_id: str, run_id: str, events: Sequence[LogEvent]
+        self, session_id: str, run_id: str, events: Sequence[LogEvent],
+        messages: Sequence[Message] = (),
     ) -> int:
+        if messages:
+            await self.append_messages(session_id, messages)  # checks them, then appends
         if not events:
             return self._last_seq(session_id)
         self._get("sessions", session_id)

@@ -473,19 +473,22 @@ class StoreStateMachine(RuleBasedStateMachine):
                 self._prune(finished_at + prune)
 
     @precondition(lambda self: bool(self.model_runs))
-    @rule(data=st.data())
-    def start_run(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), said=st.none() | _texts)
+    def start_run(self, data: st.DataObject, said: str | None) -> None:
         """A queued run starts (``running``, ``started_at`` now, its ``run_started``
-        logged); any other is a conflict."""
+        logged, the messages given appended to the history); any other is a conflict."""
         run = self._draw_run(data, lambda r: r.status == "queued")
+        messages = () if said is None else (Message(role="user", content=(TextBlock(text=said),)),)
         if run.status != "queued":
-            self._assert_raises(ConflictError, self.store.start_run, run.id)
+            self._assert_raises(ConflictError, self.store.start_run, run.id, messages)
+            self._check_session(run.session_id)  # nothing appended
         else:
-            self._start(run)
+            self._start(run, messages)
 
-    def _start(self, run: RunRecord) -> RunRecord:
+    def _start(self, run: RunRecord, messages: tuple[Message, ...] = ()) -> RunRecord:
         before = utc_now()
-        started = self.call(self.store.start_run, run.id)
+        started = self.call(self.store.start_run, run.id, messages)
+        self.model_messages[run.session_id].extend(messages)
         seq = self._model_log(run.session_id, run.id, [RunStarted(run_id=run.id)])
         run = attrs.evolve(run, status="running", started_at=self._now(started.started_at, before),
                            last_seq=seq)
@@ -515,6 +518,12 @@ class StoreStateMachine(RuleBasedStateMachine):
 
     def _finish(self, stored: RunRecord, run: RunRecord, events: list[LogEvent]) -> None:
         finished = self.call(self.store.finish_run, run, events)
+        # A run that ends gives its claim (or its place in line) up, as a release does.
+        places = self.model_places.get(run.session_id, [])
+        if self.model_holders.get(run.session_id) == run.id:
+            del self.model_holders[run.session_id]
+        elif run.id in places:
+            places.remove(run.id)
         if stored.status in FINISHED_STATUSES:
             assert finished == stored, (finished, stored)  # the first ending wins
             return
@@ -591,10 +600,15 @@ class StoreStateMachine(RuleBasedStateMachine):
         runs = self._run_ids(session_id)
         known = bool(runs) and data.draw(st.booleans())
         run_id = data.draw(st.sampled_from(runs if known else ["ghost", *runs]))
-        self._append(session_id, run_id, events)
+        said = data.draw(st.none() | _texts)
+        messages = () if said is None else (Message(role="user", content=(TextBlock(text=said),)),)
+        self._append(session_id, run_id, events, messages)
 
-    def _append(self, session_id: str, run_id: str, events: list[LogEvent]) -> None:
-        last_seq = self.call(self.store.append_events, session_id, run_id, events)
+    def _append(self, session_id: str, run_id: str, events: list[LogEvent],
+                messages: tuple[Message, ...] = ()) -> None:
+        """The events, and the messages with them (a step's last events and its turn)."""
+        last_seq = self.call(self.store.append_events, session_id, run_id, events, messages)
+        self.model_messages[session_id].extend(messages)
         if events:
             self._model_log(session_id, run_id, events)
             if run_id in self.model_runs:
@@ -710,9 +724,12 @@ class StoreStateMachine(RuleBasedStateMachine):
     # --- the model --------------------------------------------------------------------------
 
     def _check_session(self, session_id: str) -> None:
-        """The session's ``last_seq``, runs and log are the model's."""
+        """The session's ``last_seq``, history, runs and log are the model's."""
         got = self.call(self.store.get_session, session_id)
         assert got.last_seq == self.model_sessions[session_id].last_seq
+        assert got.message_count == len(self.model_messages[session_id])
+        history = self.call(self.store.load_messages, session_id)
+        assert history == self.model_messages[session_id], (history, session_id)
         runs = self.call(self.store.list_runs, session_id, limit=MAX_PAGE)
         expected = self._runs_of(session_id)[::-1]
         assert list(runs.items) == expected[:MAX_PAGE], (runs.items, expected)

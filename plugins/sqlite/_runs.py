@@ -17,6 +17,7 @@ from wingspan import (
     ErrorEvent,
     ErrorInfo,
     LogEvent,
+    Message,
     NotFoundError,
     RunQueued,
     RunRecord,
@@ -25,7 +26,7 @@ from wingspan import (
 )
 
 from ._events import UNFINISHED, end_run, log, write_run
-from ._jobs import session_pk
+from ._jobs import HistoryCache, append, session_pk
 from ._leases import Claimant, join_queue
 from ._worker import Tx
 
@@ -92,13 +93,17 @@ def admit(
     return _woken(tx, watch, pk, stored), True
 
 
-def start(tx: Tx, watch: LogWatch, run_id: str) -> RunRecord:
+def start(tx: Tx, watch: LogWatch, cache: HistoryCache, run_id: str,
+          messages: tuple[Message, ...]) -> RunRecord:
+    """A queued run starts, its user message appended to the history with it."""
     pk, run = _stored(tx, run_id)
     if run.status != "queued":
         raise ConflictError(f"run {run_id} cannot start: it is {run.status}, not queued")
     seq = log(tx, pk, run_id, [RunStarted(run_id=run_id)])
     run = attrs.evolve(run, status="running", started_at=wingspan.utc_now(), last_seq=seq)
     write_run(tx, run)
+    if messages:
+        append(tx, cache, run.session_id, messages)
     return _woken(tx, watch, pk, run)
 
 

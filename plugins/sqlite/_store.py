@@ -360,8 +360,11 @@ class SqliteStore:
         stored, created = await self._write(runs.admit, self._log, self._me, run, if_busy)
         return Admission(run=stored, created=created)
 
-    async def start_run(self, run_id: str) -> RunRecord:
-        return await self._write(runs.start, self._log, run_id)
+    async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
+        for message in messages:
+            if not isinstance(message, Message):
+                raise TypeError(f"start_run takes Messages, got {type(message).__name__}")
+        return await self._write(runs.start, self._log, self._cache, run_id, tuple(messages))
 
     async def finish_run(self, run: RunRecord, events: Sequence[LogEvent] = ()) -> RunRecord:
         if run.status not in FINISHED_STATUSES:
@@ -369,7 +372,11 @@ class SqliteStore:
                 f"finish_run takes a finished run ({', '.join(sorted(FINISHED_STATUSES))}), "
                 f"got run {run.id} {run.status}"
             )
-        return await self._write(runs.finish, self._log, run, _log_events(events, "finish_run"))
+        finished, released = await self._write(
+            _finish_and_release, self._log, run, _log_events(events, "finish_run"), self._me)
+        if released:
+            self._wake(finished.session_id)
+        return finished
 
     async def abort_run(self, run_id: str) -> RunRecord:
         return await self._write(runs.abort, self._log, run_id)
@@ -384,10 +391,18 @@ class SqliteStore:
     # --- the event log ----------------------------------------------------------------------
 
     async def append_events(
-        self, session_id: str, run_id: str, events: Sequence[LogEvent]
+        self, session_id: str, run_id: str, events: Sequence[LogEvent],
+        messages: Sequence[Message] = (),
     ) -> int:
         checked = _log_events(events, "append_events")
-        return await self._write(eventlog.append_events, self._log, session_id, run_id, checked)
+        if not messages:
+            return await self._write(eventlog.append_events, self._log, session_id, run_id,
+                                     checked)
+        for message in messages:
+            if not isinstance(message, Message):
+                raise TypeError(f"append_events takes Messages, got {type(message).__name__}")
+        return await self._write(_append_both, self._log, self._cache, session_id, run_id,
+                                 checked, tuple(messages))
 
     async def read_events(
         self, session_id: str, *, after: int = 0, limit: int = 1000, run_id: str | None = None
@@ -458,3 +473,21 @@ class SqliteStore:
             self._wake(session_id)
         await self._reader.stop()
         await self._writer.stop()
+
+
+def _finish_and_release(
+    tx: Tx, watch: LogWatch, run: RunRecord, events: tuple[LogEvent, ...], me: leases.Claimant
+) -> tuple[RunRecord, bool]:
+    """:meth:`SqliteStore.finish_run`'s job: the run ended, and its claim given up, in one
+    transaction (a run's end always goes with its release)."""
+    finished = runs.finish(tx, watch, run, events)
+    return finished, leases.release(tx, finished.session_id, run.id, me)
+
+
+def _append_both(
+    tx: Tx, watch: LogWatch, cache: jobs.HistoryCache, session_id: str, run_id: str,
+    events: tuple[LogEvent, ...], messages: tuple[Message, ...],
+) -> int:
+    """:meth:`SqliteStore.append_events`' job with messages: both in one transaction."""
+    jobs.append(tx, cache, session_id, messages)
+    return eventlog.append_events(tx, watch, session_id, run_id, events)

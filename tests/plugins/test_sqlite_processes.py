@@ -86,6 +86,25 @@ class Acking:
         print("ack", session_id, count, digest(messages[-1]), flush=True)
         return count
 
+    # A run's messages are stored as it starts (its user message) and with each step's last
+    # events (its turns); the count they reached is read back (one writer per session here).
+
+    async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
+        run = await self._store.start_run(run_id, messages)
+        await self._ack(run.session_id, messages)
+        return run
+
+    async def append_events(self, session_id: str, run_id: str, events: Sequence[Any],
+                            messages: Sequence[Message] = ()) -> int:
+        seq = await self._store.append_events(session_id, run_id, events, messages)
+        await self._ack(session_id, messages)
+        return seq
+
+    async def _ack(self, session_id: str, messages: Sequence[Message]) -> None:
+        if messages:
+            count = (await self._store.get_session(session_id)).message_count
+            print("ack", session_id, count, digest(messages[-1]), flush=True)
+
 
 async def child(role: str, url: str, *args: str) -> None:
     store = await open_sqlite(url)
