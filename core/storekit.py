@@ -130,6 +130,9 @@ class KeyValueStore:
         self._closed = False
         #: Per session, the futures of the wait_events calls to wake when its log grows.
         self._event_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        #: Per session, the ids of its runs: built from the runs table on first use, then
+        #: kept by every write of a run here (an admission must not read every run stored).
+        self._run_ids: dict[str, set[str]] | None = None
 
     # --- what a subclass implements -----------------------------------------------------
 
@@ -193,9 +196,27 @@ class KeyValueStore:
 
     def _runs_of(self, session_id: str) -> list[RunRecord]:
         """The session's runs, in id (admission) order."""
-        runs = (self.read("runs", key) for key in self.keys("runs"))
-        return sorted((r for r in runs if r is not None and r.session_id == session_id),
-                      key=lambda run: run.id)
+        runs = (self.read("runs", key) for key in sorted(self._index().get(session_id, ())))
+        return [run for run in runs if run is not None and run.session_id == session_id]
+
+    def _index(self) -> dict[str, set[str]]:
+        if self._run_ids is None:
+            index: dict[str, set[str]] = {}
+            for key in self.keys("runs"):
+                run = self.read("runs", key)
+                if run is not None:
+                    index.setdefault(run.session_id, set()).add(key)
+            self._run_ids = index
+        return self._run_ids
+
+    def _put_run(self, run: RunRecord) -> None:
+        """Store ``run`` (inserting or replacing it) and keep the index of runs by session."""
+        index = self._index()
+        before = self.read("runs", run.id)
+        self.write("runs", run.id, run)
+        if before is not None and before.session_id != run.session_id:
+            index.get(before.session_id, set()).discard(run.id)
+        index.setdefault(run.session_id, set()).add(run.id)
 
     def _log(self, session_id: str, run_id: str, events: Sequence[LogEvent]) -> int:
         """Append ``events`` of ``run_id`` to an existing session's log, numbered on from
@@ -229,7 +250,7 @@ class KeyValueStore:
                                error="aborted before it started", last_seq=last_seq)
         else:  # the process running it sees this and stops it
             run = attrs.evolve(run, abort_requested=True)
-        self.write("runs", run.id, run)
+        self._put_run(run)
         return run
 
     # --- agents ----------------------------------------------------------------------------
@@ -282,6 +303,7 @@ class KeyValueStore:
         self.remove("events", session_id)
         for run in self._runs_of(session_id):
             self.remove("runs", run.id)
+        self._index().pop(session_id, None)
         self._claims.delete_session(session_id)
         self._wake(session_id)  # its waiters find it gone
 
@@ -318,7 +340,7 @@ class KeyValueStore:
 
     async def save_run(self, run: RunRecord) -> None:
         self._get("sessions", run.session_id)
-        self.write("runs", run.id, run)
+        self._put_run(run)
 
     async def get_run(self, run_id: str) -> RunRecord:
         run: RunRecord = self._get("runs", run_id)
@@ -349,7 +371,7 @@ class KeyValueStore:
                 self._abort(earlier)
         seq = self._log(run.session_id, run.id, (RunQueued(run_id=run.id),))
         run = attrs.evolve(run, started_at=None, finished_at=None, first_seq=seq, last_seq=seq)
-        self.write("runs", run.id, run)
+        self._put_run(run)
         self._claims.reserve(run.session_id, run.id)
         return Admission(run=run)
 
@@ -362,7 +384,7 @@ class KeyValueStore:
                 raise TypeError(f"start_run takes Messages, got {type(message).__name__}")
         seq = self._log(run.session_id, run_id, (RunStarted(run_id=run_id),))
         run = attrs.evolve(run, status="running", started_at=utc_now(), last_seq=seq)
-        self.write("runs", run_id, run)
+        self._put_run(run)
         if messages:
             self.append("messages", run.session_id, tuple(messages))
         return run
@@ -380,7 +402,7 @@ class KeyValueStore:
                         (*events, RunFinished(run_id=run.id, status=run.status)))
         first_seq = stored.first_seq if run.first_seq is None else run.first_seq
         run = attrs.evolve(run, first_seq=first_seq, last_seq=seq)
-        self.write("runs", run.id, run)
+        self._put_run(run)
         return run
 
     async def abort_run(self, run_id: str) -> RunRecord:
@@ -409,7 +431,7 @@ class KeyValueStore:
         last_seq = self._log(session_id, run_id, events)
         run = self.read("runs", run_id)
         if run is not None and run.session_id == session_id:
-            self.write("runs", run_id, attrs.evolve(run, last_seq=last_seq))
+            self._put_run(attrs.evolve(run, last_seq=last_seq))
         return last_seq
 
     async def read_events(
