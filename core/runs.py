@@ -56,6 +56,10 @@ ABORT_POLL = 0.5
 #: process is still there (a dead one's run is then recorded ``interrupted``).
 LIVENESS_POLL = 1.0
 
+#: Events read at first by a replay: few, so that its first frames go out at once, before
+#: the rest of a long log is read (in batches of up to ``batch``).
+FIRST_BATCH = 32
+
 #: The terminal error of an aborted run.
 ABORTED = ErrorInfo(code="aborted", message="the run was aborted; every finished step is saved")
 
@@ -196,8 +200,10 @@ async def follow(
     cursor = after
     first = True
     interval = heartbeat if heartbeat is not None else LIVENESS_POLL
+    limit = min(batch, FIRST_BATCH)  # the first frames of a replay go out before the rest is read
     while True:
-        entries = await store.read_events(session_id, after=cursor, limit=batch, run_id=run_id)
+        entries = await store.read_events(session_id, after=cursor, limit=limit, run_id=run_id)
+        limit = batch
         if entries:
             if first and run_id is None and cursor > 0 and entries[0].seq > cursor + 1:
                 entries.insert(0, LoggedEvent(seq=entries[0].seq - 1, run_id=entries[0].run_id,
