@@ -296,16 +296,24 @@ class Connection:
                 await self.writer.wait_closed()
             self.reader = self.writer = None
 
-    async def _send(self, path: str, payload: bytes, accept: bytes) -> tuple[int, bytes]:
+    async def _send(self, path: str, payload: bytes | None, accept: bytes,
+                    headers: bytes = b"") -> tuple[int, bytes]:
+        """Send a POST of ``payload`` (a GET when it is ``None``) with ``headers`` (whole
+        ``Name: value\\r\\n`` lines); the status and the head of the answer."""
         if self.writer is None:
             # hypercorn closes a connection after keep_alive_max_requests (1,000).
             await self._open()
         assert self.reader is not None and self.writer is not None
-        self.writer.write(
-            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-            b"Accept: %s\r\nContent-Length: %d\r\n\r\n%s"
-            % (path.encode(), self.server.url[7:].encode(), accept, len(payload), payload)
-        )
+        host = self.server.url[7:].encode()
+        if payload is None:
+            self.writer.write(b"GET %s HTTP/1.1\r\nHost: %s\r\nAccept: %s\r\n%s\r\n"
+                              % (path.encode(), host, accept, headers))
+        else:
+            self.writer.write(
+                b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                b"Accept: %s\r\nContent-Length: %d\r\n%s\r\n%s"
+                % (path.encode(), host, accept, len(payload), headers, payload)
+            )
         head = await self.reader.readuntil(b"\r\n\r\n")
         return int(head[9:12]), head.lower()
 
@@ -322,10 +330,11 @@ class Connection:
             await self._close()
         return status, body
 
-    async def stream(self, path: str, payload: bytes) -> StreamRead:
-        """Read an SSE response (chunked) to its end, counting frames as they arrive."""
+    async def stream(self, path: str, payload: bytes | None, headers: bytes = b"") -> StreamRead:
+        """Read an SSE response (chunked) to its end, counting frames as they arrive; a GET
+        when ``payload`` is ``None``."""
         started = time.perf_counter()
-        status, head = await self._send(path, payload, b"text/event-stream")
+        status, head = await self._send(path, payload, b"text/event-stream", headers)
         assert self.reader is not None
         if status != 200 or b"transfer-encoding: chunked" not in head:
             raise BenchError(f"POST {path}: {status} {head!r}")
