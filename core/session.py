@@ -189,15 +189,7 @@ class Session:
 
         :raises ProviderError: when the provider fails (the history stays valid).
         """
-        events = self.stream(message, agent=agent)._loop_events
-        last: StreamEvent | None = None
-        try:
-            async for last in events:  # noqa: B007 (only the last event, Done, matters)
-                pass
-        finally:
-            await events.aclose()
-        assert type(last) is Done  # the loop ends with Done or raises
-        return last.result
+        return await _drain(self.stream(message, agent=agent)._loop_events)
 
     def run_sync(self, message: str | Message, *, agent: Agent | None = None) -> Result:
         """:meth:`run` for code without an event loop."""
