@@ -8,13 +8,14 @@ import asyncio
 import signal
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 from quart.typing import TestClientProtocol as Client
 
-from wingspan import check_history
+from wingspan import check_history, utc_now
 
 from .conftest import WAIT, bounded, parse_sse, start_server
 from .test_api import create_agent, create_session, error_of, history_of
@@ -282,3 +283,30 @@ def _wait_for_tool(base: str, session_id: str) -> None:
             text += chunk
             if "event: message_stop" in text:
                 return
+
+
+async def test_a_replay_from_a_pruned_range_begins_with_resync(client: Client) -> None:
+    agent = await create_agent(client, options={"script": ["a long answer"],
+                                                "chunk_size": 2})
+    sid = await create_session(client)
+    result = await (await client.post(f"/sessions/{sid}/message",
+                                      json={"agent_id": agent, "message": "hi"})).get_json()
+    whole = await read_sse(client, f"/runs/{result['run_id']}/events")
+    store = client.app.extensions["wingspan"].store  # type: ignore[attr-defined]
+    pruned = await store.prune_events(before=utc_now() + timedelta(seconds=1))
+    assert pruned == sum(1 for _, kind, _ in whole if kind == "text_delta")
+    first_delta = next(n for n, kind, _ in whole if kind == "text_delta")
+    async with client.request(f"/sessions/{sid}/events?after={first_delta}",
+                              method="GET") as connection:
+        await connection.send_complete()
+        text = ""
+        async with asyncio.timeout(WAIT):
+            while "event: run_finished" not in text:
+                text += (await connection.receive()).decode()
+        await connection.disconnect()
+    frames = parse_sse(text)
+    kept = [f for f in whole if f[1] != "text_delta" and f[0] > first_delta]
+    assert frames[0][1] == "resync" and frames[0][2] == {
+        "type": "resync", "reason": "pruned", "next_seq": kept[0][0]}
+    assert frames[0][0] == kept[0][0] - 1  # resuming from the resync goes on after it
+    assert frames[1:] == kept
