@@ -52,7 +52,7 @@ class ClaimQueue:
         waiting = sum(len(queue) for queue in self._waiters.values())
         return f"<ClaimQueue held={len(self._holders)} waiting={waiting}>"
 
-    def reserve(self, session_id: str, holder: str) -> None:
+    def reserve(self, session_id: str, holder: str) -> bool:
         """Give ``holder`` its place in ``session_id``'s queue now, for its :meth:`claim` to
         come: that claim is served in this place, not behind the claims made meanwhile.
         When its turn comes before its claim does, the place holds the session for it: the
@@ -61,13 +61,18 @@ class ClaimQueue:
         Every reserved place must be claimed or released: a place never claimed holds up
         the queue until it is released, its session deleted or the queue closed. A no-op
         when ``holder`` already holds the session or has a place in its queue.
+
+        :returns: whether ``holder`` holds the session now.
         """
-        if self._holders.get(session_id) == holder or self._place(session_id, holder):
-            return
+        if self._holders.get(session_id) == holder:
+            return True
+        if self._place(session_id, holder):
+            return False
         if session_id not in self._holders:
             self._holders[session_id] = holder  # nobody in line: its turn is now
-        else:
-            self._waiters.setdefault(session_id, collections.deque()).append(_Place(holder))
+            return True
+        self._waiters.setdefault(session_id, collections.deque()).append(_Place(holder))
+        return False
 
     async def claim(
         self, session_id: str, holder: str, *, wait: bool = True, timeout: float | None = None

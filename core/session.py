@@ -35,7 +35,7 @@ from .runs import (
     shielded,
     watch_for_abort,
 )
-from .store import IfBusy, RunRecord, SessionRecord, Store, utc_now
+from .store import Admission, IfBusy, RunRecord, SessionRecord, Store, utc_now
 from .tools import ToolContext, ToolInvocation, ToolOutcome, check_input, encodable, run_tool
 from .types import (
     UNKNOWN_USAGE,
@@ -252,7 +252,7 @@ class Session:
             known = registry.get(admission.run.id)
             return known if known is not None else RunHandle(record=admission.run, store=store)
         control = RunControl()
-        events = self._loop(message, agent, admission.run.id, admission.run, control)
+        events = self._loop(message, agent, admission.run.id, admission, control)
         task = asyncio.ensure_future(_drain(events))
         handle = RunHandle(record=admission.run, store=store, task=task, control=control)
         registry.add(handle)
@@ -282,7 +282,7 @@ class Session:
         message: Message,
         agent: Agent,
         run_id: str,
-        admitted: RunRecord | None,
+        admission: Admission | None,
         control: RunControl,
     ) -> AsyncGenerator[StreamEvent, None]:
         runtime = self.runtime
@@ -318,15 +318,15 @@ class Session:
         if store is not None:
             # The store's claim orders runs (in admission order, across processes), so it is
             # taken before this object's lock, which then only guards the history here.
-            if admitted is None:
+            if admission is None:
                 await self._ensure_stored(store)
-                admitted = (await store.admit_run(RunRecord(
+                admission = await store.admit_run(RunRecord(
                     id=run_id, session_id=self.id, agent_id=agent.id, status="queued",
-                    started_at=None))).run
+                    started_at=None))
             try:
-                run_record = await self._begin(store, admitted, message)
+                run_record = await self._begin(store, admission, message)
             except BaseException as exc:
-                await shielded(_abandon(store, admitted, _reason(control, exc)))
+                await shielded(_abandon(store, admission.run, _reason(control, exc)))
                 raise
             event_log = EventLog(store, self.id, run_id)
         async with self._lock:
@@ -524,11 +524,12 @@ class Session:
             self._synced = True
         self._stored = True
 
-    async def _begin(self, store: Store, admitted: RunRecord, message: Message) -> RunRecord:
-        """Wait for the admitted run's turn (its session's claim), bring the history up to
-        date, and mark the run running with its user message stored."""
-        run_id = admitted.id
-        if not await store.claim_session(self.id, run_id):
+    async def _begin(self, store: Store, admission: Admission, message: Message) -> RunRecord:
+        """Wait for the admitted run's turn (its session's claim, unless admission gave it
+        already), bring the history up to date, and mark the run running with its user
+        message stored."""
+        run_id = admission.run.id
+        if not admission.claimed and not await store.claim_session(self.id, run_id):
             raise ConflictError(f"session {self.id} is busy with another run")
         try:
             if (
@@ -542,7 +543,7 @@ class Session:
             self._synced = True
             await self._repair()
             try:
-                run = await shielded(store.start_run(run_id, (message,)))
+                run: RunRecord = await shielded(store.start_run(run_id, (message,)))
             except ConflictError:
                 raise RunFailed(ErrorInfo(
                     code="aborted", message="the run was aborted before it started")) from None

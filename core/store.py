@@ -110,11 +110,14 @@ class RunRecord:
 
 @attrs.frozen(kw_only=True)
 class Admission:
-    """What :meth:`Store.admit_run` did: ``run`` as stored, and whether it is new
-    (``False``: a repeat of an idempotency key, so ``run`` is the first admission's run)."""
+    """What :meth:`Store.admit_run` did: ``run`` as stored, whether it is new (``False``: a
+    repeat of an idempotency key, so ``run`` is the first admission's run), and whether it
+    holds the session's claim already (the session was free and nobody in line: its turn
+    is now, and :meth:`Store.claim_session` for it can be skipped)."""
 
     run: RunRecord
     created: bool = True
+    claimed: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -372,8 +372,7 @@ class KeyValueStore:
         seq = self._log(run.session_id, run.id, (RunQueued(run_id=run.id),))
         run = attrs.evolve(run, started_at=None, finished_at=None, first_seq=seq, last_seq=seq)
         self._put_run(run)
-        self._claims.reserve(run.session_id, run.id)
-        return Admission(run=run)
+        return Admission(run=run, claimed=self._claims.reserve(run.session_id, run.id))
 
     async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
         run: RunRecord = self._get("runs", run_id)

@@ -426,6 +426,9 @@ class StoreStateMachine(RuleBasedStateMachine):
         elif if_busy == "reject" and any(r.status not in FINISHED_STATUSES for r in runs):
             self._assert_raises(ConflictError, self.store.admit_run, run, if_busy=if_busy)
         else:
+            # Its turn is now when nobody holds the session and nobody is in line before it.
+            claimed = (self.model_holders.get(session_id) is None
+                       and not self.model_places.get(session_id))
             before = utc_now()
             admission = self.call(self.store.admit_run, run, if_busy=if_busy)
             for aborted in runs if if_busy == "interrupt" else ():
@@ -434,9 +437,13 @@ class StoreStateMachine(RuleBasedStateMachine):
             seq = self._model_log(session_id, run.id, [RunQueued(run_id=run.id)])
             run = attrs.evolve(run, started_at=None, finished_at=None, first_seq=seq,
                                last_seq=seq)
-            assert admission == Admission(run=run, created=True), (admission, run)
+            assert admission == Admission(run=run, created=True, claimed=claimed), (
+                admission, run, claimed)
             self.model_runs[run.id] = admitted = run
-            self.model_places.setdefault(session_id, []).append(run.id)
+            if claimed:
+                self.model_holders[session_id] = run.id
+            else:
+                self.model_places.setdefault(session_id, []).append(run.id)
         self._check_session(session_id)
         return admitted
 

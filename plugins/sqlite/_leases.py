@@ -114,6 +114,20 @@ def _insert_lease(
     )
 
 
+def take_if_free(tx: Tx, pk: int, holder: str, me: Claimant) -> bool:
+    """Give ``holder`` the claim on session ``pk`` if nobody holds it and nobody is in
+    line (a lapsed or dead holder is not judged here: its claim waits for a claimant to
+    recover it). :returns: whether it was given."""
+    conn = tx.conn
+    if conn.execute("SELECT 1 FROM leases WHERE session_pk = ?", (pk,)).fetchone():
+        return False
+    if conn.execute("SELECT 1 FROM lease_waiters WHERE session_pk = ? LIMIT 1",
+                    (pk,)).fetchone():
+        return False
+    _insert_lease(tx, pk, holder, me.owner, None, time.time() + me.ttl, me.columns)
+    return True
+
+
 def join_queue(tx: Tx, pk: int, holder: str, me: Claimant) -> int:
     """Queue ``holder`` for the claim on session ``pk``, last. :returns: its ticket."""
     cursor = tx.conn.execute(

@@ -27,7 +27,7 @@ from wingspan import (
 
 from ._events import UNFINISHED, end_run, log, write_run
 from ._jobs import HistoryCache, append, session_pk
-from ._leases import Claimant, join_queue
+from ._leases import Claimant, join_queue, take_if_free
 from ._worker import Tx
 
 if TYPE_CHECKING:
@@ -53,9 +53,10 @@ def _woken(tx: Tx, watch: LogWatch, pk: int, run: RunRecord) -> RunRecord:
 
 def admit(
     tx: Tx, watch: LogWatch, me: Claimant, run: RunRecord, if_busy: str
-) -> tuple[RunRecord, bool]:
-    """Store ``run`` queued, give it a ticket in the claim queue (its place, whichever
-    process claims next) and log its ``run_queued``. :returns: ``(stored run, created)``."""
+) -> tuple[RunRecord, bool, bool]:
+    """Store ``run`` queued, give it its place in the claim queue — the claim itself when
+    the session is free and nobody is in line, else a ticket (whichever process claims
+    next) — and log its ``run_queued``. :returns: ``(stored run, created, claimed)``."""
     conn = tx.conn
     pk = session_pk(tx, run.session_id)
     if run.idempotency_key is not None:
@@ -70,7 +71,7 @@ def admit(
                     f"idempotency key {run.idempotency_key!r} was already used for another "
                     f"request on session {run.session_id}; send a new key for a new request"
                 )
-            return first, False
+            return first, False, False
     unfinished = conn.execute(
         f"SELECT id, body FROM runs WHERE session_pk = ? AND {UNFINISHED} ORDER BY id", (pk,)
     ).fetchall()
@@ -81,7 +82,9 @@ def admit(
             _abort(tx, watch, pk, wire.loads(body, RunRecord))
     if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run.id,)).fetchone():
         raise ConflictError(f"run {run.id} already exists")
-    join_queue(tx, pk, run.id, me)
+    claimed = take_if_free(tx, pk, run.id, me)
+    if not claimed:
+        join_queue(tx, pk, run.id, me)
     seq = log(tx, pk, run.id, [RunQueued(run_id=run.id)])
     stored = attrs.evolve(
         run, status="queued", started_at=None, finished_at=None, first_seq=seq, last_seq=seq
@@ -90,7 +93,7 @@ def admit(
         "INSERT INTO runs (id, session_pk, status, body) VALUES (?, ?, ?, ?)",
         (stored.id, pk, stored.status, wire.dumps(stored)),
     )
-    return _woken(tx, watch, pk, stored), True
+    return _woken(tx, watch, pk, stored), True, claimed
 
 
 def start(tx: Tx, watch: LogWatch, cache: HistoryCache, run_id: str,

@@ -357,8 +357,9 @@ class SqliteStore:
             raise ConfigError(
                 f"if_busy must be one of {', '.join(IF_BUSY)}, got {if_busy!r}", option="if_busy"
             )
-        stored, created = await self._write(runs.admit, self._log, self._me, run, if_busy)
-        return Admission(run=stored, created=created)
+        stored, created, claimed = await self._write(runs.admit, self._log, self._me, run,
+                                                     if_busy)
+        return Admission(run=stored, created=created, claimed=claimed)
 
     async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
         for message in messages:

@@ -198,7 +198,9 @@ async def test_admission_stores_the_run_queued_and_logs_it(store: wingspan.Store
     given = attrs.evolve(queued("run-1", agent_id="a"), finished_at=utc_now())
     admission = await store.admit_run(given)
     expected = attrs.evolve(given, finished_at=None, first_seq=1, last_seq=1)
-    assert admission == wingspan.Admission(run=expected, created=True)
+    # the session was free: the run holds its claim at once (and a second in line does not)
+    assert admission == wingspan.Admission(run=expected, created=True, claimed=True)
+    assert not await store.claim_session("s", "someone-else", wait=False)
     assert await store.get_run("run-1") == expected
     assert await store.read_events("s") == [
         LoggedEvent(seq=1, run_id="run-1", event=RunQueued(run_id="run-1"))
@@ -213,6 +215,8 @@ async def test_admission_stores_the_run_queued_and_logs_it(store: wingspan.Store
     with pytest.raises(NotFoundError):
         await store.admit_run(queued("run-2", session_id="missing"))
     assert (await store.get_session("s")).last_seq == 1  # refusals change nothing
+    second = await store.admit_run(queued("run-2", agent_id="a"))
+    assert not second.claimed  # behind run-1
 
 
 async def test_an_idempotency_key_admits_once_per_session(store: wingspan.Store) -> None:
