@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import attrs
@@ -43,6 +43,7 @@ __all__ = [
     "RunHandle",
     "Runs",
     "follow",
+    "one_by_one",
     "run_error",
     "shielded",
 ]
@@ -237,6 +238,13 @@ async def follow(
             yield []
 
 
+async def one_by_one(batches: AsyncIterator[list[LoggedEvent]]) -> AsyncIterator[LoggedEvent]:
+    """The entries of :func:`follow`'s batches, one at a time."""
+    async for entries in batches:
+        for entry in entries:
+            yield entry
+
+
 def _terminal(task: asyncio.Future[Result]) -> Done | ErrorEvent:
     """The terminal event of a run that ended in ``task`` (when its log lacks it)."""
     if task.cancelled():
@@ -277,7 +285,6 @@ class RunHandle:
     #: the task executing the run here (``None``: another process executes it)
     task: asyncio.Task[Result] | None = None
     control: RunControl = attrs.field(factory=RunControl)
-    _on_end: list[Callable[[RunHandle], None]] = attrs.field(factory=list)
 
     @property
     def id(self) -> str:
@@ -296,12 +303,10 @@ class RunHandle:
         """The run's status now, as stored."""
         return (await self.store.get_run(self.id)).status
 
-    async def events(self, *, after: int = 0) -> AsyncIterator[LoggedEvent]:
+    def events(self, *, after: int = 0) -> AsyncIterator[LoggedEvent]:
         """The run's events from the log (after seq ``after``), then live, to its
         ``run_finished``."""
-        async for entries in follow(self.store, self.session_id, after=after, run_id=self.id):
-            for entry in entries:
-                yield entry
+        return one_by_one(follow(self.store, self.session_id, after=after, run_id=self.id))
 
     async def result(self) -> Result:
         """Wait for the run's end; cancelling the wait never cancels the run.
@@ -335,8 +340,8 @@ class RunHandle:
             with contextlib.suppress(BaseException):
                 await self.task
             # A task cancelled before its first step never ran its loop: the admitted run
-            # is still queued in the store.
-            # Its place in the session's queue goes too, so the runs after it get their turn.
+            # is still queued in the store, and its place in the session's queue goes too,
+            # so the runs after it get their turn.
             with contextlib.suppress(ConflictError, NotFoundError):
                 if (await self.store.get_run(self.id)).status == "queued":
                     await self.store.abort_run(self.id)

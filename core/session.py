@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -31,6 +31,7 @@ from .runs import (
     RunFailed,
     RunHandle,
     follow,
+    one_by_one,
     run_error,
     shielded,
     watch_for_abort,
@@ -61,6 +62,8 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 __all__ = ["RunStream", "Session"]
+
+T = TypeVar("T")
 
 CANCELLED = "the run was cancelled before this tool call finished"
 
@@ -269,7 +272,7 @@ class Session:
         :raises ConfigError: when the session has no store.
         """
         store = self._require_store("events()")
-        return _present(follow(store, self.id, after=after))
+        return one_by_one(follow(store, self.id, after=after))
 
     def _require_store(self, what: str) -> Store:
         if self.store is None:
@@ -481,27 +484,30 @@ class Session:
 
     # --- persistence ------------------------------------------------------------------------
 
-    async def _append(self, message: Message) -> None:
-        if self.store is not None:
-            try:
-                await shielded(self.store.append_messages(self.id, (message,)))
-            except asyncio.CancelledError:
-                # The write completed (a failed one raises its own error): mirror it here.
-                self._history.append(message)
-                raise
+    async def _keep(self, write: Awaitable[T], message: Message) -> T:
+        """Await ``write``, which stores ``message`` (shielded), then keep ``message`` here
+        too: also when the task is cancelled meanwhile, since the write completed then (a
+        failed one raises its own error)."""
+        try:
+            stored = await write
+        except asyncio.CancelledError:
+            self._history.append(message)
+            raise
         self._history.append(message)
+        return stored
+
+    async def _append(self, message: Message) -> None:
+        if self.store is None:
+            self._history.append(message)
+        else:
+            await self._keep(shielded(self.store.append_messages(self.id, (message,))), message)
 
     async def _end_step(self, event_log: EventLog | None, message: Message) -> None:
         """Store a step's turn with the step's last events (one write), then keep it here."""
         if event_log is None:
             await self._append(message)
-            return
-        try:
-            await event_log.flush((message,))
-        except asyncio.CancelledError:
-            self._history.append(message)  # the write completed (a failed one raises)
-            raise
-        self._history.append(message)
+        else:
+            await self._keep(event_log.flush((message,)), message)
 
     async def _repair(self) -> None:
         for message in repair_history(self._history):
@@ -543,19 +549,16 @@ class Session:
             self._synced = True
             await self._repair()
             try:
-                run: RunRecord = await shielded(store.start_run(run_id, (message,)))
+                # Cancelled meanwhile, it started all the same: the caller's clean-up
+                # (_abandon) finishes it, aborted, with its message unanswered.
+                run: RunRecord = await self._keep(
+                    shielded(store.start_run(run_id, (message,))), message)
             except ConflictError:
                 raise RunFailed(ErrorInfo(
                     code="aborted", message="the run was aborted before it started")) from None
-            except asyncio.CancelledError:
-                # Started all the same (the write was shielded): the caller's clean-up
-                # (_abandon) finishes it, aborted, with its message unanswered.
-                self._history.append(message)
-                raise
         except BaseException:
             await shielded(_release(store, self.id, run_id))
             raise
-        self._history.append(message)
         return run
 
     async def _clean_up(
@@ -602,23 +605,17 @@ class Session:
         store = self.store
         last: list[LogEvent] = await event_log.close() if event_log is not None else []
         last.append(done if failure is None else ErrorEvent(
-            error=ErrorInfo(code=failure.code, message=encodable(failure.message))))
-        try:
-            await store.finish_run(  # which gives the claim up too
-                attrs.evolve(
-                    run,
-                    status=status,
-                    finished_at=utc_now(),
-                    steps=done.steps,
-                    usage=done.usage,
-                    stop_reason=done.stop_reason if failure is None else None,
-                    error=error,
-                ),
-                last,
-            )
-        except Exception as exc:
-            log.warning("session %s: recording run %s as %s failed: %s: %s",
-                        self.id, run.id, status, type(exc).__name__, exc)
+            error=ErrorInfo(code=failure.code, message=error or "")))
+        ended = attrs.evolve(
+            run,
+            status=status,
+            finished_at=utc_now(),
+            steps=done.steps,
+            usage=done.usage,
+            stop_reason=done.stop_reason if failure is None else None,
+            error=error,
+        )
+        if not await _record_end(store, ended, last):  # which gives the claim up too
             await _release(store, self.id, run.id)
 
 
@@ -801,14 +798,22 @@ async def _abandon(store: Store, admitted: RunRecord, reason: ErrorInfo) -> None
     cancelled, or it was cancelled as it started), unless the store finished it already,
     and give its claim or place up; never raises."""
     status: RunStatus = "aborted" if reason.code == "aborted" else "failed"
+    await _record_end(
+        store,
+        attrs.evolve(admitted, status=status, finished_at=utc_now(), error=reason.message),
+        [ErrorEvent(error=reason)],
+    )
+
+
+async def _record_end(store: Store, run: RunRecord, events: Sequence[LogEvent]) -> bool:
+    """:meth:`Store.finish_run`, a failure logged, not raised. :returns: whether it worked."""
     try:
-        await store.finish_run(
-            attrs.evolve(admitted, status=status, finished_at=utc_now(), error=reason.message),
-            [ErrorEvent(error=reason)],
-        )
+        await store.finish_run(run, events)
     except Exception as exc:
         log.warning("session %s: recording run %s as %s failed: %s: %s",
-                    admitted.session_id, admitted.id, status, type(exc).__name__, exc)
+                    run.session_id, run.id, run.status, type(exc).__name__, exc)
+        return False
+    return True
 
 
 async def _drain(events: AsyncGenerator[StreamEvent, None]) -> Result:
@@ -822,8 +827,3 @@ async def _drain(events: AsyncGenerator[StreamEvent, None]) -> Result:
     assert type(last) is Done  # the loop ends with Done or raises
     return last.result
 
-
-async def _present(batches: AsyncIterator[list[LoggedEvent]]) -> AsyncIterator[LoggedEvent]:
-    async for entries in batches:
-        for entry in entries:
-            yield entry
