@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -25,7 +26,16 @@ import attrs
 
 from .claims import ClaimQueue
 from .errors import ConfigError, ConflictError, NotFoundError, StoreError
-from .store import Admission, AgentRecord, Credential, Page, RunRecord, SessionRecord, utc_now
+from .store import (
+    Admission,
+    AgentRecord,
+    Credential,
+    IfBusy,
+    Page,
+    RunRecord,
+    SessionRecord,
+    utc_now,
+)
 from .types import (
     FINISHED_STATUSES,
     ErrorEvent,
@@ -40,7 +50,6 @@ from .types import (
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from .store import IfBusy
     from .types import LogEvent
 
 __all__ = ["MAX_PAGE", "ClaimQueue", "KeyValueStore", "paginate"]
@@ -49,6 +58,14 @@ T = TypeVar("T")
 
 #: The largest ``limit`` a listing accepts.
 MAX_PAGE = 500
+
+
+def _messages(messages: Sequence[Message], what: str) -> tuple[Message, ...]:
+    """``messages`` as a tuple, checked: :class:`TypeError` for anything else in it."""
+    for message in messages:
+        if not isinstance(message, Message):
+            raise TypeError(f"{what} takes Messages, got {type(message).__name__}")
+    return tuple(messages)
 
 
 def paginate(records: Mapping[str, T], limit: int, cursor: str | None) -> Page[T]:
@@ -76,7 +93,7 @@ def _page_ids(ids: Iterable[str], limit: int, cursor: str | None) -> tuple[list[
 
 
 _KINDS = {"agents": "agent", "sessions": "session", "runs": "run"}
-_IF_BUSY = ("queue", "reject", "interrupt")
+_IF_BUSY = typing.get_args(IfBusy)
 #: The event types :meth:`Store.prune_events` drops once their run has finished.
 _PRUNABLE = frozenset({"text_delta", "input_json_delta", "ping"})
 
@@ -108,9 +125,9 @@ class KeyValueStore:
     one event loop never interleave. Keys and values are whatever the callers give: a
     subclass that turns keys into file names must encode them. Override :meth:`append` to add
     to a history or a log without rewriting it, and :meth:`close` (calling
-    ``super().close()``) to release resources. Finding a session's runs (an idempotency key,
-    a busy session, a listing) reads every run: the price of four methods, fine for the
-    records one process keeps.
+    ``super().close()``) to release resources. A session's runs (an idempotency key, a busy
+    session, a listing) are found through an index of run ids by session, built from the
+    ``runs`` table on first use; pruning reads every run.
     """
 
     #: Each table's value type.
@@ -317,10 +334,7 @@ class KeyValueStore:
 
     async def append_messages(self, session_id: str, messages: Sequence[Message]) -> int:
         self._get("sessions", session_id)
-        for message in messages:
-            if not isinstance(message, Message):
-                raise TypeError(f"append_messages takes Messages, got {type(message).__name__}")
-        return self.append("messages", session_id, tuple(messages))
+        return self.append("messages", session_id, _messages(messages, "append_messages"))
 
     async def load_messages(self, session_id: str) -> list[Message]:
         self._get("sessions", session_id)
@@ -378,14 +392,12 @@ class KeyValueStore:
         run: RunRecord = self._get("runs", run_id)
         if run.status != "queued":
             raise ConflictError(f"run {run_id!r} cannot start: it is {run.status}, not queued")
-        for message in messages:
-            if not isinstance(message, Message):
-                raise TypeError(f"start_run takes Messages, got {type(message).__name__}")
+        messages = _messages(messages, "start_run")
         seq = self._log(run.session_id, run_id, (RunStarted(run_id=run_id),))
         run = attrs.evolve(run, status="running", started_at=utc_now(), last_seq=seq)
         self._put_run(run)
         if messages:
-            self.append("messages", run.session_id, tuple(messages))
+            self.append("messages", run.session_id, messages)
         return run
 
     async def finish_run(self, run: RunRecord, events: Sequence[LogEvent] = ()) -> RunRecord:

@@ -300,7 +300,7 @@ def _message(builder: SchemaBuilder, server: ServerState) -> JSONSchema:
     return _request(builder, MessageRequest, required=("agent_id", "message"),
                     not_null=("agent_id", "message"), refine={
                         "message": {"pattern": NOT_BLANK},
-                        "if_busy": {"enum": ["queue", "reject", "interrupt", None]}})
+                        "if_busy": {"enum": [*typing.get_args(wingspan.IfBusy), None]}})
 
 
 _IDEMPOTENCY_KEY = {

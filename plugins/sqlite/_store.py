@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+import typing
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -46,7 +47,14 @@ from ._watch import LogWatch
 from ._worker import Tx, Worker, notify
 
 T = TypeVar("T")
-IF_BUSY = ("queue", "reject", "interrupt")
+IF_BUSY = typing.get_args(IfBusy)
+
+
+def _messages(messages: Sequence[Any], what: str) -> tuple[Message, ...]:
+    for message in messages:
+        if not isinstance(message, Message):
+            raise TypeError(f"{what} takes Messages, got {type(message).__name__}")
+    return tuple(messages)
 
 
 def _log_events(events: Sequence[Any], what: str) -> tuple[LogEvent, ...]:
@@ -220,10 +228,8 @@ class SqliteStore:
     # --- history ----------------------------------------------------------------------------
 
     async def append_messages(self, session_id: str, messages: Sequence[Message]) -> int:
-        for message in messages:
-            if not isinstance(message, Message):
-                raise TypeError(f"append_messages takes Messages, got {type(message).__name__}")
-        return await self._write(jobs.append, self._cache, session_id, tuple(messages))
+        checked = _messages(messages, "append_messages")
+        return await self._write(jobs.append, self._cache, session_id, checked)
 
     async def load_messages(self, session_id: str) -> list[Message]:
         return await self._read(jobs.load, self._cache, session_id)
@@ -362,10 +368,8 @@ class SqliteStore:
         return Admission(run=stored, created=created, claimed=claimed)
 
     async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
-        for message in messages:
-            if not isinstance(message, Message):
-                raise TypeError(f"start_run takes Messages, got {type(message).__name__}")
-        return await self._write(runs.start, self._log, self._cache, run_id, tuple(messages))
+        checked = _messages(messages, "start_run")
+        return await self._write(runs.start, self._log, self._cache, run_id, checked)
 
     async def finish_run(self, run: RunRecord, events: Sequence[LogEvent] = ()) -> RunRecord:
         if run.status not in FINISHED_STATUSES:
@@ -399,11 +403,8 @@ class SqliteStore:
         if not messages:
             return await self._write(eventlog.append_events, self._log, session_id, run_id,
                                      checked)
-        for message in messages:
-            if not isinstance(message, Message):
-                raise TypeError(f"append_events takes Messages, got {type(message).__name__}")
         return await self._write(_append_both, self._log, self._cache, session_id, run_id,
-                                 checked, tuple(messages))
+                                 checked, _messages(messages, "append_events"))
 
     async def read_events(
         self, session_id: str, *, after: int = 0, limit: int = 1000, run_id: str | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
@@ -40,7 +41,7 @@ from .sessions import listing, read_limit
 
 blueprint = Blueprint("runs", __name__)
 
-IF_BUSY = ("queue", "reject", "interrupt")
+IF_BUSY = typing.get_args(IfBusy)
 #: The answer of the blocking route to a run that ended with an ``error`` event, by code.
 ERROR_STATUS = {"provider_error": 502, "aborted": 409, STOPPING: 503, TIMEOUT: 504}
 
