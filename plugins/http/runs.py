@@ -16,13 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import attrs
 
-from wingspan import Agent, ErrorInfo, IfBusy, Message, Runtime, Session, Store
+from wingspan import (
+    FINISHED_STATUSES,
+    Agent,
+    ErrorInfo,
+    IfBusy,
+    Message,
+    RunRecord,
+    Runtime,
+    Session,
+    Store,
+)
 from wingspan.runs import ABORTED, RunHandle
 
-__all__ = ["STOPPING", "TIMEOUT", "RunManager"]
+__all__ = ["STOPPING", "TIMEOUT", "RunManager", "runs_of"]
 
 log = logging.getLogger("wingspan.http")
 
@@ -83,18 +94,10 @@ class RunManager:
     async def abort_session(self, store: Store, session_id: str) -> None:
         """Abort every unfinished run of a session: those here at once (waiting until they
         have ended), those of other processes through the store."""
-        here = self.runtime.runs.of_session(session_id)
-        await asyncio.gather(*(h.abort() for h in here if h.task is not None
-                               and not h.task.done()), return_exceptions=True)
-        cursor = None
-        while True:
-            page = await store.list_runs(session_id, limit=500, cursor=cursor)
-            for run in page.items:
-                if run.status in ("queued", "running", "waiting"):
-                    await store.abort_run(run.id)
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        unfinished = [run.id async for run in runs_of(store, session_id)
+                      if run.status not in FINISHED_STATUSES]
+        await asyncio.gather(*(self.runtime.runs.abort(store, run_id) for run_id in unfinished),
+                             return_exceptions=True)  # one that finished meanwhile: fine
 
     def shutdown(self, grace: float) -> asyncio.Task[None]:
         """Stop taking runs, end every stream with an ``error`` frame saying so, and drain
@@ -104,3 +107,15 @@ class RunManager:
             self.stopped.set()
             self._shutdown = asyncio.create_task(self.runtime.runs.drain(grace, RUN_STOPPED))
         return self._shutdown
+
+
+async def runs_of(store: Store, session_id: str) -> AsyncIterator[RunRecord]:
+    """Every run of a session, newest first, page by page."""
+    cursor = None
+    while True:
+        page = await store.list_runs(session_id, limit=500, cursor=cursor)
+        for run in page.items:
+            yield run
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor

@@ -16,6 +16,7 @@ import typing
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
+import attrs
 from quart import Blueprint, Response, g, request
 
 from wingspan import (
@@ -33,7 +34,7 @@ from wingspan.runs import RunFailed, RunHandle, follow
 
 from ..app import ServerState, read_body, state
 from ..errors import ApiError
-from ..runs import STOPPING, STREAM_STOPPED, TIMEOUT
+from ..runs import STOPPING, STREAM_STOPPED, TIMEOUT, runs_of
 from ..shapes import AbortAnswer, MessageRequest, RunView
 from ..sse import HEADERS, event_stream
 from .agents import build_agent
@@ -175,27 +176,19 @@ async def abort_session_run(session_id: str) -> Any:
 
 async def _active_run(store: Store, session_id: str) -> RunRecord | None:
     """The session's run that holds it (running or waiting), if any."""
-    page = await store.list_runs(session_id, limit=20)
-    cursor = page.next_cursor
-    while True:
-        for run in page.items:
-            if run.status in ("running", "waiting"):
-                return run
-        if cursor is None:
-            return None
-        page = await store.list_runs(session_id, limit=500, cursor=cursor)
-        cursor = page.next_cursor
+    async for run in runs_of(store, session_id):
+        if run.status in ("running", "waiting"):
+            return run
+    return None
 
 
 # --- runs ------------------------------------------------------------------------------------
 
 
 def _view(run: RunRecord) -> RunView:
-    return RunView(id=run.id, session_id=run.session_id, agent_id=run.agent_id,
-                   status=run.status, stop_reason=run.stop_reason, steps=run.steps,
-                   usage=run.usage, error=run.error, idempotency_key=run.idempotency_key,
-                   first_seq=run.first_seq, last_seq=run.last_seq, created_at=run.created_at,
-                   started_at=run.started_at, finished_at=run.finished_at)
+    """The run as the API shows it: its record's fields but the store's own
+    (``request_hash``, ``abort_requested``)."""
+    return RunView(**{field.name: getattr(run, field.name) for field in attrs.fields(RunView)})
 
 
 @blueprint.post("/sessions/<session_id>/runs")
