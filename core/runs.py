@@ -32,6 +32,8 @@ from .types import (
     Result,
     Resync,
     RunFinished,
+    RunQueued,
+    RunStarted,
 )
 
 __all__ = [
@@ -60,6 +62,8 @@ LIVENESS_POLL = 1.0
 #: Events read at first by a replay: few, so that its first frames go out at once, before
 #: the rest of a long log is read (in batches of up to ``batch``).
 FIRST_BATCH = 32
+#: The most events a run's replay reads to tell whether its cursor falls in a pruned range.
+MAX_GAP_READ = 1000
 
 #: The terminal error of an aborted run.
 ABORTED = ErrorInfo(code="aborted", message="the run was aborted; every finished step is saved")
@@ -194,9 +198,8 @@ async def follow(
         iterator ends with its terminal event all the same (with the seq of the last event
         read, as it has none of its own).
 
-    A session-wide replay whose cursor falls in a pruned range begins with a
-    :class:`~wingspan.Resync` (its seq is the one before ``next_seq``, a cursor that goes
-    on from there).
+    A replay whose cursor falls in a pruned range begins with a :class:`~wingspan.Resync`
+    (its seq is the one before ``next_seq``, a cursor that goes on from there).
     """
     cursor = after
     first = True
@@ -206,7 +209,8 @@ async def follow(
         entries = await store.read_events(session_id, after=cursor, limit=limit, run_id=run_id)
         limit = batch
         if entries:
-            if first and run_id is None and cursor > 0 and entries[0].seq > cursor + 1:
+            if first and cursor > 0 and entries[0].seq > cursor + 1 and (
+                    run_id is None or await _pruned_after(store, session_id, cursor, entries[0])):
                 entries.insert(0, LoggedEvent(seq=entries[0].seq - 1, run_id=entries[0].run_id,
                                               event=Resync(next_seq=entries[0].seq)))
             first = False
@@ -243,6 +247,20 @@ async def one_by_one(batches: AsyncIterator[list[LoggedEvent]]) -> AsyncIterator
     async for entries in batches:
         for entry in entries:
             yield entry
+
+
+async def _pruned_after(store: Store, session_id: str, cursor: int, next_: LoggedEvent) -> bool:
+    """Whether a run's replay after ``cursor`` skips pruned events of that run before
+    ``next_``, its next event kept. Seqs between them are normal there (other runs'
+    admissions), but a run's deltas are pruned only while it runs, and then it is the only
+    run that makes deltas: so if it had started by ``cursor`` (``next_`` is neither its
+    ``run_queued`` nor its ``run_started``), a seq missing from the session's log between
+    the two was one of its own."""
+    if type(next_.event) in (RunQueued, RunStarted):
+        return False
+    gap = min(next_.seq - cursor - 1, MAX_GAP_READ)
+    between = await store.read_events(session_id, after=cursor, limit=gap)
+    return sum(1 for entry in between if entry.seq < next_.seq) < gap
 
 
 def _terminal(task: asyncio.Future[Result]) -> Done | ErrorEvent:

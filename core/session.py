@@ -9,13 +9,12 @@ cancellation and the step limit all leave a history the next run accepts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 
@@ -23,6 +22,7 @@ from .agent import Agent
 from .errors import ConfigError, ConflictError, ProviderError, WingspanError
 from .history import alternates, alternating, repair_history
 from .ids import new_id
+from .loop import RunState, ToolRunner, results_message
 from .providers import Accumulator
 from .runs import (
     ABORTED,
@@ -37,9 +37,8 @@ from .runs import (
     watch_for_abort,
 )
 from .store import Admission, IfBusy, RunRecord, SessionRecord, Store, utc_now
-from .tools import ToolContext, ToolInvocation, ToolOutcome, check_input, encodable, run_tool
+from .tools import ToolOutcome, encodable
 from .types import (
-    UNKNOWN_USAGE,
     Done,
     ErrorEvent,
     ErrorInfo,
@@ -52,10 +51,6 @@ from .types import (
     RunStatus,
     StreamEvent,
     TextBlock,
-    ToolCall,
-    ToolResultBlock,
-    ToolResultEvent,
-    ToolUseBlock,
 )
 
 if TYPE_CHECKING:
@@ -187,14 +182,19 @@ class Session:
 
     # --- running ----------------------------------------------------------------------------
 
-    async def run(self, message: str | Message, *, agent: Agent | None = None) -> Result:
-        """Run the loop on ``message`` to its end.
+    async def run(
+        self, message: str | Message | None = None, *, agent: Agent | None = None
+    ) -> Result:
+        """Run the loop on ``message`` to its end (without one, continue the history: see
+        :meth:`stream`).
 
         :raises ProviderError: when the provider fails (the history stays valid).
         """
         return await _drain(self.stream(message, agent=agent)._loop_events)
 
-    def run_sync(self, message: str | Message, *, agent: Agent | None = None) -> Result:
+    def run_sync(
+        self, message: str | Message | None = None, *, agent: Agent | None = None
+    ) -> Result:
         """:meth:`run` for code without an event loop."""
         try:
             asyncio.get_running_loop()
@@ -203,13 +203,23 @@ class Session:
         raise ConfigError("run_sync() cannot be called from a running event loop; use await run()")
 
     def stream(
-        self, message: str | Message, *, agent: Agent | None = None, run_id: str | None = None
+        self,
+        message: str | Message | None = None,
+        *,
+        agent: Agent | None = None,
+        run_id: str | None = None,
     ) -> RunStream:
         """Run the loop on ``message``, yielding its events as they happen.
 
         Iterate it with ``async for``; it ends with a :class:`~wingspan.Done` event, and
         :attr:`RunStream.result` holds the :class:`~wingspan.Result` then. Use it as an
         ``async with`` block (or call :meth:`RunStream.aclose`) to stop a run early.
+
+        Without ``message`` the run continues the history as it stands: when its last turn
+        is the model's with tool calls that have no results yet (a run cut short, left to
+        be approved, or a history built so), those calls run first; after a user turn, the
+        model answers it. A history that ends with the model's answer has nothing to
+        continue (:class:`~wingspan.ConfigError`, raised by the run).
 
         :param run_id: the run's id (default: a new ULID), known at once as
             :attr:`RunStream.run_id`.
@@ -221,7 +231,7 @@ class Session:
 
     async def start(
         self,
-        message: str | Message,
+        message: str | Message | None = None,
         *,
         agent: Agent | None = None,
         if_busy: IfBusy = "queue",
@@ -230,7 +240,8 @@ class Session:
     ) -> RunHandle:
         """Admit a run of ``message`` to the session in the store, and execute it in a task
         of its own once its turn comes (runs of a session go one at a time, in admission
-        order, across every process sharing the store). Returns at once.
+        order, across every process sharing the store). Returns at once. Without
+        ``message``, the run continues the history (see :meth:`stream`).
 
         :param if_busy: when a run is queued or running already: ``"queue"`` (wait its
             turn), ``"reject"`` (:class:`~wingspan.ConflictError`) or ``"interrupt"``
@@ -282,31 +293,24 @@ class Session:
 
     async def _loop(
         self,
-        message: Message,
+        message: Message | None,
         agent: Agent,
         run_id: str,
         admission: Admission | None,
         control: RunControl,
     ) -> AsyncGenerator[StreamEvent, None]:
+        """The run's driver: it takes the steps its :class:`~wingspan.loop.RunState` says,
+        and every event passes through its ``emit``. ``message`` ``None``: the run
+        continues the history as it stands (:meth:`RunState.enter`)."""
         runtime = self.runtime
         store = self.store
         observe = runtime.observe if runtime.has_event_hook else None
         prepare = runtime.prepare_request if runtime.has_prepare_request_hook else None
         history = self._history
         provider = agent.provider
-        tool_map = agent.tool_map
-        tool_settings = runtime.settings.tools
-        steps = 0
-        usage = UNKNOWN_USAGE  # a sum of counts, unknown until a call reports one
-        tool_calls: list[ToolCall] = []
-        response_text = ""
-        stop_reason = "end_turn"
-        status = "failed"
+        state = RunState(run_id)
         failure: BaseException | None = None
-        #: outcomes of the tool calls in flight, by call position
-        outcomes: list[ToolOutcome | None] = []
-
-        context = _ContextFactory(self, run_id, tool_settings)
+        tools = ToolRunner(self, run_id, agent.tool_map, runtime)
         run_record: RunRecord | None = None
         event_log: EventLog | None = None
 
@@ -334,8 +338,9 @@ class Session:
             event_log = EventLog(store, self.id, run_id)
         async with self._lock:
             try:
-                if store is None:
-                    self._history.append(message)  # with a store, it is stored as it starts
+                if store is None and message is not None:
+                    history.append(message)  # with a store, it is stored as the run starts
+                state.enter(history)
                 # Invariant 6: what earlier runs left (a failed run's dangling user message)
                 # is merged into alternating turns, in requests only. Checked once a run.
                 opening: tuple[Message, ...] | None = None
@@ -343,8 +348,18 @@ class Session:
                     self._alternating = len(history)
                 else:
                     opening, opened_at = alternating(history), len(history)
-                while True:
-                    steps += 1
+                while (step := state.step) != "finish":
+                    if step == "tools":
+                        results = tools.step(state)
+                        try:
+                            async for result in results:
+                                yield emit(result)
+                        finally:
+                            await results.aclose()  # its calls still running are cancelled
+                        await self._end_step(event_log, state.results())
+                        state.end_tool_step(agent.max_steps)
+                        continue
+                    state.steps += 1
                     request = InferenceRequest(
                         messages=(
                             tuple(history)
@@ -365,7 +380,7 @@ class Session:
                         async for event in events:
                             add(event)
                             if type(event) is MessageStart:
-                                event = MessageStart(step=steps)
+                                event = MessageStart(step=state.steps)
                             yield emit(event)
                     except WingspanError:
                         raise
@@ -379,108 +394,32 @@ class Session:
                         aclose = getattr(events, "aclose", None)
                         if aclose is not None:
                             await aclose()
-                    response = accumulator.response()
-                    usage = usage + response.usage
-                    stop_reason = response.stop_reason
                     # Every event of a step is stored by its end, with the turn it made.
-                    await self._end_step(event_log,
-                                         Message(role="assistant", content=response.content))
-                    pending = accumulator.tool_uses
-                    if accumulator.text or not pending:
-                        response_text = accumulator.text
-                    if not pending:
-                        break
-                    outcomes = [None] * len(pending)
-                    invalid = accumulator.invalid_inputs
-                    if len(pending) == 1:  # the common case, without a task or a generator
-                        outcome = await _call_one(runtime, tool_map, pending[0], invalid, context)
-                        outcomes[0] = outcome
-                        yield emit(_result_event(pending[0], outcome))
-                    else:
-                        results = self._call_tools(
-                            runtime, tool_map, pending, invalid, context, outcomes
-                        )
-                        async with contextlib.aclosing(results):
-                            async for position, outcome in results:
-                                yield emit(_result_event(pending[position], outcome))
-                    await self._end_step(event_log, _results_message(pending, outcomes, ""))
-                    for use, done_outcome in zip(pending, outcomes, strict=True):
-                        # in call order, whatever order they finished in
-                        assert done_outcome is not None
-                        tool_calls.append(
-                            ToolCall(
-                                id=use.id,
-                                tool_name=use.name,
-                                input=use.input,
-                                output=done_outcome.content,
-                                is_error=done_outcome.is_error,
-                            )
-                        )
-                    outcomes = []
-                    if steps >= agent.max_steps:
-                        stop_reason = "max_steps"
-                        break
-                status = "completed"
-            except asyncio.CancelledError as exc:
-                status, failure = "aborted", exc
-                raise
-            except GeneratorExit as exc:
-                status, failure = "aborted", exc
+                    await self._end_step(event_log, state.end_model_step(accumulator))
+                state.status = "completed"
+            except (asyncio.CancelledError, GeneratorExit) as exc:
+                state.status, failure = "aborted", exc
                 raise
             except BaseException as exc:
                 failure = exc
                 raise
             finally:
-                done = Done(
-                    usage=usage,
-                    steps=steps,
-                    response=response_text,
-                    tool_calls=tuple(tool_calls),
-                    stop_reason=stop_reason,
-                    run_id=run_id,
-                )
+                done = state.done()
                 # Whatever ended the run, and whatever fails meanwhile (invariant 7): a
                 # history the next run accepts, the run recorded, the claim released.
                 await shielded(
                     self._clean_up(
                         run_record,
                         event_log,
-                        status,
                         done,
-                        None if status == "completed" else _reason(control, failure),
-                        outcomes,
+                        state,
+                        None if state.status == "completed" else _reason(control, failure),
                     )
                 )
 
         if observe is not None:
             observe(done, self)
         yield done
-
-    async def _call_tools(
-        self,
-        runtime: Runtime,
-        tool_map: Any,
-        uses: tuple[ToolUseBlock, ...],
-        invalid_inputs: dict[str, str],
-        context: _ContextFactory,
-        outcomes: list[ToolOutcome | None],
-    ) -> AsyncGenerator[tuple[int, ToolOutcome], None]:
-        """Run the calls concurrently, yielding each outcome as it completes."""
-        tasks = {
-            asyncio.ensure_future(_call_one(runtime, tool_map, use, invalid_inputs, context)): i
-            for i, use in enumerate(uses)
-        }
-        try:
-            waiting = set(tasks)
-            while waiting:
-                finished, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                for task in sorted(finished, key=tasks.__getitem__):
-                    outcomes[tasks[task]] = task.result()
-                    yield tasks[task], task.result()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- persistence ------------------------------------------------------------------------
 
@@ -530,10 +469,13 @@ class Session:
             self._synced = True
         self._stored = True
 
-    async def _begin(self, store: Store, admission: Admission, message: Message) -> RunRecord:
+    async def _begin(
+        self, store: Store, admission: Admission, message: Message | None
+    ) -> RunRecord:
         """Wait for the admitted run's turn (its session's claim, unless admission gave it
         already), bring the history up to date, and mark the run running with its user
-        message stored."""
+        message stored (``None``: a run that continues the history, whose pending tool
+        calls are its own to run, not to repair)."""
         run_id = admission.run.id
         if not admission.claimed and not await store.claim_session(self.id, run_id):
             raise ConflictError(f"session {self.id} is busy with another run")
@@ -547,12 +489,16 @@ class Session:
                 self._history[:] = await store.load_messages(self.id)
                 self._alternating = 0  # what was loaded is checked again
             self._synced = True
-            await self._repair()
             try:
                 # Cancelled meanwhile, it started all the same: the caller's clean-up
                 # (_abandon) finishes it, aborted, with its message unanswered.
-                run: RunRecord = await self._keep(
-                    shielded(store.start_run(run_id, (message,))), message)
+                run: RunRecord
+                if message is None:
+                    run = await shielded(store.start_run(run_id))
+                else:
+                    await self._repair()
+                    run = await self._keep(shielded(store.start_run(run_id, (message,))),
+                                           message)
             except ConflictError:
                 raise RunFailed(ErrorInfo(
                     code="aborted", message="the run was aborted before it started")) from None
@@ -565,10 +511,9 @@ class Session:
         self,
         run: RunRecord | None,
         event_log: EventLog | None,
-        status: Any,
         done: Done,
+        state: RunState,
         failure: ErrorInfo | None,
-        outcomes: list[ToolOutcome | None],
     ) -> None:
         """End a run; never raises. Each step is tried whatever the one before did.
 
@@ -576,6 +521,7 @@ class Session:
         :param failure: the terminal ``error`` event's content when it did not.
         """
         history = self._history
+        status, outcomes = state.status, state.outcomes
         error = None if failure is None else encodable(failure.message)
         if status != "completed" and repair_history(history):
             # Calls that finished keep their results; the others get an error result. If
@@ -587,9 +533,9 @@ class Session:
             known: list[ToolOutcome | None] = (
                 outcomes if len(outcomes) == len(uses) else [None] * len(uses)
             )
-            repairs = [_results_message(uses, known, reason)]
+            repairs = [results_message(uses, known, reason)]
             if any(outcome is not None for outcome in known):
-                repairs.append(_results_message(uses, [None] * len(uses), reason))
+                repairs.append(results_message(uses, [None] * len(uses), reason))
             for repair in repairs:
                 try:
                     await self._append(repair)
@@ -667,81 +613,6 @@ class RunStream:
         return self._result
 
 
-class _ContextFactory:
-    __slots__ = ("run_id", "session", "settings")
-
-    def __init__(self, session: Session, run_id: str, settings: Any) -> None:
-        self.session, self.run_id, self.settings = session, run_id, settings
-
-    def __call__(self, tool_use_id: str) -> ToolContext:
-        return ToolContext(
-            work_dir=self.session.work_dir,
-            session_id=self.session.id,
-            run_id=self.run_id,
-            tool_use_id=tool_use_id,
-            settings=self.settings,
-        )
-
-
-async def _call_one(
-    runtime: Runtime,
-    tool_map: Any,
-    use: ToolUseBlock,
-    invalid_inputs: dict[str, str],
-    make_context: _ContextFactory,
-) -> ToolOutcome:
-    if use.id in invalid_inputs:
-        return ToolOutcome(content=invalid_inputs[use.id], is_error=True)
-    tool = tool_map.get(use.name)
-    if tool is None:
-        available = ", ".join(sorted(tool_map)) or "none"
-        return ToolOutcome(
-            content=f"unknown tool {use.name!r}; the tools available are: {available}",
-            is_error=True,
-        )
-    problem = check_input(tool, use.input)
-    if problem is not None:
-        return ToolOutcome(content=problem, is_error=True)
-    if not runtime.has_tool_call_hook:
-        # A tool that says it takes no context does not get one built for each call.
-        context = make_context(use.id) if getattr(tool, "takes_context", True) else None
-        return await run_tool(tool, dict(use.input), context)  # type: ignore[arg-type]
-    context = make_context(use.id)
-    try:
-        awaitable = runtime.hooks.wingspan_tool_call(
-            invocation=ToolInvocation(tool=tool, tool_use_id=use.id, input=use.input),
-            context=context,
-        )
-        outcome = await awaitable
-    except WingspanError as exc:
-        return ToolOutcome(content=str(exc), is_error=True)
-    except Exception as exc:
-        return ToolOutcome(
-            content=f"tool {use.name!r} failed in a plugin hook: {type(exc).__name__}: {exc}",
-            is_error=True,
-        )
-    if not isinstance(outcome, ToolOutcome):
-        return ToolOutcome(content=str(outcome))
-    return outcome
-
-
-def _results_message(
-    uses: tuple[ToolUseBlock, ...], outcomes: list[ToolOutcome | None], missing: str
-) -> Message:
-    """The tool results of a batch; a call without an outcome gets ``missing`` as an error."""
-    blocks = []
-    for use, outcome in zip(uses, outcomes, strict=True):
-        if outcome is None:
-            blocks.append(ToolResultBlock(tool_use_id=use.id, content=missing, is_error=True))
-        else:
-            blocks.append(
-                ToolResultBlock(
-                    tool_use_id=use.id, content=outcome.content, is_error=outcome.is_error
-                )
-            )
-    return Message(role="user", content=tuple(blocks))
-
-
 async def _release(store: Store, session_id: str, holder: str) -> None:
     """Give a claim up; a failure is logged, not raised (the store retries or its lease
     lapses), so that it never hides why a run ended."""
@@ -750,12 +621,6 @@ async def _release(store: Store, session_id: str, holder: str) -> None:
     except Exception as exc:
         log.error("session %s: releasing the claim of %s failed: %s: %s",
                   session_id, holder, type(exc).__name__, exc)
-
-
-def _result_event(use: ToolUseBlock, outcome: ToolOutcome) -> ToolResultEvent:
-    return ToolResultEvent(
-        tool_use_id=use.id, tool_name=use.name, content=outcome.content, is_error=outcome.is_error
-    )
 
 
 def _resolve_work_dir(work_dir: str | os.PathLike[str] | None) -> Path | None:
@@ -771,7 +636,9 @@ def _resolve_work_dir(work_dir: str | os.PathLike[str] | None) -> Path | None:
     return path
 
 
-def _user_message(message: str | Message) -> Message:
+def _user_message(message: str | Message | None) -> Message | None:
+    if message is None:
+        return None
     if isinstance(message, str):
         return Message(role="user", content=(TextBlock(text=message),))
     if not isinstance(message, Message) or message.role != "user":

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from wingspan import (
     LoggedEvent,
     Message,
     MessageStop,
+    Resync,
     RunFinished,
     RunQueued,
     RunStarted,
@@ -25,8 +27,9 @@ from wingspan import (
     Store,
     StoreError,
     check_history,
+    utc_now,
 )
-from wingspan.runs import ABORT_POLL, RunFailed, RunHandle
+from wingspan.runs import ABORT_POLL, RunFailed, RunHandle, follow, one_by_one
 from wingspan.testing import make_runtime, scripted
 
 WAIT = 10  # seconds: every wait is bounded
@@ -238,3 +241,56 @@ async def _in_tool(handle: RunHandle) -> None:
         async for entry in handle.events():
             if type(entry.event) is MessageStop:
                 return
+
+
+async def test_a_run_replay_from_a_pruned_range_begins_with_resync(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    provider = scripted(["a long answer, in pieces"], runtime=runtime, chunk_size=2)
+    session = Session(agent=Agent(name="a", provider=provider), store=store, runtime=runtime)
+    handle = await session.start("hi")
+    await handle.result()
+    whole = await store.read_events(session.id, run_id=handle.id)
+    deltas = [entry.seq for entry in whole if entry.event.type == "text_delta"]
+    assert len(deltas) > 3
+    assert await store.prune_events(before=utc_now() + timedelta(seconds=1)) == len(deltas)
+    # the client had the first delta, then dropped: the next ones are gone
+    replay = [entry async for entry in one_by_one(
+        follow(store, session.id, after=deltas[0], run_id=handle.id))]
+    kept = [entry for entry in whole if entry.seq > deltas[0] and entry.seq not in deltas]
+    assert replay[0].event == Resync(next_seq=kept[0].seq)
+    assert replay[0].seq == kept[0].seq - 1
+    assert replay[1:] == kept
+
+
+async def test_a_run_replay_across_another_runs_admission_is_no_resync(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    """Seqs of other runs between a run's events are normal: only a pruned one of its own
+    makes a resync."""
+    going, go_on = asyncio.Event(), asyncio.Event()
+
+    @wingspan.tool
+    async def hold() -> str:
+        """Wait."""
+        going.set()
+        await asyncio.wait_for(go_on.wait(), WAIT)
+        return "held"
+
+    provider = scripted([[{"name": "hold", "input": {}}], "first done", "second done"],
+                        runtime=runtime)
+    session = Session(agent=Agent(name="a", provider=provider, tools=[hold]), store=store,
+                      runtime=runtime)
+    first = await session.start("one")
+    await asyncio.wait_for(going.wait(), WAIT)
+    second = await session.start("two")  # its run_queued lands among the first run's events
+    go_on.set()
+    await first.result()
+    await second.result()
+    queued = second.record.first_seq
+    assert queued is not None
+    before = [entry.seq for entry in await store.read_events(session.id, run_id=first.id)
+              if entry.seq < queued][-1]
+    replay = [entry async for entry in one_by_one(
+        follow(store, session.id, after=before, run_id=first.id))]
+    assert replay[0].seq > queued
+    assert all(type(entry.event) is not Resync for entry in replay)
+    assert replay == await store.read_events(session.id, after=before, run_id=first.id)

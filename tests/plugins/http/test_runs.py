@@ -310,3 +310,21 @@ async def test_a_replay_from_a_pruned_range_begins_with_resync(client: Client) -
         "type": "resync", "reason": "pruned", "next_seq": kept[0][0]}
     assert frames[0][0] == kept[0][0] - 1  # resuming from the resync goes on after it
     assert frames[1:] == kept
+
+
+async def test_a_run_replay_from_a_pruned_range_begins_with_resync(client: Client) -> None:
+    agent = await create_agent(client, options={"script": ["a long answer"],
+                                                "chunk_size": 2})
+    sid = await create_session(client)
+    result = await (await client.post(f"/sessions/{sid}/message",
+                                      json={"agent_id": agent, "message": "hi"})).get_json()
+    path = f"/runs/{result['run_id']}/events"
+    whole = await read_sse(client, path)
+    store = client.app.extensions["wingspan"].store  # type: ignore[attr-defined]
+    await store.prune_events(before=utc_now() + timedelta(seconds=1))
+    first_delta = next(n for n, kind, _ in whole if kind == "text_delta")
+    frames = await read_sse(client, path, headers={"Last-Event-ID": str(first_delta)})
+    kept = [f for f in whole if f[1] != "text_delta" and f[0] > first_delta]
+    assert frames[0] == (kept[0][0] - 1, "resync",
+                         {"type": "resync", "reason": "pruned", "next_seq": kept[0][0]})
+    assert frames[1:] == kept

@@ -1,0 +1,240 @@
+"""The agent loop's state machine: where a run is between its steps, and its tool step.
+
+A run is a sequence of steps decided by its :class:`RunState`: a **model step** (the
+provider answers the history) while no tool call waits for its result, a **tool step**
+(the calls of the last turn run, their results become the next user turn) while some do,
+and **finish** once the model answered without calling a tool or the step limit is
+reached. :meth:`Session.stream <wingspan.Session.stream>` drives it, emitting every event
+through one place; a run can be entered at either step, from a stored history whose last
+turn has tool calls without results (:meth:`RunState.enter`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from .errors import ConfigError, WingspanError
+from .providers import Accumulator
+from .tools import ToolContext, ToolInvocation, ToolOutcome, check_input, run_tool
+from .types import (
+    UNKNOWN_USAGE,
+    Done,
+    Message,
+    RunStatus,
+    ToolCall,
+    ToolResultBlock,
+    ToolResultEvent,
+    ToolUseBlock,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+    from .session import Session
+
+__all__ = ["RunState", "Step"]
+
+#: What a run does next.
+Step: TypeAlias = Literal["model", "tools", "finish"]
+
+
+class RunState:
+    """What a run carries from one step to the next, and what it does next (:attr:`step`).
+
+    :ivar steps: model steps taken (the one in progress included).
+    :ivar pending: the tool calls of the last turn, waiting for their results.
+    :ivar outcomes: the outcomes of ``pending`` known so far, by position (a call still
+        running is ``None``), so that an interrupted tool step keeps what finished.
+    :ivar status: how the run ends (``"failed"`` until it completes or is aborted).
+    """
+
+    __slots__ = (
+        "finished",
+        "invalid",
+        "outcomes",
+        "pending",
+        "response",
+        "run_id",
+        "status",
+        "steps",
+        "stop_reason",
+        "tool_calls",
+        "usage",
+    )
+
+    def __init__(self, run_id: str, *, steps: int = 0) -> None:
+        self.run_id = run_id
+        self.steps = steps
+        self.usage: Usage = UNKNOWN_USAGE  # a sum of counts, unknown until a call reports one
+        self.tool_calls: list[ToolCall] = []
+        self.response = ""
+        self.stop_reason = "end_turn"
+        self.status: RunStatus = "failed"
+        self.pending: tuple[ToolUseBlock, ...] = ()
+        #: the problem with each pending call's input that did not parse, by call id
+        self.invalid: Mapping[str, str] = {}
+        self.outcomes: list[ToolOutcome | None] = []
+        self.finished = False
+
+    @property
+    def step(self) -> Step:
+        """The next step: ``"tools"`` while calls wait for results, else ``"model"``, and
+        ``"finish"`` once the run is done."""
+        if self.finished:
+            return "finish"
+        return "tools" if self.pending else "model"
+
+    def enter(self, history: Sequence[Message]) -> None:
+        """Start from ``history`` as it stands (a new run's user message is its last): with
+        a model step after a user turn, with a tool step after an assistant turn whose tool
+        calls have no results yet (a run entered again, e.g. once its calls are approved).
+
+        :raises ConfigError: when there is nothing to continue (no history, or the model's
+            answer is its last turn).
+        """
+        last = history[-1] if history else None
+        if last is not None and last.role == "assistant":
+            if not last.tool_uses:
+                raise ConfigError("the history has nothing to continue: its last turn is the "
+                                  "model's answer; send a message")
+            self.pending = last.tool_uses
+            self.outcomes = [None] * len(self.pending)
+        elif last is None:
+            raise ConfigError("the history has nothing to continue: it is empty; send a message")
+
+    def end_model_step(self, accumulator: Accumulator) -> Message:
+        """Take a model step's answer in: its usage and stop reason, its tool calls (then
+        a tool step comes next), its text. :returns: the turn it made, to store."""
+        response = accumulator.response()
+        self.usage = self.usage + response.usage
+        self.stop_reason = response.stop_reason
+        pending = accumulator.tool_uses
+        if accumulator.text or not pending:
+            self.response = accumulator.text
+        self.pending = pending
+        self.invalid = accumulator.invalid_inputs if pending else {}
+        self.outcomes = [None] * len(pending)
+        self.finished = not pending
+        return Message(role="assistant", content=response.content)
+
+    def results(self) -> Message:
+        """The user turn of a finished tool step: every pending call's result."""
+        return results_message(self.pending, self.outcomes, "")
+
+    def end_tool_step(self, max_steps: int) -> None:
+        """Record a tool step whose results are stored; finish at the step limit."""
+        for use, outcome in zip(self.pending, self.outcomes, strict=True):
+            assert outcome is not None  # every call of a finished tool step has its outcome
+            self.tool_calls.append(ToolCall(id=use.id, tool_name=use.name, input=use.input,
+                                            output=outcome.content, is_error=outcome.is_error))
+        self.pending, self.invalid, self.outcomes = (), {}, []
+        if self.steps >= max_steps:
+            self.stop_reason, self.finished = "max_steps", True
+
+    def done(self) -> Done:
+        """The run's facts so far, as its terminal event."""
+        return Done(usage=self.usage, steps=self.steps, response=self.response,
+                    tool_calls=tuple(self.tool_calls), stop_reason=self.stop_reason,
+                    run_id=self.run_id)
+
+
+class ToolRunner:
+    """A run's tool calls: the agent's tools, with the plugins' ``wingspan_tool_call``
+    wrappers when there are some (looked up once a run), each call with its context."""
+
+    __slots__ = ("hook", "run_id", "session", "settings", "tool_map")
+
+    def __init__(self, session: Session, run_id: str, tool_map: Mapping[str, Any],
+                 runtime: Runtime) -> None:
+        self.session, self.run_id, self.tool_map = session, run_id, tool_map
+        self.settings = runtime.settings.tools
+        self.hook = runtime.hooks.wingspan_tool_call if runtime.has_tool_call_hook else None
+
+    def context(self, tool_use_id: str) -> ToolContext:
+        return ToolContext(
+            work_dir=self.session.work_dir,
+            session_id=self.session.id,
+            run_id=self.run_id,
+            tool_use_id=tool_use_id,
+            settings=self.settings,
+        )
+
+    async def step(self, state: RunState) -> AsyncGenerator[ToolResultEvent, None]:
+        """Run the pending calls, concurrently, yielding each result as it completes and
+        keeping its outcome in ``state.outcomes``; closed early, it cancels the calls still
+        running and waits for them."""
+        uses, invalid, outcomes = state.pending, state.invalid, state.outcomes
+        if len(uses) == 1:  # the common case, without a task
+            outcomes[0] = outcome = await self.call(uses[0], invalid)
+            yield result_event(uses[0], outcome)
+            return
+        tasks = {asyncio.ensure_future(self.call(use, invalid)): i for i, use in enumerate(uses)}
+        try:
+            waiting = set(tasks)
+            while waiting:
+                finished, waiting = await asyncio.wait(waiting,
+                                                       return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(finished, key=tasks.__getitem__):
+                    position = tasks[task]
+                    outcomes[position] = outcome = task.result()
+                    yield result_event(uses[position], outcome)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def call(self, use: ToolUseBlock, invalid_inputs: Mapping[str, str]) -> ToolOutcome:
+        """One call's outcome; what goes wrong (an unknown tool, an invalid input, a
+        plugin's failure) is an ``is_error`` outcome the model sees, not an exception."""
+        if use.id in invalid_inputs:
+            return ToolOutcome(content=invalid_inputs[use.id], is_error=True)
+        tool = self.tool_map.get(use.name)
+        if tool is None:
+            available = ", ".join(sorted(self.tool_map)) or "none"
+            return ToolOutcome(
+                content=f"unknown tool {use.name!r}; the tools available are: {available}",
+                is_error=True,
+            )
+        problem = check_input(tool, use.input)
+        if problem is not None:
+            return ToolOutcome(content=problem, is_error=True)
+        if self.hook is None:
+            # A tool that says it takes no context does not get one built for each call.
+            context = self.context(use.id) if getattr(tool, "takes_context", True) else None
+            return await run_tool(tool, dict(use.input), context)  # type: ignore[arg-type]
+        try:
+            outcome = await self.hook(
+                invocation=ToolInvocation(tool=tool, tool_use_id=use.id, input=use.input),
+                context=self.context(use.id),
+            )
+        except WingspanError as exc:
+            return ToolOutcome(content=str(exc), is_error=True)
+        except Exception as exc:
+            return ToolOutcome(
+                content=f"tool {use.name!r} failed in a plugin hook: {type(exc).__name__}: {exc}",
+                is_error=True,
+            )
+        if not isinstance(outcome, ToolOutcome):
+            return ToolOutcome(content=str(outcome))
+        return outcome
+
+
+def results_message(
+    uses: Sequence[ToolUseBlock], outcomes: Sequence[ToolOutcome | None], missing: str
+) -> Message:
+    """The tool results of a batch; a call without an outcome gets ``missing`` as an error."""
+    return Message(role="user", content=tuple([
+        ToolResultBlock(tool_use_id=use.id, content=missing, is_error=True)
+        if outcome is None
+        else ToolResultBlock(tool_use_id=use.id, content=outcome.content,
+                             is_error=outcome.is_error)
+        for use, outcome in zip(uses, outcomes, strict=True)
+    ]))
+
+
+def result_event(use: ToolUseBlock, outcome: ToolOutcome) -> ToolResultEvent:
+    return ToolResultEvent(
+        tool_use_id=use.id, tool_name=use.name, content=outcome.content, is_error=outcome.is_error
+    )
