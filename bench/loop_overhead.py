@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import importlib.metadata
 import json
@@ -157,6 +158,18 @@ async def add(a: int, b: int) -> int:
     return a + b
 
 
+@wingspan.tool(name="add")
+def add_sync(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@wingspan.tool(name="add", blocking=False)
+def add_inline(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
 # Events that carry nothing specific to a call are immutable values: a provider, like this
 # one, can build them once. Everything that depends on the call is built per call.
 MESSAGE_START = wingspan.MessageStart()
@@ -190,14 +203,14 @@ class ScriptedProvider:
         yield MESSAGE_STOP
 
 
-def build_wingspan(script: Script) -> Adapter:
+def build_wingspan(script: Script, tool: wingspan.Tool = add) -> Adapter:
     # An isolated runtime with only the built-in plugins: no run-time hooks are installed.
     runtime = wingspan.Runtime.from_settings(wingspan.Settings(autoload=False))
     agent = wingspan.Agent(
         name="bench",
         provider=ScriptedProvider(script),
         instructions=INSTRUCTIONS,
-        tools=[add],
+        tools=[tool],
         max_steps=max(RUN_LENGTHS) + 1,
     )
 
@@ -390,6 +403,10 @@ def build_llm(script: Script) -> Adapter:
 FRAMEWORKS = (
     Framework("floor (plain loop)", None, build_floor),
     Framework("wingspan", "wingspan", build_wingspan),
+    # The same loop with a sync `def add`: in a worker thread (the default), then inline.
+    Framework("wingspan, sync tool", "wingspan", functools.partial(build_wingspan, tool=add_sync)),
+    Framework("wingspan, sync tool, blocking=False", "wingspan",
+              functools.partial(build_wingspan, tool=add_inline)),
     Framework("llm", "llm", build_llm),
     Framework("pydantic-ai", "pydantic-ai-slim", build_pydantic_ai),
     Framework("openai-agents", "openai-agents", build_openai_agents),

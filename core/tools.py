@@ -260,6 +260,8 @@ class FunctionTool:
     _converted: Mapping[str, Any] = attrs.field(alias="converted", factory=dict)
     _context_parameter: str | None = attrs.field(alias="context_parameter", default=None)
     _is_async: bool = attrs.field(alias="is_async", default=False)
+    #: Whether a sync function may block (then it runs in a worker thread).
+    blocking: bool = True
     validator: SchemaValidator = attrs.field(eq=False, repr=False)
 
     @validator.default
@@ -287,9 +289,11 @@ class FunctionTool:
             kwargs = {**kwargs, self._context_parameter: context}
         if self._is_async:
             value = await self.function(**kwargs)
-        else:
+        elif self.blocking:
             # A sync function may block; keep the event loop free.
             value = await asyncio.to_thread(self.function, **kwargs)
+        else:
+            value = self.function(**kwargs)  # it said it does not block: no thread hop
         return _to_text(value)
 
 
@@ -312,7 +316,7 @@ def _to_text(value: Any) -> str | ToolOutcome:
 def tool(function: Callable[..., Any], /) -> FunctionTool: ...
 @typing.overload
 def tool(
-    *, name: str | None = None, description: str | None = None
+    *, name: str | None = None, description: str | None = None, blocking: bool = True
 ) -> Callable[[Callable[..., Any]], FunctionTool]: ...
 
 
@@ -322,6 +326,7 @@ def tool(
     *,
     name: str | None = None,
     description: str | None = None,
+    blocking: bool = True,
 ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
     """Turn a typed function (sync or async) into a :class:`Tool`.
 
@@ -331,15 +336,22 @@ def tool(
     the docstring's text and each parameter's description comes from its ``:param name:``
     line (or a Google-style ``Args:`` section). A parameter annotated :class:`ToolContext`
     receives the call's context and is not part of the schema. Sync functions run in a worker
-    thread.
+    thread, so that one that blocks (on a file, a subprocess, the network) does not stall the
+    event loop.
 
     :param name: the tool's name (default: the function's name).
     :param description: the description (default: the docstring).
+    :param blocking: ``False`` says a sync function never blocks (it computes, quickly): it
+        is called on the event loop, without the thread hop that costs most of a short
+        call. An async function never runs in a thread, whatever this says.
     :raises ConfigError: for a parameter whose type has no JSON Schema form.
     """
 
+    if not isinstance(blocking, bool):
+        raise ConfigError(f"tool(blocking=...) must be True or False, got {blocking!r}")
+
     def make(fn: Callable[..., Any]) -> FunctionTool:
-        return _make_function_tool(fn, name=name, description=description)
+        return _make_function_tool(fn, name=name, description=description, blocking=blocking)
 
     if function is not None:
         return make(function)
@@ -347,7 +359,7 @@ def tool(
 
 
 def _make_function_tool(
-    fn: Callable[..., Any], *, name: str | None, description: str | None
+    fn: Callable[..., Any], *, name: str | None, description: str | None, blocking: bool = True
 ) -> FunctionTool:
     tool_name = fn.__name__ if name is None else name
     if not _NAME.fullmatch(tool_name):
@@ -410,6 +422,7 @@ def _make_function_tool(
         converted=converted,
         context_parameter=context_parameter,
         is_async=is_async,
+        blocking=blocking,
     )
     return result
 

@@ -131,6 +131,23 @@ async def test_sync_functions_run_off_the_event_loop_thread() -> None:
     assert int(outcome.content) != threading.get_ident()
 
 
+async def test_a_sync_function_that_says_it_does_not_block_runs_inline() -> None:
+    @wingspan.tool(blocking=False)
+    def where() -> int:
+        """Say which thread runs this."""
+        return threading.get_ident()
+
+    assert where.blocking is False
+    outcome = await run_tool(where, {}, CONTEXT)
+    assert int(outcome.content) == threading.get_ident()
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_blocking_must_be_a_bool(value: Any) -> None:
+    with pytest.raises(ConfigError, match="blocking"):
+        wingspan.tool(blocking=value)
+
+
 def test_name_and_description_can_be_given() -> None:
     @wingspan.tool(name="plus-one", description="Adds one.")
     def increment(n: int) -> int:
