@@ -51,13 +51,13 @@ class RunState:
     """
 
     __slots__ = (
-        "finished",
         "invalid",
         "outcomes",
         "pending",
         "response",
         "run_id",
         "status",
+        "step",
         "steps",
         "stop_reason",
         "tool_calls",
@@ -76,15 +76,9 @@ class RunState:
         #: the problem with each pending call's input that did not parse, by call id
         self.invalid: Mapping[str, str] = {}
         self.outcomes: list[ToolOutcome | None] = []
-        self.finished = False
-
-    @property
-    def step(self) -> Step:
-        """The next step: ``"tools"`` while calls wait for results, else ``"model"``, and
-        ``"finish"`` once the run is done."""
-        if self.finished:
-            return "finish"
-        return "tools" if self.pending else "model"
+        #: The next step: ``"tools"`` while calls wait for results, else ``"model"``, and
+        #: ``"finish"`` once the run is done.
+        self.step: Step = "model"
 
     def enter(self, history: Sequence[Message]) -> None:
         """Start from ``history`` as it stands (a new run's user message is its last): with
@@ -101,6 +95,7 @@ class RunState:
                                   "model's answer; send a message")
             self.pending = last.tool_uses
             self.outcomes = [None] * len(self.pending)
+            self.step = "tools"
         elif last is None:
             raise ConfigError("the history has nothing to continue: it is empty; send a message")
 
@@ -116,7 +111,7 @@ class RunState:
         self.pending = pending
         self.invalid = accumulator.invalid_inputs if pending else {}
         self.outcomes = [None] * len(pending)
-        self.finished = not pending
+        self.step = "tools" if pending else "finish"
         return Message(role="assistant", content=response.content)
 
     def results(self) -> Message:
@@ -131,7 +126,9 @@ class RunState:
                                             output=outcome.content, is_error=outcome.is_error))
         self.pending, self.invalid, self.outcomes = (), {}, []
         if self.steps >= max_steps:
-            self.stop_reason, self.finished = "max_steps", True
+            self.stop_reason, self.step = "max_steps", "finish"
+        else:
+            self.step = "model"
 
     def done(self) -> Done:
         """The run's facts so far, as its terminal event."""
