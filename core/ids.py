@@ -1,4 +1,10 @@
-"""ULIDs: 26-character, time-sortable identifiers (Crockford base32)."""
+"""ULIDs: 26-character, time-sortable identifiers (Crockford base32).
+
+Ours rather than python-ulid's: :func:`new_id` is 1.3x faster than ``str(ulid.ULID())``
+(1.28-1.31x in ``bench/.venv/bin/python bench/validators.py``), the same string with the same
+order within a millisecond, without a dependency; python-ulid's ``ULID()`` object alone takes
+0.43-0.44x the time of ``new_id()``, its ``str()`` being the costly part.
+"""
 
 from __future__ import annotations
 
