@@ -414,13 +414,15 @@ def _fast_values(schema: Mapping[str, Any]) -> list[_Test]:
             tests.append(lambda value: any(json_equal(value, o) for o in options))
     for key, within in _BOUNDS.items():
         if key in schema:
-            bound = schema[key]
-            tests.append(lambda value, bound=bound, within=within: not _is_number(value)
-                         or within(value, bound))
+            tests.append(_bounded(within, schema[key]))
     if "minLength" in schema or "maxLength" in schema:
         low, high = schema.get("minLength", 0), schema.get("maxLength", math.inf)
         tests.append(lambda value: not isinstance(value, str) or low <= len(value) <= high)
     return tests
+
+
+def _bounded(within: Callable[[Any, Any], bool], bound: Any) -> _Test:
+    return lambda value: not _is_number(value) or within(value, bound)
 
 
 def _fast_object(schema: Mapping[str, Any]) -> _Test:

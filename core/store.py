@@ -1,10 +1,11 @@
 """Stores: the protocol every persistence back-end implements, and the records it keeps.
 
 A store keeps agents, sessions, message history (append-only, ordered), run records, the
-leases that serialise runs on a session, and provider credentials. It is opened from a URL
-by the plugin claiming the URL's scheme: ``await wingspan.open_store("sqlite:///path")``.
-Helpers for writing one (:class:`~wingspan.KeyValueStore`, :class:`~wingspan.ClaimQueue`,
-:func:`~wingspan.paginate`) are in :mod:`wingspan.storekit`.
+leases that serialise runs on a session, the idempotency keys of creations, and provider
+credentials. It is opened from a URL by the plugin claiming the URL's scheme:
+``await wingspan.open_store("sqlite:///path")``. Helpers for writing one
+(:class:`~wingspan.KeyValueStore`, :class:`~wingspan.ClaimQueue`, :func:`~wingspan.paginate`)
+are in :mod:`wingspan.storekit`.
 """
 
 from __future__ import annotations
@@ -302,6 +303,25 @@ class Store(Protocol):
         finished before ``before``; every other event is kept as long as its session.
         :returns: how many were dropped.
         """
+
+    # idempotency keys of creations
+    async def reserve_key(self, scope: str, key: str, request_hash: str, new_id: str) -> str:
+        """The id an idempotent creation must use: ``new_id`` the first time ``key`` is seen
+        in ``scope`` (it is remembered with ``request_hash`` from then on), the first call's
+        id on a repeat with the same ``request_hash``. Atomic across the processes sharing
+        the store: of concurrent first calls, one id wins and every call answers it.
+
+        The key only names an id; the caller creates the record with it (a
+        :class:`~wingspan.ConflictError` from that create means the record exists: a repeat).
+
+        :param scope: what the key is for (``"sessions"``, ``"agents"``): scopes never share
+            keys.
+        :raises ConflictError: naming the key, when it was reserved with another
+            ``request_hash``.
+        """
+    async def prune_keys(self, *, before: datetime) -> int:
+        """Forget the keys reserved before ``before`` (a repeat of one is then a new
+        creation). :returns: how many were dropped."""
 
     # credentials
     async def set_credential(self, provider: str, credential: Credential) -> None:

@@ -120,14 +120,15 @@ class KeyValueStore:
     The base does the rest of the contract: ids that exist or not, message counts, run
     admission (idempotency keys, ``if_busy``) and lifecycle with their events, event seqs,
     waits on the log, pruning, cascading deletes, newest-first pages (:func:`paginate`),
-    claims (:class:`ClaimQueue`) and the closed state. The four methods are synchronous and
-    each store call makes its reads and writes without awaiting in between, so the calls of
-    one event loop never interleave. Keys and values are whatever the callers give: a
-    subclass that turns keys into file names must encode them. Override :meth:`append` to add
-    to a history or a log without rewriting it, and :meth:`close` (calling
-    ``super().close()``) to release resources. A session's runs (an idempotency key, a busy
-    session, a listing) are found through an index of run ids by session, built from the
-    ``runs`` table on first use; pruning reads every run.
+    claims (:class:`ClaimQueue`), the keys of creations (:meth:`reserve_key`; kept in the
+    base's own memory, not in a table, so they last as long as the store object) and the closed
+    state. The four methods are synchronous and each store call makes its reads and writes
+    without awaiting in between, so the calls of one event loop never interleave. Keys and
+    values are whatever the callers give: a subclass that turns keys into file names must
+    encode them. Override :meth:`append` to add to a history or a log without rewriting it,
+    and :meth:`close` (calling ``super().close()``) to release resources. A session's runs
+    (an idempotency key, a busy session, a listing) are found through an index of run ids by
+    session, built from the ``runs`` table on first use; pruning reads every run.
     """
 
     #: Each table's value type.
@@ -150,6 +151,8 @@ class KeyValueStore:
         #: Per session, the ids of its runs: built from the runs table on first use, then
         #: kept by every write of a run here (an admission must not read every run stored).
         self._run_ids: dict[str, set[str]] | None = None
+        #: (scope, key) -> (request hash, reserved id, when) of :meth:`reserve_key`.
+        self._keys: dict[tuple[str, str], tuple[str, str, datetime]] = {}
 
     # --- what a subclass implements -----------------------------------------------------
 
@@ -490,6 +493,24 @@ class KeyValueStore:
                 self.write("events", session_id, kept)
                 dropped += len(logged) - len(kept)
         return dropped
+
+    # --- idempotency keys ------------------------------------------------------------------
+
+    async def reserve_key(self, scope: str, key: str, request_hash: str, new_id: str) -> str:
+        self._check_open()
+        first_hash, reserved_id, _ = self._keys.setdefault(
+            (scope, key), (request_hash, new_id, utc_now()))
+        if first_hash != request_hash:
+            raise ConflictError(f"idempotency key {key!r} was already used for another "
+                                f"request (scope {scope!r}); send a new key for a new request")
+        return reserved_id
+
+    async def prune_keys(self, *, before: datetime) -> int:
+        self._check_open()
+        expired = [entry for entry, (_, _, at) in self._keys.items() if at < before]
+        for entry in expired:
+            del self._keys[entry]
+        return len(expired)
 
     # --- credentials -----------------------------------------------------------------------
 

@@ -87,6 +87,21 @@ _claimants = ["run-a", "run-b", "run-c"]
 _if_busy = st.sampled_from(["queue", "reject", "interrupt"])
 #: Where a pruning cutoff is from when a run finished: just before, at or just after.
 _shifts = st.sampled_from([timedelta(milliseconds=ms) for ms in (-1, 0, 1)])
+#: What idempotency keys of creations are for, and keys (the longest the HTTP API takes too).
+_key_scopes = st.sampled_from(["sessions", "agents"])
+_keys = st.sampled_from(["k1", "~" * 255])
+_request_hashes = st.sampled_from(["h1", "h2"])
+
+
+@attrs.frozen
+class _Reserved:
+    """An idempotency key as the model knows it: what it was reserved with, and when (the
+    store's own clock, read between ``earliest`` and ``latest``)."""
+
+    request_hash: str
+    id: str
+    earliest: datetime
+    latest: datetime
 
 
 @st.composite
@@ -147,6 +162,7 @@ class StoreStateMachine(RuleBasedStateMachine):
         self.model_places: dict[str, list[str]] = {}
         self.model_runs: dict[str, RunRecord] = {}
         self.model_credentials: dict[str, Credential] = {}
+        self.model_keys: dict[tuple[str, str], _Reserved] = {}
 
     def call(self, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
         return self.portal.call(lambda: method(*args, **kwargs))
@@ -699,6 +715,84 @@ class StoreStateMachine(RuleBasedStateMachine):
             if cursor is None:
                 return items
         raise AssertionError("listing never ended")
+
+    # --- idempotency keys of creations -------------------------------------------------------
+
+    @initialize(scope=_key_scopes, key=_keys, request_hash=_request_hashes)
+    def first_key(self, scope: str, key: str, request_hash: str) -> None:
+        """Every run of the machine has a key to repeat and prune from its first step."""
+        self.reserve_key(scope, key, request_hash)
+
+    @rule(scope=_key_scopes, key=_keys, request_hash=_request_hashes)
+    def reserve_key(self, scope: str, key: str, request_hash: str) -> None:
+        """A key's first reservation in its scope gets the id it offers; a repeat with the
+        same hash gets that id again, with another hash a conflict naming the key. Scopes
+        never share keys."""
+        offered = new_id()
+        reserved = self.model_keys.get((scope, key))
+        if reserved is not None and reserved.request_hash != request_hash:
+            error = self._assert_raises(ConflictError, self.store.reserve_key, scope, key,
+                                        request_hash, offered)
+            assert key in str(error), f"the conflict should name the key: {error}"
+            return
+        got = self._reserve(scope, key, request_hash, offered)
+        assert got == (offered if reserved is None else reserved.id), (got, offered, reserved)
+        if reserved is not None:
+            self.model_keys[scope, key] = reserved  # its first reservation's
+
+    @precondition(lambda self: bool(self.model_keys))
+    @rule(data=st.data(), same_request=st.booleans(), other_scope=st.booleans())
+    def reserve_key_again(self, data: st.DataObject, same_request: bool,
+                          other_scope: bool) -> None:
+        """A client repeats a creation with its key, asking the same or not; or uses the
+        key for the other kind of creation."""
+        scope, key = data.draw(st.sampled_from(sorted(self.model_keys)))
+        request_hash = self.model_keys[scope, key].request_hash
+        if not same_request:
+            request_hash = "h2" if request_hash == "h1" else "h1"
+        if other_scope:
+            scope = "agents" if scope == "sessions" else "sessions"
+        self.reserve_key(scope, key, request_hash)
+
+    def _reserve(self, scope: str, key: str, request_hash: str, offered: str) -> str:
+        """Reserve ``key``, and have it in the model as reserved now with ``offered``
+        (the caller puts back what it had when the store answers another id)."""
+        earliest = utc_now()
+        got: str = self.call(self.store.reserve_key, scope, key, request_hash, offered)
+        self.model_keys[scope, key] = _Reserved(
+            request_hash=request_hash, id=offered, earliest=earliest, latest=utc_now())
+        return got
+
+    @precondition(lambda self: bool(self.model_keys))
+    @rule(data=st.data(), when=st.sampled_from(["long ago", "at a reservation",
+                                                 "just after a reservation", "to come"]))
+    def prune_keys(self, data: st.DataObject, when: str) -> None:
+        """Exactly the keys reserved before the cutoff go (one reserved at the cutoff
+        stays): each is new to its next reservation, which is made at once (so that the
+        model's keys do not depend on the clock)."""
+        if when in ("long ago", "to come"):
+            cutoff = utc_now() + timedelta(hours=-1 if when == "long ago" else 1)
+        else:
+            chosen = self.model_keys[data.draw(st.sampled_from(sorted(self.model_keys)))]
+            cutoff = (chosen.earliest if when == "at a reservation"
+                      else chosen.latest + timedelta(milliseconds=1))
+        dropped = self.call(self.store.prune_keys, before=cutoff)
+        # Reserved in the very millisecond of the cutoff: either way is right, and the next
+        # reservation shows which way it went.
+        gone = {k for k, r in self.model_keys.items() if r.latest < cutoff}
+        unsure = {k for k, r in self.model_keys.items() if r.earliest < cutoff <= r.latest}
+        assert len(gone) <= dropped <= len(gone) + len(unsure), (dropped, gone, unsure)
+        for scope, key in sorted(gone | unsure):
+            reserved = self.model_keys[scope, key]
+            offered = new_id()
+            got = self._reserve(scope, key, reserved.request_hash, offered)
+            if got == offered:  # it had gone, and is reserved anew
+                dropped -= (scope, key) in unsure
+            else:
+                assert (scope, key) in unsure, f"{key!r} in {scope!r} should have been pruned"
+                assert got == reserved.id, (got, reserved)
+                self.model_keys[scope, key] = reserved
+        assert dropped == len(gone), (dropped, gone)
 
     # --- credentials ------------------------------------------------------------------------
 

@@ -119,18 +119,32 @@ def create_app(
     return app
 
 
+#: Seconds the idempotency keys of creations are remembered at least (the API's promise).
+KEY_RETENTION = 24 * 3600.0
+
+
 async def _prune(store: Store, retention: float) -> None:
-    """Drop the deltas and pings of runs finished over ``retention`` seconds ago, now and
-    then (a tenth of the retention, at most hourly) while the server runs."""
+    """Drop the deltas and pings of runs finished over ``retention`` seconds ago, and the
+    idempotency keys of creations reserved longer ago than that and :data:`KEY_RETENTION`,
+    now and then (a tenth of the retention, at most hourly) while the server runs."""
     interval = min(max(retention / 10, 1.0), 3600.0)
+    key_retention = max(KEY_RETENTION, retention)
     while True:
+        now = utc_now()
         try:
-            pruned = await store.prune_events(before=utc_now() - timedelta(seconds=retention))
+            pruned = await store.prune_events(before=now - timedelta(seconds=retention))
         except WingspanError as exc:
             log.warning("pruning the event log failed: %s", exc)
         else:
             if pruned:
                 log.info("pruned %d delta and ping events of finished runs", pruned)
+        try:
+            forgotten = await store.prune_keys(before=now - timedelta(seconds=key_retention))
+        except WingspanError as exc:
+            log.warning("pruning the idempotency keys failed: %s", exc)
+        else:
+            if forgotten:
+                log.info("forgot %d idempotency keys of creations", forgotten)
         await asyncio.sleep(interval)
 
 

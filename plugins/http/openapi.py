@@ -222,6 +222,7 @@ class Route:
     400 and 413 on those that read a body).
 
     :ivar answer: ``(builder, server) -> schema`` of the success body.
+    :ivar also: other success statuses answering that body, and when they do.
     :ivar body: ``(builder, server) -> schema`` of the request body, or ``None``.
     :ivar errors: route-specific error statuses and when they happen.
     :ivar store: whether it needs the store (so it can answer 503 before it is open).
@@ -233,6 +234,7 @@ class Route:
     status: str = "200"
     description: str = ""
     answer: Callable[[SchemaBuilder, ServerState], JSONSchema]
+    also: Mapping[str, str] = attrs.field(factory=dict)
     body: Callable[[SchemaBuilder, ServerState], JSONSchema] | None = None
     body_required: bool = True
     errors: Mapping[int, str] = attrs.field(factory=dict)
@@ -309,6 +311,15 @@ _IDEMPOTENCY_KEY = {
     "description": "a repeat with the same key and body does not run again (it answers the "
                    "first run); with another body, 409",
 }
+#: The key of a creation (``idempotency.py``): remembered by the server for 24 h at least.
+_CREATION_KEY = {
+    **_IDEMPOTENCY_KEY,
+    "description": "a repeat with the same key and body creates nothing: it answers 200 with "
+                   "the object the first created; with another body, 409. Keys are scoped "
+                   "to the server and remembered for 24 h at least",
+}
+#: The answer to a repeat of a creation's key.
+_REPEAT = {"200": "a repeat of an Idempotency-Key: the object created the first time"}
 _SEQ = {"type": "string", "pattern": "^[0-9]{1,18}$"}
 _RESUME = (
     {"name": "Last-Event-ID", "in": "header", "required": False, "schema": _SEQ,
@@ -411,8 +422,11 @@ ROUTES: dict[tuple[str, str], Route] = {
         errors={404: "none stored"}),
     ("/agents", "post"): Route(
         summary="Create an agent", status="201", answer=_of(AgentRecord), body=_create_agent,
+        also=_REPEAT, parameters=(_CREATION_KEY,),
         links={"agent_id": tuple(("/agents/{agent_id}", m) for m in ("get", "put", "delete"))},
-        errors={400: "invalid: unknown or disallowed tools, an unknown provider, ..."}),
+        errors={400: "invalid: unknown or disallowed tools, an unknown provider, ..., or a "
+                     "bad Idempotency-Key",
+                409: "the Idempotency-Key was used with another body"}),
     ("/agents", "get"): Route(summary="Agents, newest first", answer=_of(list[AgentRecord])),
     ("/agents/{agent_id}", "get"): Route(summary="One agent", answer=_of(AgentRecord),
                                          errors={404: "unknown agent"}),
@@ -423,12 +437,13 @@ ROUTES: dict[tuple[str, str], Route] = {
                                             errors={404: "unknown agent"}),
     ("/sessions", "post"): Route(
         summary="Create a session", status="201", answer=_of(SessionView),
-        body=_create_session, body_required=False,
+        body=_create_session, body_required=False, also=_REPEAT, parameters=(_CREATION_KEY,),
         # Not to the message routes: they need an agent too, and answer 404 for an unknown one.
         links={"session_id": (*(("/sessions/{session_id}", m) for m in ("get", "put", "delete")),
                               ("/sessions/{session_id}/abort", "post"))},
-        errors={400: "invalid, or work_dir is not an existing absolute directory inside the "
-                "allowed roots"}),
+        errors={400: "invalid, work_dir is not an existing absolute directory inside the "
+                "allowed roots, or a bad Idempotency-Key",
+                409: "the Idempotency-Key was used with another body"}),
     ("/sessions", "get"): Route(
         summary="Sessions, newest first, without history, paginated",
         description="The next page's URL is in the `Link` header (`rel=\"next\"`).",
@@ -579,6 +594,8 @@ def _operation(
                            "absent on the last page",
             "schema": {"type": "string"}}}
     responses: dict[str, Any] = {route.status: success}
+    for other, text in route.also.items():
+        responses[other] = {**success, "description": text}
     for status, text in _errors(path, method, route, token=token).items():
         response: dict[str, Any] = {
             "description": text,

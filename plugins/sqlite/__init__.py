@@ -1,5 +1,5 @@
-"""The ``sqlite://`` store: agents, sessions, history, runs, event logs and credentials in one
-SQLite file.
+"""The ``sqlite://`` store: agents, sessions, history, runs, event logs, idempotency keys and
+credentials in one SQLite file.
 
 The server's default store. ``sqlite://`` alone is :func:`default_path`; ``sqlite:///abs/x.db``
 is an absolute path and ``sqlite://x.db`` one relative to the working directory (see

@@ -308,6 +308,32 @@ def save_run(tx: Tx, run_id: str, session_id: str, status: str, body: str) -> No
     )
 
 
+def reserve_key(tx: Tx, scope: str, key: str, request_hash: str, new_id: str) -> str:
+    """:meth:`SqliteStore.reserve_key`'s job: the key's id, ``new_id`` if it is new."""
+    tx.conn.execute(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, target_id, created_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO NOTHING",
+        (scope, key, request_hash, new_id, wire.format_timestamp(wingspan.utc_now())),
+    )
+    first_hash, target_id = tx.conn.execute(
+        "SELECT request_hash, target_id FROM idempotency_keys WHERE scope = ? AND key = ?",
+        (scope, key),
+    ).fetchone()
+    if first_hash != request_hash:
+        raise ConflictError(
+            f"idempotency key {key!r} was already used for another request (scope {scope!r}); "
+            "send a new key for a new request"
+        )
+    return str(target_id)
+
+
+def prune_keys(tx: Tx, cutoff: str) -> int:
+    """Drop the idempotency keys reserved before ``cutoff`` (a stored timestamp's text)."""
+    return int(
+        tx.conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (cutoff,)).rowcount
+    )
+
+
 def set_credential(
     tx: Tx, provider: str, kind: str, base_url: str | None, key: str | None, sealed: bytes | None
 ) -> None:

@@ -121,6 +121,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX runs_by_session",
         "CREATE INDEX runs_by_session ON runs (session_pk, id)",
     ),
+    (
+        # The idempotency keys of creations (``Store.reserve_key``): the id the first request
+        # reserved and a digest of what it asked, so a repeat is told from a reuse of the key.
+        # ``created_at`` is RFC 3339 UTC to the millisecond (``wire``): text order is time
+        # order, for pruning.
+        """CREATE TABLE idempotency_keys (
+            scope TEXT NOT NULL,
+            key TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            target_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (scope, key)) WITHOUT ROWID""",
+        "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
+    ),
 )
 
 

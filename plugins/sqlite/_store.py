@@ -428,6 +428,14 @@ class SqliteStore:
             dropped += count
         return dropped
 
+    # --- idempotency keys -------------------------------------------------------------------
+
+    async def reserve_key(self, scope: str, key: str, request_hash: str, new_id: str) -> str:
+        return await self._write(jobs.reserve_key, scope, key, request_hash, new_id)
+
+    async def prune_keys(self, *, before: datetime) -> int:
+        return await self._write(jobs.prune_keys, _cutoff(before))
+
     # --- credentials ------------------------------------------------------------------------
 
     async def set_credential(self, provider: str, credential: Credential) -> None:

@@ -25,6 +25,7 @@ from wingspan.plugins._http import same_origin
 
 from ..app import ServerState, read_body, state
 from ..errors import ApiError
+from ..idempotency import create_once, idempotency_key
 from ..shapes import CreateAgentRequest, Status, UpdateAgentRequest
 
 blueprint = Blueprint("agents", __name__)
@@ -143,6 +144,7 @@ def _keep_redacted(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, 
 @blueprint.post("/agents")
 async def create_agent() -> Any:
     server = state()
+    key = idempotency_key()
     body, fields = await read_body(CreateAgentRequest, what="agent")
     _check_fields(server, fields | {"name"}, name=body.name, tools=body.tools,
                   provider=body.provider, options=body.options, model=body.model,
@@ -158,8 +160,10 @@ async def create_agent() -> Any:
         output_schema=body.output_schema,
         max_steps=body.max_steps if body.max_steps is not None else server.config.max_steps,
     )
-    record = await server.require_store().create_agent(record)
-    return _json(record), 201
+    store = server.require_store()
+    record, status = await create_once(server, "agents", key, body, record,
+                                       store.create_agent, store.get_agent)
+    return _json(record), status
 
 
 @blueprint.get("/agents")

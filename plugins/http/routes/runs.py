@@ -34,6 +34,7 @@ from wingspan.runs import RunFailed, RunHandle, follow
 
 from ..app import ServerState, read_body, state
 from ..errors import ApiError
+from ..idempotency import idempotency_key as _idempotency_key
 from ..runs import STOPPING, STREAM_STOPPED, TIMEOUT, runs_of
 from ..shapes import AbortAnswer, MessageRequest, RunView
 from ..sse import HEADERS, event_stream
@@ -48,17 +49,6 @@ ERROR_STATUS = {"provider_error": 502, "aborted": 409, STOPPING: 503, TIMEOUT: 5
 
 
 # --- admission -------------------------------------------------------------------------------
-
-
-def _idempotency_key() -> str | None:
-    """The ``Idempotency-Key`` header: 1 to 255 visible ASCII characters."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 255 or not all("!" <= c <= "~" for c in key):
-        raise ApiError(400, "Idempotency-Key must be 1 to 255 visible ASCII characters "
-                       "(no spaces)", details=[("Idempotency-Key", "1-255 visible ASCII")])
-    return key
 
 
 async def _admit(

@@ -14,6 +14,7 @@ from wingspan import SessionRecord, new_id, utc_now, wire
 
 from ..app import ServerState, read_body, state
 from ..errors import ApiError
+from ..idempotency import create_once, idempotency_key
 from ..shapes import SessionRequest, SessionSummary, SessionView, Status
 
 blueprint = Blueprint("sessions", __name__)
@@ -56,12 +57,15 @@ async def _view(server: ServerState, record: SessionRecord) -> Any:
 @blueprint.post("/sessions")
 async def create_session() -> Any:
     server = state()
+    key = idempotency_key()
     body, _ = await read_body(SessionRequest, optional=True, what="session")
     work_dir = _check_work_dir(server, body.work_dir) if body.work_dir is not None else None
     record = SessionRecord(id=new_id(), title=body.title or "", work_dir=work_dir)
-    record = await server.require_store().create_session(record)
+    store = server.require_store()
+    record, status = await create_once(server, "sessions", key, body, record,
+                                       store.create_session, store.get_session)
     g.session_id = record.id
-    return await _view(server, record), 201
+    return await _view(server, record), status
 
 
 @blueprint.get("/sessions")

@@ -30,6 +30,7 @@ from wingspan import (
     ToolResultBlock,
     ToolUseBlock,
     Usage,
+    new_id,
     utc_now,
     wire,
 )
@@ -208,7 +209,10 @@ FUZZ_CONFIG: dict[str, Any] = {
                "fuzzing": {"enabled": True}, "stateful": {"enabled": True}},
     "checks": {"enabled": True},
     "request-timeout": 10,
-    "headers": {"Authorization": f"Bearer {TOKEN}"},
+    # As the document's bearer scheme, not as a fixed header: schemathesis takes a configured
+    # header merged into an operation's generated headers (an Idempotency-Key) for generated
+    # credentials, and reports every 2xx answer there as auth the server ignored.
+    "auth": {"openapi": {"bearer": {"bearer": TOKEN}}},
 }
 
 
@@ -271,11 +275,17 @@ schema = schemathesis.openapi.from_dict(
 
 def make_acceptable(case: schemathesis.Case, work_dir: Path) -> None:
     """Give a schema-valid case the values a schema cannot say are acceptable: an existing
-    directory inside the server's root for ``work_dir``, and no options for an agent (each
-    provider checks its own). A negative case is sent as generated."""
+    directory inside the server's root for ``work_dir``, no options for an agent (each
+    provider checks its own), and an Idempotency-Key never sent before (a repeat answers
+    otherwise than the first request did, and the server outlives the examples: replayed,
+    an example would meet the keys it sent, and go another way). A negative case is sent as
+    generated."""
     body = case.body
-    if case.meta is None or not case.meta.generation.mode.is_positive or not isinstance(
-            body, dict):
+    if case.meta is None or not case.meta.generation.mode.is_positive:
+        return
+    if case.headers and "Idempotency-Key" in case.headers:
+        case.headers["Idempotency-Key"] = new_id()
+    if not isinstance(body, dict):
         return
     if isinstance(body.get("work_dir"), str):
         body["work_dir"] = str(work_dir)
