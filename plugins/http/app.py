@@ -128,23 +128,22 @@ async def _prune(store: Store, retention: float) -> None:
     idempotency keys of creations reserved longer ago than that and :data:`KEY_RETENTION`,
     now and then (a tenth of the retention, at most hourly) while the server runs."""
     interval = min(max(retention / 10, 1.0), 3600.0)
-    key_retention = max(KEY_RETENTION, retention)
+    prunes = (
+        ("the event log", store.prune_events, retention,
+         "pruned %d delta and ping events of finished runs"),
+        ("the idempotency keys", store.prune_keys, max(KEY_RETENTION, retention),
+         "forgot %d idempotency keys of creations"),
+    )
     while True:
         now = utc_now()
-        try:
-            pruned = await store.prune_events(before=now - timedelta(seconds=retention))
-        except WingspanError as exc:
-            log.warning("pruning the event log failed: %s", exc)
-        else:
-            if pruned:
-                log.info("pruned %d delta and ping events of finished runs", pruned)
-        try:
-            forgotten = await store.prune_keys(before=now - timedelta(seconds=key_retention))
-        except WingspanError as exc:
-            log.warning("pruning the idempotency keys failed: %s", exc)
-        else:
-            if forgotten:
-                log.info("forgot %d idempotency keys of creations", forgotten)
+        for what, prune, kept_for, done in prunes:
+            try:
+                dropped = await prune(before=now - timedelta(seconds=kept_for))
+            except WingspanError as exc:
+                log.warning("pruning %s failed: %s", what, exc)
+            else:
+                if dropped:
+                    log.info(done, dropped)
         await asyncio.sleep(interval)
 
 
