@@ -105,13 +105,16 @@ class RunControl:
 class EventLog:
     """The loop's writer of one run's events to its session's log: group commit.
 
-    :meth:`add` never waits. The first event is written at once; events that come while a
+    :meth:`add` never waits. The first event is written as soon as the loop gets control
+    (the run awaits something: a model's next token, a tool); events that come while a
     write is in flight go together in the next one, so a fast stream costs few writes and a
     slow one no delay. :meth:`flush` waits until everything added is stored (the loop calls
-    it at the end of each step) and raises what a write raised.
+    it at the end of each step) and raises what a write raised; a step that ends before
+    its first event was written stores all of them with its turn, in one write.
     """
 
-    __slots__ = ("_failure", "_pending", "_run_id", "_session_id", "_store", "_writer")
+    __slots__ = ("_failure", "_kick", "_pending", "_run_id", "_session_id", "_store",
+                 "_writer")
 
     def __init__(self, store: Store, session_id: str, run_id: str) -> None:
         self._store = store
@@ -119,11 +122,18 @@ class EventLog:
         self._run_id = run_id
         self._pending: list[LogEvent] = []
         self._writer: asyncio.Task[None] | None = None
+        #: The write scheduled for the events added since the last one, not started yet.
+        self._kick: asyncio.Handle | None = None
         self._failure: BaseException | None = None
 
     def add(self, event: LogEvent) -> None:
         self._pending.append(event)
-        if self._writer is None and self._failure is None:
+        if self._kick is None and self._writer is None and self._failure is None:
+            self._kick = asyncio.get_running_loop().call_soon(self._start_write)
+
+    def _start_write(self) -> None:
+        self._kick = None
+        if self._pending and self._writer is None and self._failure is None:
             self._writer = asyncio.ensure_future(self._write())
 
     async def _write(self) -> None:
@@ -146,6 +156,9 @@ class EventLog:
         :raises CancelledError: only once everything is stored (the flush is shielded), so
             a cancelled caller knows the messages are in the store.
         """
+        if self._kick is not None:  # the events not written yet go with the messages
+            self._kick.cancel()
+            self._kick = None
         await shielded(self._flush(messages))
 
     async def _flush(self, messages: Sequence[Message]) -> None:
@@ -167,6 +180,9 @@ class EventLog:
     async def close(self) -> list[LogEvent]:
         """Stop writing: wait for the write in flight, and give back what is not stored
         (for the run's last, atomic write, :meth:`Store.finish_run`). Never raises."""
+        if self._kick is not None:
+            self._kick.cancel()
+            self._kick = None
         with contextlib.suppress(BaseException):
             while self._writer is not None:
                 await asyncio.shield(self._writer)
