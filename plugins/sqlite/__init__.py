@@ -8,9 +8,14 @@ transactions in WAL mode, runs on a session are serialised by a lease table (in 
 were admitted), and each session's events are a log numbered in the transaction that appends
 them.
 
-No database call runs on the event loop. Each store has two threads, each with its own
-connection: a writer that commits whatever has queued up in one transaction (group commit,
-one savepoint per call so a failing call undoes only itself), and a reader.
+Each store has two threads, each with its own connection: a writer that commits whatever
+has queued up in one transaction (group commit; a failing call is run again on its own, so
+that it undoes only itself), and a reader. The short calls a run makes at every step (an
+append, a run's start and end, a claim, a record read) run on the event loop instead when the
+thread is idle and the write lock is free at once: a thread hop costs several times such a
+call. Nothing waits on the event loop: a lock held by another connection sends the call to
+the thread, which waits for it; the write-ahead log is checkpointed in the thread; and
+``synchronous=full`` (an fsync per commit) or ``inline=off`` keeps every call in the threads.
 
 With a secret key (the store setting ``secret_key``, else ``$WINGSPAN_SECRET_KEY``) credential
 keys are encrypted at rest with AES-256-GCM; see ``docs/store.md``.
@@ -98,6 +103,14 @@ def parse_url(url: str, settings: Mapping[str, Any] | None = None) -> tuple[Path
                     f"SQLite store option synchronous is normal or full, got {value!r}"
                 )
             values[name] = str(value).lower()
+            continue
+        if name == "inline":
+            words = {"1": True, "true": True, "on": True, "0": False, "false": False,
+                     "off": False}
+            flag = value if isinstance(value, bool) else words.get(str(value).lower())
+            if flag is None:
+                raise ConfigError(f"SQLite store option inline is on or off, got {value!r}")
+            values[name] = flag
             continue
         try:
             number = float(value)

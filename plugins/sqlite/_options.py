@@ -16,9 +16,12 @@ class Options:
         history reads only its new rows (0: none).
     :ivar synchronous: ``"normal"`` (a commit survives the process being killed; the last
         ones may be lost if the machine loses power) or ``"full"`` (an fsync per commit).
+    :ivar inline: run the short calls of a run's steps on the event loop when the store's
+        thread is idle and the write lock free (``False``: always in the threads).
     """
 
     timeout: float = 5.0
     lease_ttl: float = 30.0
     cache_messages: int = 20_000
     synchronous: str = "normal"
+    inline: bool = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,7 +141,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 
 def store_error(exc: sqlite3.Error, path: Path, timeout: float) -> StoreError:
     name: str = getattr(exc, "sqlite_errorname", "")
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc):
+    if is_busy(exc):
         return StoreError(
             f"the database {path} stayed locked by another connection for more than "
             f"{timeout:g} s; try again, or allow longer with ?timeout=SECONDS"
@@ -171,7 +172,10 @@ def create_file(path: Path) -> None:
 
 
 def connect(path: Path, options: Options, *, read_only: bool) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=options.timeout, isolation_level=None)
+    # Used by its worker's thread, and by the event loop's when the worker lends it (under
+    # the worker's lock: never by two threads at once).
+    connection = sqlite3.connect(path, timeout=options.timeout, isolation_level=None,
+                                 check_same_thread=False)
     try:
         if read_only:
             connection.execute("PRAGMA query_only = ON")
@@ -187,6 +191,32 @@ def connect(path: Path, options: Options, *, read_only: bool) -> sqlite3.Connect
         connection.close()
         raise
     return connection
+
+
+def begin_immediate(connection: sqlite3.Connection, timeout: float) -> None:
+    """``BEGIN IMMEDIATE``, waiting up to ``timeout`` seconds for another connection's write
+    lock. The writer's connection has no busy handler (``busy_timeout`` 0), so that a write
+    tried on the event loop never waits; its thread waits here instead.
+
+    :raises sqlite3.OperationalError: "database is locked" once ``timeout`` has passed.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says another connection holds a lock."""
+    name: str = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc)
 
 
 def truncate_wal(connection: sqlite3.Connection) -> None:

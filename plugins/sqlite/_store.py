@@ -41,7 +41,7 @@ from . import _jobs as jobs
 from . import _leases as leases
 from . import _runs as runs
 from ._options import Options
-from ._schema import connect, create_file, migrate, store_error, truncate_wal
+from ._schema import begin_immediate, connect, create_file, migrate, store_error, truncate_wal
 from ._secrets import Cipher, check_format, no_key_error
 from ._watch import LogWatch
 from ._worker import Tx, Worker, notify
@@ -102,7 +102,11 @@ class SqliteStore:
             before_write=self._write_unreleased,
             idle=self._renew,
             idle_interval=options.lease_ttl / 3,
+            wal=path.with_name(path.name + "-wal"),
+            timeout=options.timeout,
         )
+        # A commit that syncs to disk (synchronous=full) takes milliseconds: never inline.
+        self._inline = options.inline and options.synchronous == "normal"
         self._reader = Worker(
             f"wingspan-sqlite-reader {path}",
             lambda: connect(path, options, read_only=True),
@@ -154,6 +158,10 @@ class SqliteStore:
     async def _call(self, worker: Worker, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise StoreError(f"the SQLite store {self.path} is closed")
+        if self._inline and fn in _SHORT and (worker is self._reader or not self._unreleased):
+            ran, value = worker.run_inline(fn, args)
+            if ran:
+                return typing.cast(T, value)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         worker.submit((fn, args, loop, future))
@@ -321,7 +329,7 @@ class SqliteStore:
         if not self._unreleased:
             return
         tx = Tx(connection)
-        connection.execute("BEGIN IMMEDIATE")
+        begin_immediate(connection, self._timeout)
         try:
             released = leases.release_unreleased(tx, self._cache, self._unreleased, self._me)
             connection.execute("COMMIT")
@@ -340,7 +348,7 @@ class SqliteStore:
             self._write_unreleased(connection)
         if connection.in_transaction:  # see Worker._begin
             connection.execute("ROLLBACK")
-        connection.execute("BEGIN IMMEDIATE")
+        begin_immediate(connection, self._timeout)
         try:
             leases.renew(Tx(connection), self._me, self._unreleased.snapshot().keys())
             connection.execute("COMMIT")
@@ -501,3 +509,13 @@ def _append_both(
     """:meth:`SqliteStore.append_events`' job with messages: both in one transaction."""
     jobs.append(tx, cache, session_id, messages)
     return eventlog.append_events(tx, watch, session_id, run_id, events)
+
+
+#: The jobs short enough to run on the event loop when the worker is idle (see
+#: :meth:`Worker.run_inline`): those of every run's steps and of a request's lookups. Each
+#: touches one session or record; none loads a history or a log.
+_SHORT = frozenset({
+    jobs.insert, jobs.append, jobs.select_body, jobs.select_session, jobs.save_run,
+    jobs.reserve_key, runs.admit, runs.start, eventlog.append_events, eventlog.last_seq,
+    leases.claim, leases.release, leases.claim_state, _finish_and_release, _append_both,
+})

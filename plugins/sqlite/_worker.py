@@ -9,12 +9,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import wingspan
 from wingspan import StoreError
 
-from ._schema import truncate_wal
+from ._schema import begin_immediate, truncate_wal
 
 #: The most jobs committed in one transaction.
 MAX_BATCH = 64
@@ -40,6 +41,12 @@ Job: TypeAlias = tuple[
 ]
 #: Put in place of a job when the queue stayed empty for the idle interval.
 IDLE: Any = object()
+#: Put in the queue to have the writer checkpoint the write-ahead log.
+CHECKPOINT: Any = object()
+#: Commits between two checkpoints of the write-ahead log by the writer's thread (SQLite
+#: checkpoints after 1000 pages by itself, but in whichever commit passes them: it could be
+#: one on the event loop).
+CHECKPOINT_EVERY = 500
 
 
 class Worker:
@@ -49,6 +56,11 @@ class Worker:
     reader runs jobs one by one in autocommit mode. ``before_write`` runs in the thread before
     each write transaction, ``idle`` whenever ``idle_interval`` seconds have passed since it
     last ran; both are best effort (a database error they raise is dropped).
+
+    :meth:`run_inline` runs a short job on the caller's thread instead, when nothing is
+    queued, the connection is free and (for a writer) the write lock is free at once: a
+    thread hop costs several times such a job. A writer given ``wal`` (the path of the
+    write-ahead log) checkpoints it itself, in its thread, so that no inline commit does.
     """
 
     def __init__(
@@ -61,6 +73,8 @@ class Worker:
         before_write: Callable[[sqlite3.Connection], None] | None = None,
         idle: Callable[[sqlite3.Connection], None] | None = None,
         idle_interval: float = 3600.0,
+        wal: Path | None = None,
+        timeout: float = 5.0,
     ) -> None:
         self._open = open_connection
         self._error = error
@@ -69,6 +83,16 @@ class Worker:
         self._idle = idle
         self._idle_interval = idle_interval
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._wal = wal
+        #: Seconds a write waits for another connection's write lock.
+        self._timeout = timeout
+        #: Held while the connection is in use, by the thread or by :meth:`run_inline`.
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        #: Commits since the last checkpoint (inline ones included).
+        self._commits = 0
+        #: Results of the jobs just run, for :meth:`_deliver` (the thread's alone).
+        self._outbox: list[tuple[asyncio.AbstractEventLoop, list[Result]]] = []
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._started: asyncio.Future[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
@@ -104,10 +128,17 @@ class Worker:
                 notify(loop, [(self._started, None, exc)])
                 return
             try:
+                if self._writer:
+                    connection.execute("PRAGMA busy_timeout = 0")  # see begin_immediate
+                    if self._wal is not None:
+                        connection.execute("PRAGMA wal_autocheckpoint = 0")  # see _checkpoint
+                self._connection = connection
                 notify(loop, [(self._started, None, None)])
                 self._serve(connection)
             finally:
-                connection.close()
+                with self._lock:
+                    self._connection = None
+                    connection.close()
         finally:
             notify(loop, [(self._stopped, None, None)])
 
@@ -121,8 +152,13 @@ class Worker:
                 job = IDLE
             if job is None:
                 return
-            if job is not IDLE and not self._writer:
-                self._run(connection, job)
+            if job is CHECKPOINT:
+                with self._lock:
+                    self._checkpoint(connection)
+            elif job is not IDLE and not self._writer:
+                with self._lock:
+                    self._run(connection, job)
+                self._deliver()
             elif job is not IDLE:
                 batch = [job]
                 while len(batch) < MAX_BATCH:
@@ -134,11 +170,78 @@ class Worker:
                         jobs.put(None)  # stop after this batch
                         break
                     batch.append(more)
-                self._commit(connection, batch)
+                with self._lock:
+                    self._commit(connection, batch)
+                self._deliver()
+                self._commits += 1
+                if self._wal is not None and self._commits >= CHECKPOINT_EVERY:
+                    with self._lock:
+                        self._checkpoint(connection)
             if self._idle is not None and time.monotonic() >= next_idle:
                 next_idle = time.monotonic() + self._idle_interval
-                with contextlib.suppress(sqlite3.Error, wingspan.WingspanError):
+                with self._lock, contextlib.suppress(sqlite3.Error, wingspan.WingspanError):
                     self._idle(connection)
+
+    def run_inline(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
+        """Run the job ``fn(tx, *args)`` here, now, if the worker is idle: nothing queued,
+        the connection free, and for a writer the database's write lock free at once (no
+        wait: a lock held by another connection sends the job to the thread, which waits
+        for it). :returns: whether it ran, and its value.
+
+        :raises StoreError: what the job's transaction raised (the worker's error mapping).
+        """
+        connection = self._connection
+        if connection is None or not self._jobs.empty() or not self._lock.acquire(False):
+            return False, None
+        try:
+            if connection is not self._connection:  # closed meanwhile
+                return False, None
+            if not self._writer:
+                try:
+                    return True, fn(Tx(connection), *args)
+                except sqlite3.Error as exc:
+                    raise self._error(exc) from None
+            return self._commit_inline(connection, fn, args)
+        finally:
+            self._lock.release()
+
+    def _commit_inline(
+        self, connection: sqlite3.Connection, fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> tuple[bool, Any]:
+        if connection.in_transaction:
+            return False, None  # a failure left it open: the thread ends it (_begin)
+        try:
+            connection.execute("BEGIN IMMEDIATE")  # no busy handler: it never waits here
+        except sqlite3.OperationalError:
+            return False, None  # the write lock is taken: the thread waits its turn
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+        tx = Tx(connection)
+        try:
+            value = fn(tx, *args)
+            connection.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(exc) from None
+            raise
+        if tx.truncate_wal:
+            with contextlib.suppress(sqlite3.Error):
+                truncate_wal(connection)
+        for effect in tx.effects:
+            effect()
+        self._commits += 1
+        if self._wal is not None and self._commits == CHECKPOINT_EVERY:
+            self._jobs.put(CHECKPOINT)
+        return True, value
+
+    def _checkpoint(self, connection: sqlite3.Connection) -> None:
+        """Copy the write-ahead log into the database (best effort: a reader in the way
+        leaves the rest for the next time)."""
+        self._commits = 0
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _run(self, connection: sqlite3.Connection, job: Job) -> None:
         fn, args, loop, future = job
@@ -150,7 +253,7 @@ class Worker:
             error = self._error(exc)
         except Exception as exc:
             error = exc
-        notify(loop, [(future, value, error)])
+        self._outbox.append((loop, [(future, value, error)]))
 
     def _commit(self, connection: sqlite3.Connection, batch: list[Job]) -> None:
         """Run ``batch`` in one transaction. Jobs rarely fail, so there is no savepoint per
@@ -199,11 +302,10 @@ class Worker:
             # batch, which says for itself whether the database can be written.
             with contextlib.suppress(sqlite3.Error, wingspan.WingspanError):
                 self._before_write(connection)
-        connection.execute("BEGIN IMMEDIATE")
+        begin_immediate(connection, self._timeout)
 
-    @staticmethod
     def _settle(
-        batch: list[Job], txs: list[Tx], values: list[Any] | None, error: Exception | None
+        self, batch: list[Job], txs: list[Tx], values: list[Any] | None, error: Exception | None
     ) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
         for position, (_, _, loop, future) in enumerate(batch):
@@ -214,7 +316,13 @@ class Worker:
                     effect()
                 settled = (future, values[position], None)
             by_loop.setdefault(loop, []).append(settled)
-        for loop, results in by_loop.items():
+        self._outbox.extend(by_loop.items())
+
+    def _deliver(self) -> None:
+        """Hand the results of the jobs run to their loops: once the connection is free
+        again, so that the callers' next calls find it free (and may run inline)."""
+        outbox, self._outbox = self._outbox, []
+        for loop, results in outbox:
             notify(loop, results)
 
 

@@ -519,43 +519,135 @@ async def test_data_survives_reopening(tmp_path: Path) -> None:
         await store.close()
 
 
-# --- the event loop stays free -----------------------------------------------------------
+# --- the event loop never waits on the database -------------------------------------------
+
+DATABASE = (sqlite3.Connection, sqlite3.Cursor, sqlite3.Blob)
 
 
-async def test_no_database_call_runs_on_the_event_loop_under_a_write_heavy_load(
-    store: wingspan.Store,
-) -> None:
-    """Every SQLite call of a busy store runs in its threads, none on the event loop (how
-    late the loop runs meanwhile is measured by ``bench/store.py``, not asserted here)."""
-    on_the_loop: list[str] = []
-    database = (sqlite3.Connection, sqlite3.Cursor, sqlite3.Blob)
+class LoopWatch:
+    """Records the SQLite calls made on this thread (the event loop's, not the store's)."""
 
-    def watch(frame: FrameType, event: str, arg: Any) -> None:
-        if event == "c_call" and isinstance(getattr(arg, "__self__", None), database):
-            on_the_loop.append(arg.__qualname__)
+    def __init__(self) -> None:
+        self.calls: list[str] = []
 
-    async def writer(n: int) -> list[str]:
-        session_id = f"s{n}"
-        await store.create_session(SessionRecord(id=session_id))
-        for i in range(150):
-            count = await store.append_messages(session_id, [text("user", f"{i} " + "x" * 2000)])
-            assert count == i + 1
-            if i % 50 == 49:
-                loaded = await store.load_messages(session_id)
-                assert [m.text.split()[0] for m in loaded] == [str(k) for k in range(i + 1)]
-        return [m.text.split()[0] for m in await store.load_messages(session_id)]
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
+        if event == "c_call" and isinstance(getattr(arg, "__self__", None), DATABASE):
+            self.calls.append(arg.__qualname__)
 
-    previous = sys.getprofile()
-    sys.setprofile(watch)  # this thread only: the event loop's, not the store's threads
-    try:
-        # The watch sees a call made here (else an empty list below would prove nothing).
+    def __enter__(self) -> LoopWatch:
+        self._previous = sys.getprofile()
+        sys.setprofile(self)
+        # The watch sees a call made here (else an empty list would prove nothing).
         probe = sqlite3.connect(":memory:")
         probe.execute("SELECT 1").fetchall()
         probe.close()
-        assert on_the_loop == ["Connection.execute", "Cursor.fetchall", "Connection.close"]
-        on_the_loop.clear()
-        histories = await asyncio.wait_for(asyncio.gather(*(writer(n) for n in range(8))), 60)
+        assert self.calls == ["Connection.execute", "Cursor.fetchall", "Connection.close"]
+        self.calls.clear()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.setprofile(self._previous)
+
+
+async def write_heavily(store: wingspan.Store, n: int) -> list[str]:
+    session_id = f"s{n}"
+    await store.create_session(SessionRecord(id=session_id))
+    for i in range(150):
+        count = await store.append_messages(session_id, [text("user", f"{i} " + "x" * 2000)])
+        assert count == i + 1
+        if i % 50 == 49:
+            loaded = await store.load_messages(session_id)
+            assert [m.text.split()[0] for m in loaded] == [str(k) for k in range(i + 1)]
+    return [m.text.split()[0] for m in await store.load_messages(session_id)]
+
+
+async def test_with_inline_off_no_database_call_runs_on_the_event_loop(tmp_path: Path) -> None:
+    """``inline=off``: every SQLite call of a busy store runs in its threads (how late the
+    loop runs meanwhile is measured by ``bench/store.py``, not asserted here)."""
+    store = await open_sqlite(f"sqlite://{tmp_path}/store.db?inline=off")
+    try:
+        with LoopWatch() as watch:
+            histories = await asyncio.wait_for(
+                asyncio.gather(*(write_heavily(store, n) for n in range(8))), 60)
+        assert watch.calls == []
+        assert histories == [[str(i) for i in range(150)]] * 8
     finally:
-        sys.setprofile(previous)
-    assert on_the_loop == []
+        await store.close()
+
+
+async def test_short_calls_run_inline_and_loads_never_do(store: wingspan.Store) -> None:
+    """By default an append on an idle store is committed on the event loop (no thread
+    hop), while loading a history or reading a log, however long, stays in the threads."""
+    await store.create_session(SessionRecord(id="s"))
+    with LoopWatch() as watch:
+        await store.append_messages("s", [text("user", "hi")])
+    assert "Connection.execute" in watch.calls  # the fast path is taken
+    with LoopWatch() as watch:
+        assert [m.text for m in await store.load_messages("s")] == ["hi"]
+        await store.read_events("s")
+    assert watch.calls == []
+    # Under load (writes queue up in the writer), every history still comes out whole.
+    histories = await asyncio.wait_for(
+        asyncio.gather(*(write_heavily(store, n) for n in range(8))), 60)
     assert histories == [[str(i) for i in range(150)]] * 8
+
+
+async def test_a_write_lock_held_elsewhere_is_waited_for_in_the_thread(
+    store: wingspan.Store, tmp_path: Path,
+) -> None:
+    """The fast path never waits for a lock: while another connection holds the write
+    lock, the event loop keeps running, and the write is committed once the lock is free."""
+    await store.create_session(SessionRecord(id="s"))
+    other = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        append = asyncio.ensure_future(store.append_messages("s", [text("user", "later")]))
+        await asyncio.sleep(0.5)
+        assert not append.done()
+        assert ticks >= 10  # the loop was not blocked by the waiting write
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(append, 10) == 1
+        ticker.cancel()
+    finally:
+        other.close()
+    assert [m.text for m in await store.load_messages("s")] == ["later"]
+    # ...and the next write, the lock free again, takes the fast path once more.
+    with LoopWatch() as watch:
+        assert await store.append_messages("s", [text("user", "now")]) == 2
+    assert "Connection.execute" in watch.calls
+
+
+async def test_the_write_ahead_log_is_checkpointed_by_the_writer(tmp_path: Path) -> None:
+    """No commit on the event loop checkpoints (the writer connection's autocheckpoint is
+    off); the writer's thread does, every so many commits, so the log does not grow
+    without bound."""
+    from wingspan.plugins.sqlite._worker import CHECKPOINT_EVERY
+
+    store = await open_sqlite(f"sqlite://{tmp_path}/store.db")
+    try:
+        await store.create_session(SessionRecord(id="s"))
+        for i in range(CHECKPOINT_EVERY * 3):
+            await store.append_messages("s", [text("user", f"{i} " + "x" * 3000)])
+        await asyncio.sleep(0.2)  # the checkpoint queued last runs in the thread
+        probe = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+        try:
+            # A checkpoint that finds nothing left to copy: the writer copied it already.
+            busy, frames, _copied = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            probe.close()
+        assert busy == 0
+        # Without the writer's checkpoints the log would hold every commit since the start
+        # (over 3 x CHECKPOINT_EVERY frames); with them, at most the last stretch.
+        assert frames < 2 * CHECKPOINT_EVERY * 2
+        assert len(await store.load_messages("s")) == CHECKPOINT_EVERY * 3
+    finally:
+        await store.close()
