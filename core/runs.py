@@ -131,6 +131,11 @@ class EventLog:
         if self._kick is None and self._writer is None and self._failure is None:
             self._kick = asyncio.get_running_loop().call_soon(self._start_write)
 
+    def _cancel_kick(self) -> None:
+        if self._kick is not None:
+            self._kick.cancel()
+            self._kick = None
+
     def _start_write(self) -> None:
         self._kick = None
         if self._pending and self._writer is None and self._failure is None:
@@ -156,9 +161,7 @@ class EventLog:
         :raises CancelledError: only once everything is stored (the flush is shielded), so
             a cancelled caller knows the messages are in the store.
         """
-        if self._kick is not None:  # the events not written yet go with the messages
-            self._kick.cancel()
-            self._kick = None
+        self._cancel_kick()  # the events not written yet go with the messages
         await shielded(self._flush(messages))
 
     async def _flush(self, messages: Sequence[Message]) -> None:
@@ -180,9 +183,7 @@ class EventLog:
     async def close(self) -> list[LogEvent]:
         """Stop writing: wait for the write in flight, and give back what is not stored
         (for the run's last, atomic write, :meth:`Store.finish_run`). Never raises."""
-        if self._kick is not None:
-            self._kick.cancel()
-            self._kick = None
+        self._cancel_kick()
         with contextlib.suppress(BaseException):
             while self._writer is not None:
                 await asyncio.shield(self._writer)

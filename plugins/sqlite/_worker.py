@@ -172,11 +172,9 @@ class Worker:
                     batch.append(more)
                 with self._lock:
                     self._commit(connection, batch)
-                self._deliver()
-                self._commits += 1
-                if self._wal is not None and self._commits >= CHECKPOINT_EVERY:
-                    with self._lock:
+                    if self._committed():
                         self._checkpoint(connection)
+                self._deliver()
             if self._idle is not None and time.monotonic() >= next_idle:
                 next_idle = time.monotonic() + self._idle_interval
                 with self._lock, contextlib.suppress(sqlite3.Error, wingspan.WingspanError):
@@ -231,10 +229,15 @@ class Worker:
                 truncate_wal(connection)
         for effect in tx.effects:
             effect()
-        self._commits += 1
-        if self._wal is not None and self._commits == CHECKPOINT_EVERY:
-            self._jobs.put(CHECKPOINT)
+        if self._committed():
+            self._jobs.put(CHECKPOINT)  # in the thread, not here
         return True, value
+
+    def _committed(self) -> bool:
+        """Count a commit (the lock held); :returns: whether the log is due a checkpoint
+        now (once per :data:`CHECKPOINT_EVERY` commits)."""
+        self._commits += 1
+        return self._wal is not None and self._commits == CHECKPOINT_EVERY
 
     def _checkpoint(self, connection: sqlite3.Connection) -> None:
         """Copy the write-ahead log into the database (best effort: a reader in the way
