@@ -93,13 +93,17 @@ async def shielded(coro: Any) -> Any:
 
 
 class RunControl:
-    """What the owner of a run tells its loop: why it cancelled it (the terminal error's
-    code and message, e.g. a server's ``timeout``), set just before cancelling."""
+    """What the owner of a run and its loop tell each other: why the owner cancelled it
+    (the terminal error's code and message, e.g. a server's ``timeout``), set just before
+    cancelling, and whether the loop is ending already (its clean-up has begun: the run
+    records its own end, and a cancel then would only turn a completed run's result into
+    an abort)."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("ending", "reason")
 
     def __init__(self) -> None:
         self.reason: ErrorInfo | None = None
+        self.ending = False
 
 
 class EventLog:
@@ -368,6 +372,9 @@ class RunHandle:
         :raises ConflictError: when it has already finished.
         """
         if self.task is not None:
+            if self.control.ending:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(self.task)  # it is recording its own end
             if self.task.done():
                 raise ConflictError(f"run {self.id} has already finished")
             self.control.reason = reason
@@ -456,7 +463,7 @@ async def watch_for_abort(store: Store, run_id: str, task: asyncio.Task[Result],
                           control: RunControl) -> None:
     """Until ``task`` ends: cancel it when another process asks the store to abort the run
     (or the store finished it meanwhile, e.g. aborted while it waited its turn)."""
-    while not task.done():
+    while not task.done() and not control.ending:
         await asyncio.sleep(ABORT_POLL)
         try:
             run = await store.get_run(run_id)
@@ -465,7 +472,7 @@ async def watch_for_abort(store: Store, run_id: str, task: asyncio.Task[Result],
         except WingspanError:
             continue
         if run is None or run.abort_requested or run.status in FINISHED_STATUSES:
-            if not task.done():
+            if not task.done() and not control.ending:  # not its own end, recorded
                 control.reason = control.reason or ABORTED
                 task.cancel()
             return

@@ -333,6 +333,7 @@ class Session:
             try:
                 run_record = await self._begin(store, admission, message)
             except BaseException as exc:
+                control.ending = True
                 await shielded(_abandon(store, admission.run, _reason(control, exc)))
                 raise
             event_log = EventLog(store, self.id, run_id)
@@ -404,6 +405,7 @@ class Session:
                 failure = exc
                 raise
             finally:
+                control.ending = True
                 done = state.done()
                 # Whatever ended the run, and whatever fails meanwhile (invariant 7): a
                 # history the next run accepts, the run recorded, the claim released.

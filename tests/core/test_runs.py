@@ -294,3 +294,15 @@ async def test_a_run_replay_across_another_runs_admission_is_no_resync(
     assert replay[0].seq > queued
     assert all(type(entry.event) is not Resync for entry in replay)
     assert replay == await store.read_events(session.id, after=before, run_id=first.id)
+
+
+async def test_a_run_that_completed_is_never_taken_for_an_aborted_one(
+        runtime: wingspan.Runtime, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The abort watcher reads the run's record while the run is ending: the ``completed``
+    the run just stored is not an abort (a blocking request got 409 when a poll came then)."""
+    monkeypatch.setattr(wingspan.runs, "ABORT_POLL", 0)  # a poll on every turn of the loop
+    session = Session(agent=agent_for(runtime, ["done"]), store=store, runtime=runtime)
+    for message in ("one", "two", "three"):
+        handle = await session.start(message)
+        assert (await asyncio.wait_for(handle.result(), WAIT)).response == "done"
+        assert (await store.get_run(handle.id)).status == "completed"
