@@ -158,9 +158,10 @@ class SqliteStore:
     async def _call(self, worker: Worker, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise StoreError(f"the SQLite store {self.path} is closed")
-        if self._inline and fn in _SHORT and (worker is self._reader or not self._unreleased):
-            ran, value = worker.run_inline(fn, args)
-            if ran:
+        short = _SHORT.get(fn) if self._inline else None
+        if short is not None and (worker is self._reader or not self._unreleased):
+            ran, value = worker.run_inline(short, args)
+            if ran and value is not jobs.LONG:
                 return typing.cast(T, value)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -512,10 +513,16 @@ def _append_both(
 
 
 #: The jobs short enough to run on the event loop when the worker is idle (see
-#: :meth:`Worker.run_inline`): those of every run's steps and of a request's lookups. Each
-#: touches one session or record; none loads a history or a log.
-_SHORT = frozenset({
-    jobs.insert, jobs.append, jobs.select_body, jobs.select_session, jobs.save_run,
-    jobs.reserve_key, runs.admit, runs.start, eventlog.append_events, eventlog.last_seq,
-    leases.claim, leases.release, leases.claim_state, _finish_and_release, _append_both,
-})
+#: :meth:`Worker.run_inline`): those of every run's steps and of a request's lookups, each
+#: touching one session or record, and loads of histories with few rows not yet cached
+#: (most runs': a thread hop costs more than decoding a few dozen messages). Each maps to
+#: what runs inline: the job itself, or a variant that answers :data:`jobs.LONG` when the
+#: work is too long for the event loop, so that the thread does it.
+_SHORT: dict[Callable[..., Any], Callable[..., Any]] = {
+    job: job for job in (
+        jobs.insert, jobs.append, jobs.select_body, jobs.select_session, jobs.save_run,
+        jobs.reserve_key, runs.admit, runs.start, eventlog.append_events, eventlog.last_seq,
+        leases.claim, leases.release, leases.claim_state, _finish_and_release, _append_both,
+    )
+}
+_SHORT[jobs.load] = jobs.load_recent

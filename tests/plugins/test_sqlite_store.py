@@ -575,17 +575,38 @@ async def test_with_inline_off_no_database_call_runs_on_the_event_loop(tmp_path:
         await store.close()
 
 
-async def test_short_calls_run_inline_and_loads_never_do(store: wingspan.Store) -> None:
+async def test_short_calls_run_inline_and_long_loads_never_do(
+    store: wingspan.Store, tmp_path: Path,
+) -> None:
     """By default an append on an idle store is committed on the event loop (no thread
-    hop), while loading a history or reading a log, however long, stays in the threads."""
+    hop), and so is the load of a history with few rows to decode; a long history not
+    yet decoded by this store, and a log, are read in the threads."""
+    from wingspan.plugins.sqlite._jobs import RECENT_ROWS
+
     await store.create_session(SessionRecord(id="s"))
     with LoopWatch() as watch:
         await store.append_messages("s", [text("user", "hi")])
     assert "Connection.execute" in watch.calls  # the fast path is taken
     with LoopWatch() as watch:
         assert [m.text for m in await store.load_messages("s")] == ["hi"]
+    assert "Connection.execute" in watch.calls
+    with LoopWatch() as watch:
         await store.read_events("s")
     assert watch.calls == []
+    long = [text("user", str(i)) for i in range(RECENT_ROWS + 1)]
+    await store.create_session(SessionRecord(id="long"))
+    await store.append_messages("long", long)
+    fresh = await open_sqlite(f"sqlite://{tmp_path}/store.db")  # nothing decoded yet
+    try:
+        with LoopWatch() as watch:
+            assert await fresh.load_messages("long") == long
+        assert "Cursor.fetchall" not in watch.calls  # counted on the loop, read in the thread
+        await fresh.append_messages("long", [text("user", "one more")])
+        with LoopWatch() as watch:  # decoded now: only the new row is left to read
+            assert (await fresh.load_messages("long"))[-1].text == "one more"
+        assert "Connection.execute" in watch.calls
+    finally:
+        await fresh.close()
     # Under load (writes queue up in the writer), every history still comes out whole.
     histories = await asyncio.wait_for(
         asyncio.gather(*(write_heavily(store, n) for n in range(8))), 60)
