@@ -37,6 +37,7 @@ __all__ = [
     "make_converter",
     "register_tagged",
     "structure",
+    "structure_messages",
     "unstructure",
 ]
 
@@ -262,6 +263,22 @@ _TOOL_USE_KEYS = frozenset({"type", "id", "name", "input"})
 _TOOL_RESULT_KEYS = frozenset({"type", "tool_use_id", "content", "is_error"})
 
 
+def _setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """The slot setter of field ``name`` of frozen, slotted ``cls``: for values already
+    checked and in their final types (no converter or validator to run), setting the
+    slots directly costs half of ``cls(...)``, which counts on a history's load."""
+    setter: Callable[[Any, Any], None] = cls.__dict__[name].__set__
+    return setter
+
+
+_new = object.__new__
+_TEXT = _setter(t.TextBlock, "text")
+_USE_ID, _USE_NAME, _USE_INPUT = (_setter(t.ToolUseBlock, n) for n in ("id", "name", "input"))
+_RESULT_ID, _RESULT_CONTENT, _RESULT_ERROR = (
+    _setter(t.ToolResultBlock, n) for n in ("tool_use_id", "content", "is_error"))
+_ROLE, _CONTENT = _setter(t.Message, "role"), _setter(t.Message, "content")
+
+
 def _message_fast(value: Any) -> t.Message:
     """Build a message from well-formed JSON with direct checks, as strict as the general
     path; anything unusual is left to it. Histories are loaded a message at a time, so this
@@ -283,23 +300,34 @@ def _message_fast(value: Any) -> t.Message:
             text = block.get("text")
             if type(text) is not str or block.keys() != _TEXT_KEYS:
                 raise _NotFast
-            blocks.append(t.TextBlock(text=text))
+            built: t.ContentBlock = _new(t.TextBlock)
+            _TEXT(built, text)
         elif kind == "tool_use":
             id_, name, input_ = block.get("id"), block.get("name"), block.get("input")
             if (type(id_) is not str or type(name) is not str or type(input_) is not dict
                     or block.keys() != _TOOL_USE_KEYS):
                 raise _NotFast
-            blocks.append(t.ToolUseBlock(id=id_, name=name, input=input_))
+            built = _new(t.ToolUseBlock)
+            _USE_ID(built, id_)
+            _USE_NAME(built, name)
+            _USE_INPUT(built, input_)
         elif kind == "tool_result":
             use_id, text = block.get("tool_use_id"), block.get("content")
             is_error = block.get("is_error", False)
             if (type(use_id) is not str or type(text) is not str or type(is_error) is not bool
                     or not block.keys() <= _TOOL_RESULT_KEYS or len(block) < 3):
                 raise _NotFast
-            blocks.append(t.ToolResultBlock(tool_use_id=use_id, content=text, is_error=is_error))
+            built = _new(t.ToolResultBlock)
+            _RESULT_ID(built, use_id)
+            _RESULT_CONTENT(built, text)
+            _RESULT_ERROR(built, is_error)
         else:
             raise _NotFast
-    return t.Message(role=role, content=tuple(blocks))  # type: ignore[arg-type]
+        blocks.append(built)
+    message = _new(t.Message)
+    _ROLE(message, role)
+    _CONTENT(message, tuple(blocks))
+    return message
 
 
 def _register_fast_message(converter: cattrs.Converter) -> None:
@@ -407,6 +435,24 @@ def structure(
         shown = "; ".join(f"{field}: {reason}" for field, reason in details)
         name = what or getattr(cls, "__name__", str(cls))
         raise ValidationError(f"invalid {name}: {shown}", details) from None
+
+
+def structure_messages(values: list[Any]) -> list[t.Message]:
+    """Messages from JSON data (a history's rows), each exactly as :func:`structure` would
+    build it or fail: the direct decoder of the stored shapes, every value it does not take
+    left to the strict converter.
+
+    :raises ValidationError: for the first value that is not a message.
+    """
+    fast = _message_fast
+    messages: list[t.Message] = []
+    append = messages.append
+    for value in values:
+        try:
+            append(fast(value))
+        except _NotFast:
+            append(structure(value, t.Message))
+    return messages
 
 
 def unstructure(obj: Any, converter: cattrs.Converter | None = None) -> Any:

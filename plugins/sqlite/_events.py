@@ -27,7 +27,7 @@ from wingspan import (
     wire,
 )
 
-from ._jobs import returning, session_pk, yielding
+from ._jobs import LONG, returning, session_pk, yielding
 from ._worker import Tx
 
 if TYPE_CHECKING:
@@ -130,13 +130,38 @@ def append_events(
     return int(last)
 
 
+#: The most events :func:`read_recent_events` decodes: more, and the read is left to the
+#: reader's thread.
+RECENT_EVENTS = 64
+
+
 def read_events(
     tx: Tx, session_id: str, after: int, limit: int, run_id: str | None
+) -> list[LoggedEvent]:
+    return _read_events(tx, session_id, after, limit, run_id)
+
+
+def read_recent_events(
+    tx: Tx, session_id: str, after: int, limit: int, run_id: str | None
+) -> list[LoggedEvent]:
+    """:func:`read_events` of at most :data:`RECENT_EVENTS` events (a live follower's
+    read: the few appended since its last), else ``jobs.LONG`` with nothing read."""
+    return _read_events(tx, session_id, after, limit, run_id, RECENT_EVENTS)
+
+
+def _read_events(
+    tx: Tx, session_id: str, after: int, limit: int, run_id: str | None,
+    most: int | None = None,
 ) -> list[LoggedEvent]:
     conn = tx.conn
     conn.execute("BEGIN")  # one snapshot for the session and its events
     try:
-        pk = session_pk(tx, session_id)
+        if most is None:
+            pk = session_pk(tx, session_id)
+        else:
+            pk, last = last_seq(tx, session_id)
+            if min(limit, last - after) > most:  # seqs after ``after``: at most this many
+                return LONG  # type: ignore[no-any-return]
         if run_id is None:
             rows = conn.execute(
                 "SELECT seq, run_id, body FROM events WHERE session_pk = ? AND seq > ? "

@@ -248,7 +248,8 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _decode_messages(bodies: list[str]) -> list[Message]:
-    """The stored messages, checked by the strict converter.
+    """The stored messages, checked as strictly as the converter would
+    (:func:`wingspan.wire.structure_messages`: a direct decoder of the stored shapes).
 
     The bodies are parsed as one JSON array (one call into the parser instead of one a row,
     about twice as fast on a long history); if that fails or yields another number of values,
@@ -260,7 +261,7 @@ def _decode_messages(bodies: list[str]) -> list[Message]:
         except ValueError:
             values = None
         if type(values) is list and len(values) == len(bodies):
-            return [wire.structure(value, Message) for value in values]
+            return wire.structure_messages(values)
     return [wire.loads(body, Message) for body in bodies]
 
 

@@ -514,10 +514,11 @@ def _append_both(
 
 #: The jobs short enough to run on the event loop when the worker is idle (see
 #: :meth:`Worker.run_inline`): those of every run's steps and of a request's lookups, each
-#: touching one session or record, and loads of histories with few rows not yet cached
-#: (most runs': a thread hop costs more than decoding a few dozen messages). Each maps to
-#: what runs inline: the job itself, or a variant that answers :data:`jobs.LONG` when the
-#: work is too long for the event loop, so that the thread does it.
+#: touching one session or record, and reads of few rows: a history with few rows not yet
+#: cached (most runs'), the events a live follower has not read yet (a thread hop costs
+#: more than decoding a few dozen of them). Each maps to what runs inline: the job itself,
+#: or a variant that answers :data:`jobs.LONG` when the work is too long for the event
+#: loop, so that the thread does it.
 _SHORT: dict[Callable[..., Any], Callable[..., Any]] = {
     job: job for job in (
         jobs.insert, jobs.append, jobs.select_body, jobs.select_session, jobs.save_run,
@@ -526,3 +527,4 @@ _SHORT: dict[Callable[..., Any], Callable[..., Any]] = {
     )
 }
 _SHORT[jobs.load] = jobs.load_recent
+_SHORT[eventlog.read_events] = eventlog.read_recent_events

@@ -676,8 +676,9 @@ def _mutations(payload: Any) -> list[Any]:
 def test_the_fast_message_path_is_exactly_as_strict_as_the_general_one(
     message: t.Message,
 ) -> None:
-    """Messages are structured by a fast path (every store load goes through it); given any
-    one-place change of a valid payload, it must answer exactly as the general path does."""
+    """Messages are structured by a fast path (every store load goes through it, as
+    ``wire.structure_messages``); given any one-place change of a valid payload, it must
+    answer exactly as the general path does."""
     general = wire.make_converter()
     general.register_structure_hook(t.Message, wire._attrs_structure_factory(t.Message, general))
     payload = _json_round_trip(wire.unstructure(message))
@@ -691,6 +692,14 @@ def test_the_fast_message_path_is_exactly_as_strict_as_the_general_one(
         except wingspan.ValidationError as exc:
             got = exc.details
         assert got == expected, candidate
+        try:  # the direct decoder of a history's rows
+            (decoded,) = wire.structure_messages([candidate])
+            got = decoded
+        except wingspan.ValidationError as exc:
+            got = exc.details
+        assert got == expected, candidate
+        if not isinstance(got, list):
+            assert repr(got) == repr(expected)
 
 
 def test_message_content_may_be_given_as_a_string_or_a_list() -> None:

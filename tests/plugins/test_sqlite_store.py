@@ -32,6 +32,7 @@ from wingspan import (
     SessionRecord,
     StoreError,
     TextBlock,
+    TextDelta,
     ToolResultBlock,
     ToolUseBlock,
     check_history,
@@ -580,7 +581,7 @@ async def test_short_calls_run_inline_and_long_loads_never_do(
 ) -> None:
     """By default an append on an idle store is committed on the event loop (no thread
     hop), and so is the load of a history with few rows to decode; a long history not
-    yet decoded by this store, and a log, are read in the threads."""
+    yet decoded by this store is read in the threads."""
     from wingspan.plugins.sqlite._jobs import RECENT_ROWS
 
     await store.create_session(SessionRecord(id="s"))
@@ -590,9 +591,6 @@ async def test_short_calls_run_inline_and_long_loads_never_do(
     with LoopWatch() as watch:
         assert [m.text for m in await store.load_messages("s")] == ["hi"]
     assert "Connection.execute" in watch.calls
-    with LoopWatch() as watch:
-        await store.read_events("s")
-    assert watch.calls == []
     long = [text("user", str(i)) for i in range(RECENT_ROWS + 1)]
     await store.create_session(SessionRecord(id="long"))
     await store.append_messages("long", long)
@@ -607,6 +605,29 @@ async def test_short_calls_run_inline_and_long_loads_never_do(
         assert "Connection.execute" in watch.calls
     finally:
         await fresh.close()
+
+
+async def test_a_live_followers_read_runs_inline_and_a_long_replay_never_does(
+    store: wingspan.Store,
+) -> None:
+    """Reading the few events appended since a follower's last read is done on the event
+    loop; a replay of more than a few dozen, in the threads, and both read the same log."""
+    from wingspan.plugins.sqlite._events import RECENT_EVENTS
+
+    await store.create_session(SessionRecord(id="s"))
+    pings = [TextDelta(text=str(i), index=0) for i in range(RECENT_EVENTS + 1)]
+    await store.append_events("s", "r", pings)
+    with LoopWatch() as watch:
+        replay = await store.read_events("s")
+    assert "Cursor.fetchall" not in watch.calls
+    assert [entry.seq for entry in replay] == list(range(1, RECENT_EVENTS + 2))
+    with LoopWatch() as watch:
+        tail = await store.read_events("s", after=2)  # as many as inline reads take
+    assert "Cursor.fetchall" in watch.calls
+    assert tail == replay[2:]
+    with LoopWatch() as watch:
+        assert await store.read_events("s", after=10, limit=5) == replay[10:15]
+    assert "Cursor.fetchall" in watch.calls  # a short page of a long log
     # Under load (writes queue up in the writer), every history still comes out whole.
     histories = await asyncio.wait_for(
         asyncio.gather(*(write_heavily(store, n) for n in range(8))), 60)
