@@ -258,9 +258,6 @@ class _NotFast(Exception):
     """The fast path declines: the general path decides (and names any failure)."""
 
 
-_TEXT_KEYS = frozenset({"type", "text"})
-_TOOL_USE_KEYS = frozenset({"type", "id", "name", "input"})
-_TOOL_RESULT_KEYS = frozenset({"type", "tool_use_id", "content", "is_error"})
 
 
 def _setter(cls: type, name: str) -> Callable[[Any, Any], None]:
@@ -282,7 +279,8 @@ _ROLE, _CONTENT = _setter(t.Message, "role"), _setter(t.Message, "content")
 def _message_fast(value: Any) -> t.Message:
     """Build a message from well-formed JSON with direct checks, as strict as the general
     path; anything unusual is left to it. Histories are loaded a message at a time, so this
-    is on the path of every store load."""
+    is on the path of every store load. (A block's keys are checked by their number: the
+    keys it must have were each found with the right type, so one more is one too many.)"""
     if type(value) is not dict or len(value) != 2:
         raise _NotFast
     role = value.get("role")
@@ -298,14 +296,14 @@ def _message_fast(value: Any) -> t.Message:
         kind = block.get("type")
         if kind == "text":
             text = block.get("text")
-            if type(text) is not str or block.keys() != _TEXT_KEYS:
+            if type(text) is not str or len(block) != 2:  # "type" and "text", nothing else
                 raise _NotFast
             built: t.ContentBlock = _new(t.TextBlock)
             _TEXT(built, text)
         elif kind == "tool_use":
             id_, name, input_ = block.get("id"), block.get("name"), block.get("input")
             if (type(id_) is not str or type(name) is not str or type(input_) is not dict
-                    or block.keys() != _TOOL_USE_KEYS):
+                    or len(block) != 4):
                 raise _NotFast
             built = _new(t.ToolUseBlock)
             _USE_ID(built, id_)
@@ -315,7 +313,7 @@ def _message_fast(value: Any) -> t.Message:
             use_id, text = block.get("tool_use_id"), block.get("content")
             is_error = block.get("is_error", False)
             if (type(use_id) is not str or type(text) is not str or type(is_error) is not bool
-                    or not block.keys() <= _TOOL_RESULT_KEYS or len(block) < 3):
+                    or not (len(block) == 3 or (len(block) == 4 and "is_error" in block))):
                 raise _NotFast
             built = _new(t.ToolResultBlock)
             _RESULT_ID(built, use_id)
