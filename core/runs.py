@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import attrs
 
 from .errors import ConflictError, NotFoundError, ProviderError, StoreError, WingspanError
 from .ids import new_id
-from .store import RunRecord, Store
+from .store import RunRecord, Store, utc_now
 from .types import (
     FINISHED_STATUSES,
     Done,
@@ -34,6 +34,7 @@ from .types import (
     RunFinished,
     RunQueued,
     RunStarted,
+    RunStatus,
 )
 
 __all__ = [
@@ -97,13 +98,15 @@ class RunControl:
     (the terminal error's code and message, e.g. a server's ``timeout``), set just before
     cancelling, and whether the loop is ending already (its clean-up has begun: the run
     records its own end, and a cancel then would only turn a completed run's result into
-    an abort)."""
+    an abort), and whether it has begun at all (a task cancelled before its first step
+    never runs its loop, so its owner ends the run)."""
 
-    __slots__ = ("ending", "reason")
+    __slots__ = ("ending", "entered", "reason")
 
     def __init__(self) -> None:
         self.reason: ErrorInfo | None = None
         self.ending = False
+        self.entered = False
 
 
 class EventLog:
@@ -381,13 +384,11 @@ class RunHandle:
             self.task.cancel()
             with contextlib.suppress(BaseException):
                 await self.task
-            # A task cancelled before its first step never ran its loop: the admitted run
-            # is still queued in the store, and its place in the session's queue goes too,
-            # so the runs after it get their turn.
-            with contextlib.suppress(ConflictError, NotFoundError):
-                if (await self.store.get_run(self.id)).status == "queued":
-                    await self.store.abort_run(self.id)
-                    await self.store.release_session(self.session_id, self.id)
+            if not self.control.entered:
+                # Cancelled before its first step, it never ran its loop: the run ends
+                # here (its claim or place in line goes too, so the runs after it get
+                # their turn), as the task's owner also makes sure.
+                await abandon(self.store, self.record, reason)
             return
         await self.store.abort_run(self.id)
 
@@ -457,6 +458,40 @@ class Runs:
         if left:
             log.warning("aborting %d run(s) still going after %.0f s", len(left), grace)
             await asyncio.gather(*(h.abort(reason) for h in left), return_exceptions=True)
+
+
+#: Clean-ups started from callbacks, kept until they are done (the loop keeps weak refs).
+_PENDING: set[asyncio.Future[None]] = set()
+
+
+def keep_task(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` in a task of its own, kept referenced until it is done."""
+    future = asyncio.ensure_future(coro)
+    _PENDING.add(future)
+    future.add_done_callback(_PENDING.discard)
+
+
+async def abandon(store: Store, admitted: RunRecord, reason: ErrorInfo) -> None:
+    """Finish a run that never ran its loop (its wait for its turn failed or was
+    cancelled, or it was cancelled before it began), unless the store finished it already,
+    and give its claim or place up; never raises."""
+    status: RunStatus = "aborted" if reason.code == "aborted" else "failed"
+    await record_end(
+        store,
+        attrs.evolve(admitted, status=status, finished_at=utc_now(), error=reason.message),
+        [ErrorEvent(error=reason)],
+    )
+
+
+async def record_end(store: Store, run: RunRecord, events: Sequence[LogEvent]) -> bool:
+    """:meth:`Store.finish_run`, a failure logged, not raised. :returns: whether it worked."""
+    try:
+        await store.finish_run(run, events)
+    except Exception as exc:
+        log.warning("session %s: recording run %s as %s failed: %s: %s",
+                    run.session_id, run.id, run.status, type(exc).__name__, exc)
+        return False
+    return True
 
 
 async def watch_for_abort(store: Store, run_id: str, task: asyncio.Task[Result],

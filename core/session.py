@@ -30,8 +30,11 @@ from .runs import (
     RunControl,
     RunFailed,
     RunHandle,
+    abandon,
     follow,
+    keep_task,
     one_by_one,
+    record_end,
     run_error,
     shielded,
     watch_for_abort,
@@ -48,7 +51,6 @@ from .types import (
     Message,
     MessageStart,
     Result,
-    RunStatus,
     StreamEvent,
     TextBlock,
 )
@@ -255,12 +257,10 @@ class Session:
         message = _user_message(message)
         agent = agent or self.agent
         await self._ensure_stored(store)
-        admission = await store.admit_run(
-            RunRecord(id=new_id(), session_id=self.id, agent_id=agent.id, status="queued",
-                      started_at=None, idempotency_key=idempotency_key,
-                      request_hash=request_hash),
-            if_busy=if_busy,
-        )
+        admission = await self._admit(store, RunRecord(
+            id=new_id(), session_id=self.id, agent_id=agent.id, status="queued",
+            started_at=None, idempotency_key=idempotency_key, request_hash=request_hash,
+        ), message, if_busy)
         registry = self.runtime.runs
         if not admission.created:
             known = registry.get(admission.run.id)
@@ -271,8 +271,37 @@ class Session:
         handle = RunHandle(record=admission.run, store=store, task=task, control=control)
         registry.add(handle)
         watcher = asyncio.ensure_future(watch_for_abort(store, handle.id, task, control))
-        task.add_done_callback(lambda _: watcher.cancel())
+
+        def ended(task: asyncio.Task[Result]) -> None:
+            watcher.cancel()
+            if task.cancelled() and not control.entered:
+                # Cancelled before its loop ran (which would have ended it): it ends here,
+                # and its claim or place in line goes with it.
+                keep_task(abandon(store, admission.run, control.reason or ABORTED))
+
+        task.add_done_callback(ended)
         return handle
+
+    async def _admit(
+        self, store: Store, run: RunRecord, message: Message | None, if_busy: IfBusy
+    ) -> Admission:
+        """Admit ``run``. A run of a message on a session idle here starts with its
+        admission when its turn is now (one write, not two): the history is brought up to
+        date first, so its repair and the message are what the run starts with, and the
+        store starts it only if its history is as long as this copy (else another process
+        ran meanwhile: the run starts as usual, in :meth:`_begin`)."""
+        if message is None or self._lock.locked():
+            return await store.admit_run(run, if_busy=if_busy)
+        if not self._synced:
+            self._history[:] = await store.load_messages(self.id)
+            self._alternating = 0  # what was loaded is checked again
+            self._synced = True
+        start = (*repair_history(self._history), message)
+        admission = await store.admit_run(run, if_busy=if_busy, start=start,
+                                          history_length=len(self._history))
+        if admission.started:
+            self._history.extend(start)
+        return admission
 
     def events(self, *, after: int = 0) -> AsyncIterator[LoggedEvent]:
         """Every event of the session's runs after seq ``after``, from its stored log,
@@ -302,6 +331,7 @@ class Session:
         """The run's driver: it takes the steps its :class:`~wingspan.loop.RunState` says,
         and every event passes through its ``emit``. ``message`` ``None``: the run
         continues the history as it stands (:meth:`RunState.enter`)."""
+        control.entered = True
         runtime = self.runtime
         store = self.store
         observe = runtime.observe if runtime.has_event_hook else None
@@ -327,14 +357,14 @@ class Session:
             # taken before this object's lock, which then only guards the history here.
             if admission is None:
                 await self._ensure_stored(store)
-                admission = await store.admit_run(RunRecord(
+                admission = await self._admit(store, RunRecord(
                     id=run_id, session_id=self.id, agent_id=agent.id, status="queued",
-                    started_at=None))
+                    started_at=None), message, "queue")
             try:
                 run_record = await self._begin(store, admission, message)
             except BaseException as exc:
                 control.ending = True
-                await shielded(_abandon(store, admission.run, _reason(control, exc)))
+                await shielded(abandon(store, admission.run, _reason(control, exc)))
                 raise
             event_log = EventLog(store, self.id, run_id)
         async with self._lock:
@@ -478,6 +508,8 @@ class Session:
         already), bring the history up to date, and mark the run running with its user
         message stored (``None``: a run that continues the history, whose pending tool
         calls are its own to run, not to repair)."""
+        if admission.started:
+            return admission.run  # with its message, stored and kept here (_admit)
         run_id = admission.run.id
         if not admission.claimed and not await store.claim_session(self.id, run_id):
             raise ConflictError(f"session {self.id} is busy with another run")
@@ -493,7 +525,7 @@ class Session:
             self._synced = True
             try:
                 # Cancelled meanwhile, it started all the same: the caller's clean-up
-                # (_abandon) finishes it, aborted, with its message unanswered.
+                # (abandon) finishes it, aborted, with its message unanswered.
                 run: RunRecord
                 if message is None:
                     run = await shielded(store.start_run(run_id))
@@ -563,7 +595,7 @@ class Session:
             stop_reason=done.stop_reason if failure is None else None,
             error=error,
         )
-        if not await _record_end(store, ended, last):  # which gives the claim up too
+        if not await record_end(store, ended, last):  # which gives the claim up too
             await _release(store, self.id, run.id)
 
 
@@ -660,29 +692,6 @@ def _reason(control: RunControl, failure: BaseException | None) -> ErrorInfo:
     if isinstance(failure, RunFailed):
         return failure.error
     return run_error(failure) if failure is not None else ABORTED
-
-
-async def _abandon(store: Store, admitted: RunRecord, reason: ErrorInfo) -> None:
-    """Finish a run that never ran its loop (its wait for its turn failed or was
-    cancelled, or it was cancelled as it started), unless the store finished it already,
-    and give its claim or place up; never raises."""
-    status: RunStatus = "aborted" if reason.code == "aborted" else "failed"
-    await _record_end(
-        store,
-        attrs.evolve(admitted, status=status, finished_at=utc_now(), error=reason.message),
-        [ErrorEvent(error=reason)],
-    )
-
-
-async def _record_end(store: Store, run: RunRecord, events: Sequence[LogEvent]) -> bool:
-    """:meth:`Store.finish_run`, a failure logged, not raised. :returns: whether it worked."""
-    try:
-        await store.finish_run(run, events)
-    except Exception as exc:
-        log.warning("session %s: recording run %s as %s failed: %s: %s",
-                    run.session_id, run.id, run.status, type(exc).__name__, exc)
-        return False
-    return True
 
 
 async def _drain(events: AsyncGenerator[StreamEvent, None]) -> Result:

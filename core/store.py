@@ -119,6 +119,9 @@ class Admission:
     run: RunRecord
     created: bool = True
     claimed: bool = False
+    #: Whether the run started with its admission (``start`` given, its turn now, the
+    #: history as long as the caller said): ``run`` is then ``running``.
+    started: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -216,7 +219,8 @@ class Store(Protocol):
 
     # runs: admission, lifecycle and listing
     async def admit_run(
-        self, run: RunRecord, *, if_busy: IfBusy = "queue"
+        self, run: RunRecord, *, if_busy: IfBusy = "queue",
+        start: Sequence[Message] | None = None, history_length: int | None = None,
     ) -> Admission:
         """Admit ``run`` (status ``queued``) to its session, atomically: the record is
         stored, the run takes its place in the session's claim queue (holder ``run.id``:
@@ -231,6 +235,15 @@ class Store(Protocol):
           :class:`~wingspan.ConflictError`.
         - ``if_busy="interrupt"``: every unfinished run of the session is aborted as by
           :meth:`abort_run`, then this one is admitted.
+
+        With ``start`` (the messages :meth:`start_run` would append: the run's user
+        message, after any repair of the history), a run whose turn is now (``claimed``)
+        also starts in the same transaction, as :meth:`start_run` with ``start`` would —
+        its :class:`~wingspan.RunStarted` logged after its ``run_queued``, the messages
+        appended — provided the session's history holds exactly ``history_length``
+        messages (the caller's copy of it is current): one write where there would be two.
+        ``started`` says whether it did; if not, ``start`` is ignored and the run is
+        started later with :meth:`start_run`.
 
         The place in the queue is kept while this store is open; a process that dies
         leaves its queued runs to be recorded ``interrupted`` by whoever notices. Whoever

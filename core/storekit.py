@@ -363,7 +363,10 @@ class KeyValueStore:
         run: RunRecord = self._get("runs", run_id)
         return run
 
-    async def admit_run(self, run: RunRecord, *, if_busy: IfBusy = "queue") -> Admission:
+    async def admit_run(
+        self, run: RunRecord, *, if_busy: IfBusy = "queue",
+        start: Sequence[Message] | None = None, history_length: int | None = None,
+    ) -> Admission:
         self._check_open()
         if if_busy not in _IF_BUSY:
             raise ConfigError(f"if_busy must be 'queue', 'reject' or 'interrupt', got {if_busy!r}")
@@ -386,10 +389,15 @@ class KeyValueStore:
         if if_busy == "interrupt":
             for earlier in active:
                 self._abort(earlier)
+        checked = None if start is None else _messages(start, "admit_run")
         seq = self._log(run.session_id, run.id, (RunQueued(run_id=run.id),))
         run = attrs.evolve(run, started_at=None, finished_at=None, first_seq=seq, last_seq=seq)
         self._put_run(run)
-        return Admission(run=run, claimed=self._claims.reserve(run.session_id, run.id))
+        claimed = self._claims.reserve(run.session_id, run.id)
+        history = self.read("messages", run.session_id) or ()
+        if checked is None or not claimed or len(history) != history_length:
+            return Admission(run=run, claimed=claimed)
+        return Admission(run=await self.start_run(run.id, checked), claimed=True, started=True)
 
     async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
         run: RunRecord = self._get("runs", run_id)

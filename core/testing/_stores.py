@@ -400,20 +400,25 @@ class StoreStateMachine(RuleBasedStateMachine):
 
     @rule(session_id=sessions, key=st.none() | st.just("k1"),
           request_hash=st.none() | st.just("h1"), if_busy=_if_busy,
-          agent_id=st.none() | st.just("agent-1"))
+          agent_id=st.none() | st.just("agent-1"), said=st.none() | _texts,
+          stale=st.sampled_from([0, 0, -1, 1]))
     def admit_run(
         self, session_id: str, key: str | None, request_hash: str | None, if_busy: str,
-        agent_id: str | None,
+        agent_id: str | None, said: str | None, stale: int,
     ) -> None:
         """A repeat of an idempotency key with the same request is the first run again,
         with another request a conflict naming the key; ``reject`` refuses a busy session,
         ``interrupt`` aborts its unfinished runs; an admitted run is stored queued, takes
-        its place in line and logs its ``run_queued``."""
+        its place in line and logs its ``run_queued``. Admitted with messages to start
+        with, a run whose turn is now on a history of the length the caller said also
+        starts (``run_started`` logged, the messages appended); else it stays queued."""
         if session_id not in self.model_sessions:
             return
         run = attrs.evolve(self._queued(session_id), agent_id=agent_id, idempotency_key=key,
                            request_hash=request_hash)
-        self._admit(run, if_busy)
+        start = None if said is None else (
+            Message(role="user", content=(TextBlock(text=said),)),)
+        self._admit(run, if_busy, start, len(self.model_messages[session_id]) + stale)
 
     @precondition(lambda self: any(r.idempotency_key == "k1" for r in self.model_runs.values()))
     @rule(data=st.data(), same_request=st.booleans(), if_busy=_if_busy)
@@ -426,35 +431,49 @@ class StoreStateMachine(RuleBasedStateMachine):
                            request_hash=earlier.request_hash if same_request else other)
         self._admit(run, if_busy)
 
-    def _admit(self, run: RunRecord, if_busy: str) -> RunRecord | None:
+    def _admit(
+        self, run: RunRecord, if_busy: str, start: tuple[Message, ...] | None = None,
+        history_length: int | None = None,
+    ) -> RunRecord | None:
         """Admit ``run`` to the store and the model, checking the answer.
         :returns: the run as admitted, if it was admitted (not a repeat, not refused)."""
+        options: dict[str, Any] = {"if_busy": if_busy}
+        if start is not None:
+            options.update(start=start, history_length=history_length)
         key, session_id = run.idempotency_key, run.session_id
         runs = self._runs_of(session_id)
         admitted = None
         earlier = next((r for r in runs if key is not None and r.idempotency_key == key), None)
         if earlier is not None and earlier.request_hash != run.request_hash:
-            error = self._assert_raises(ConflictError, self.store.admit_run, run, if_busy=if_busy)
+            error = self._assert_raises(ConflictError, self.store.admit_run, run, **options)
             assert str(key) in str(error), f"the conflict should name the key: {error}"
         elif earlier is not None:
-            admission = self.call(self.store.admit_run, run, if_busy=if_busy)
+            admission = self.call(self.store.admit_run, run, **options)
             assert admission == Admission(run=earlier, created=False), (admission, earlier)
         elif if_busy == "reject" and any(r.status not in FINISHED_STATUSES for r in runs):
-            self._assert_raises(ConflictError, self.store.admit_run, run, if_busy=if_busy)
+            self._assert_raises(ConflictError, self.store.admit_run, run, **options)
         else:
             # Its turn is now when nobody holds the session and nobody is in line before it.
             claimed = (self.model_holders.get(session_id) is None
                        and not self.model_places.get(session_id))
             before = utc_now()
-            admission = self.call(self.store.admit_run, run, if_busy=if_busy)
+            admission = self.call(self.store.admit_run, run, **options)
             for aborted in runs if if_busy == "interrupt" else ():
                 if aborted.status not in FINISHED_STATUSES:
                     self._model_abort(aborted, before)
             seq = self._model_log(session_id, run.id, [RunQueued(run_id=run.id)])
             run = attrs.evolve(run, started_at=None, finished_at=None, first_seq=seq,
                                last_seq=seq)
-            assert admission == Admission(run=run, created=True, claimed=claimed), (
-                admission, run, claimed)
+            started = (start is not None and claimed
+                       and history_length == len(self.model_messages[session_id]))
+            if started:
+                assert start is not None
+                self.model_messages[session_id].extend(start)
+                seq = self._model_log(session_id, run.id, [RunStarted(run_id=run.id)])
+                run = attrs.evolve(run, status="running", last_seq=seq, started_at=self._now(
+                    admission.run.started_at, before))
+            assert admission == Admission(run=run, created=True, claimed=claimed,
+                                          started=started), (admission, run, claimed)
             self.model_runs[run.id] = admitted = run
             if claimed:
                 self.model_holders[session_id] = run.id

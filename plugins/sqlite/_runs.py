@@ -52,11 +52,14 @@ def _woken(tx: Tx, watch: LogWatch, pk: int, run: RunRecord) -> RunRecord:
 
 
 def admit(
-    tx: Tx, watch: LogWatch, me: Claimant, run: RunRecord, if_busy: str
-) -> tuple[RunRecord, bool, bool]:
+    tx: Tx, watch: LogWatch, cache: HistoryCache, me: Claimant, run: RunRecord, if_busy: str,
+    start: tuple[Message, ...] | None, history_length: int | None,
+) -> tuple[RunRecord, bool, bool, bool]:
     """Store ``run`` queued, give it its place in the claim queue — the claim itself when
     the session is free and nobody is in line, else a ticket (whichever process claims
-    next) — and log its ``run_queued``. :returns: ``(stored run, created, claimed)``."""
+    next) — and log its ``run_queued``; with ``start``, a run claimed at once on a history
+    of ``history_length`` messages starts too (:meth:`Store.admit_run`).
+    :returns: ``(stored run, created, claimed, started)``."""
     conn = tx.conn
     pk = session_pk(tx, run.session_id)
     if run.idempotency_key is not None:
@@ -71,7 +74,7 @@ def admit(
                     f"idempotency key {run.idempotency_key!r} was already used for another "
                     f"request on session {run.session_id}; send a new key for a new request"
                 )
-            return first, False, False
+            return first, False, False, False
     unfinished = conn.execute(
         f"SELECT id, body FROM runs WHERE session_pk = ? AND {UNFINISHED} ORDER BY id", (pk,)
     ).fetchall()
@@ -85,15 +88,24 @@ def admit(
     claimed = take_if_free(tx, pk, run.id, me)
     if not claimed:
         join_queue(tx, pk, run.id, me)
-    seq = log(tx, pk, run.id, [RunQueued(run_id=run.id)])
-    stored = attrs.evolve(
-        run, status="queued", started_at=None, finished_at=None, first_seq=seq, last_seq=seq
-    )
+    started = start is not None and claimed and conn.execute(
+        "SELECT coalesce(max(seq) + 1, 0) FROM messages WHERE session_pk = ?", (pk,)
+    ).fetchone()[0] == history_length
+    if started:
+        seq = log(tx, pk, run.id, [RunQueued(run_id=run.id), RunStarted(run_id=run.id)])
+        stored = attrs.evolve(run, status="running", started_at=wingspan.utc_now(),
+                              finished_at=None, first_seq=seq - 1, last_seq=seq)
+    else:
+        seq = log(tx, pk, run.id, [RunQueued(run_id=run.id)])
+        stored = attrs.evolve(run, status="queued", started_at=None, finished_at=None,
+                              first_seq=seq, last_seq=seq)
     conn.execute(
         "INSERT INTO runs (id, session_pk, status, body) VALUES (?, ?, ?, ?)",
         (stored.id, pk, stored.status, wire.dumps(stored)),
     )
-    return _woken(tx, watch, pk, stored), True, claimed
+    if started and start:
+        append(tx, cache, run.session_id, start)
+    return _woken(tx, watch, pk, stored), True, claimed, started
 
 
 def start(tx: Tx, watch: LogWatch, cache: HistoryCache, run_id: str,

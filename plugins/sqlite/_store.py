@@ -365,16 +365,20 @@ class SqliteStore:
 
     # --- runs: admission, lifecycle and listing ---------------------------------------------
 
-    async def admit_run(self, run: RunRecord, *, if_busy: IfBusy = "queue") -> Admission:
+    async def admit_run(
+        self, run: RunRecord, *, if_busy: IfBusy = "queue",
+        start: Sequence[Message] | None = None, history_length: int | None = None,
+    ) -> Admission:
         if run.status != "queued":
             raise ConfigError(f"admit_run takes a queued run, got run {run.id} {run.status}")
         if if_busy not in IF_BUSY:
             raise ConfigError(
                 f"if_busy must be one of {', '.join(IF_BUSY)}, got {if_busy!r}", option="if_busy"
             )
-        stored, created, claimed = await self._write(runs.admit, self._log, self._me, run,
-                                                     if_busy)
-        return Admission(run=stored, created=created, claimed=claimed)
+        checked = None if start is None else _messages(start, "admit_run")
+        stored, created, claimed, started = await self._write(
+            runs.admit, self._log, self._cache, self._me, run, if_busy, checked, history_length)
+        return Admission(run=stored, created=created, claimed=claimed, started=started)
 
     async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
         checked = _messages(messages, "start_run")

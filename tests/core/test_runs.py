@@ -90,7 +90,8 @@ async def test_start_admits_at_once_and_the_handle_follows_and_awaits_the_run(
     session = Session(agent=agent_for(runtime, ["one", "two"]), store=store, runtime=runtime)
     first = await session.start("a")
     second = await session.start("b")
-    assert first.record.status == second.record.status == "queued"
+    # the first starts with its admission (its turn is now: one write); the second waits
+    assert (first.record.status, second.record.status) == ("running", "queued")
     results = await asyncio.wait_for(asyncio.gather(first.result(), second.result()), WAIT)
     assert [r.run_id for r in results] == [first.id, second.id]
     replayed = [entry.event async for entry in second.events()]
@@ -306,3 +307,88 @@ async def test_a_run_that_completed_is_never_taken_for_an_aborted_one(
         handle = await session.start(message)
         assert (await asyncio.wait_for(handle.result(), WAIT)).response == "done"
         assert (await store.get_run(handle.id)).status == "completed"
+
+
+class Counting:
+    """A store seen through a wrapper counting the calls of its methods."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._store, name)
+        if not callable(value) or name.startswith("_"):
+            return value
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return await value(*args, **kwargs)
+
+        return counted
+
+
+async def test_a_run_whose_turn_is_now_starts_with_its_admission(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    """Admission and start are one write when the session is idle: the run is stored
+    ``running`` with its user message, and no ``start_run`` follows."""
+    counting = Counting(store)
+    session = Session(agent=agent_for(runtime, ["one", "two"]), store=counting,  # type: ignore[arg-type]
+                      runtime=runtime)
+    assert (await session.run("hi")).response == "one"
+    assert "start_run" not in counting.calls and counting.calls.count("admit_run") == 1
+    fresh = Session.from_record(await store.get_session(session.id),
+                                agent=agent_for(runtime, ["two"]), store=counting,  # type: ignore[arg-type]
+                                runtime=runtime)
+    counting.calls.clear()
+    handle = await fresh.start("again")  # a stored session: its history is loaded first
+    assert handle.record.status == "running"
+    assert (await asyncio.wait_for(handle.result(), WAIT)).response == "two"
+    assert "start_run" not in counting.calls
+    history = await store.load_messages(session.id)
+    assert [m.text for m in history] == ["hi", "one", "again", "two"]
+    events = [type(e.event) for e in await log_of(store, session.id) if e.run_id == handle.id]
+    assert events[:2] == [RunQueued, RunStarted] and events[-1] is RunFinished
+
+
+async def test_a_history_grown_elsewhere_is_reloaded_before_the_run_starts(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    """This copy of the history is behind the store's (another process ran on the session):
+    the admission does not start the run on it; the run starts as its turn comes, on the
+    store's history, and nothing is lost or doubled."""
+    here = Session(agent=agent_for(runtime, ["first"]), store=store, runtime=runtime)
+    await here.run("one")
+    elsewhere = Session.from_record(await store.get_session(here.id),
+                                    agent=agent_for(runtime, ["second"]), store=store,
+                                    runtime=runtime)
+    await elsewhere.run("two")
+    counting = Counting(store)
+    here.store = counting  # type: ignore[assignment]
+    assert (await here.run("three")).response == "first"
+    assert "start_run" in counting.calls  # the store refused to start it on a stale history
+    history = await store.load_messages(here.id)
+    assert [m.text for m in history] == ["one", "first", "two", "second", "three", "first"]
+    check_history(history)
+
+
+async def test_a_run_cancelled_before_its_first_step_ends_and_frees_the_session(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    """Started with its admission, a run whose task is cancelled before it ever ran (its
+    loop never began, so nothing in it could end the run) is ended all the same: aborted,
+    its claim given up for the runs after it."""
+    session = Session(agent=agent_for(runtime, ["done"]), store=store, runtime=runtime)
+    cancelled = await session.start("never")
+    assert cancelled.record.status == "running"
+    assert cancelled.task is not None
+    cancelled.task.cancel()  # before its first step
+    aborted = await session.start("nor this")
+    await aborted.abort()  # the same, through the handle
+    for handle in (cancelled, aborted):
+        for _ in range(100):
+            if (await store.get_run(handle.id)).status != "running":
+                break
+            await asyncio.sleep(0.01)
+        assert (await store.get_run(handle.id)).status == "aborted"
+    after = await session.start("then this")
+    assert (await asyncio.wait_for(after.result(), WAIT)).response == "done"
+    check_history(await store.load_messages(session.id))
