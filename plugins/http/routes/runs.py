@@ -92,9 +92,10 @@ async def _admit(
         session = Session.from_record(record, agent=agent, store=store, runtime=server.runtime)
     except ConfigError as exc:
         raise ApiError(400, f"session {session_id}: {exc}") from None
-    # The history is loaded once the run holds the session's claim, not here: loading (and
-    # repairing) it before could add error results to the tool calls of a run still going
-    # on the same session in another process.
+    # A repair of the history (error results for calls left pending) is stored only by the
+    # holder of the session's claim: with the run's admission when its turn is now and the
+    # history is as long as it was read (Session.start), else once its turn comes. Never
+    # while a run still going in another process holds the claim.
     handle = await server.runs.admit(
         session, body.message, agent, if_busy=cast(IfBusy, body.if_busy or "queue"),
         idempotency_key=key, request_hash=request_hash,
