@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ def frame(seq: int | None, event: Any, converter: cattrs.Converter) -> bytes:
     """One SSE frame. JSON never holds a raw newline (they are escaped in strings), so the
     data is always one line."""
     data = wire.unstructure(event, converter)
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    text = wire.compact_json(data)
     head = f"id: {seq}\n" if seq is not None else ""
     return f"{head}event: {data['type']}\ndata: {text}\n\n".encode()
 

@@ -123,11 +123,18 @@ def start(tx: Tx, watch: LogWatch, cache: HistoryCache, run_id: str,
 
 
 def finish(tx: Tx, watch: LogWatch, run: RunRecord, events: tuple[LogEvent, ...]) -> RunRecord:
-    pk, stored = _stored(tx, run.id)
-    if stored.status in FINISHED_STATUSES:
-        return stored  # the first ending (a recovery's, say) wins
+    # The stored record is decoded only if it has ended already: its status is a column.
+    row = tx.conn.execute(
+        "SELECT session_pk, status, json_extract(body, '$.first_seq') FROM runs WHERE id = ?",
+        (run.id,),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"run {run.id!r} not found")
+    pk, status, first_seq = row
+    if status in FINISHED_STATUSES:
+        return _stored(tx, run.id)[1]  # the first ending (a recovery's, say) wins
     if run.first_seq is None:
-        run = attrs.evolve(run, first_seq=stored.first_seq)
+        run = attrs.evolve(run, first_seq=first_seq)
     return _woken(tx, watch, pk, end_run(tx, pk, run, events))
 
 
