@@ -290,12 +290,16 @@ class Session:
         date first, so its repair and the message are what the run starts with, and the
         store starts it only if its history is as long as this copy (else another process
         ran meanwhile: the run starts as usual, in :meth:`_begin`)."""
-        if message is None or self._lock.locked():
+        if message is None or self._lock.locked():  # a run here goes on: it keeps the history
             return await store.admit_run(run, if_busy=if_busy)
         if not self._synced:
-            self._history[:] = await store.load_messages(self.id)
-            self._alternating = 0  # what was loaded is checked again
-            self._synced = True
+            loaded = await store.load_messages(self.id)
+            if self._lock.locked():  # a run here began meanwhile
+                return await store.admit_run(run, if_busy=if_busy)
+            if not self._synced:  # (another admission here may have loaded it meanwhile)
+                self._history[:] = loaded
+                self._alternating = 0  # what was loaded is checked again
+                self._synced = True
         start = (*repair_history(self._history), message)
         admission = await store.admit_run(run, if_busy=if_busy, start=start,
                                           history_length=len(self._history))

@@ -392,3 +392,43 @@ async def test_a_run_cancelled_before_its_first_step_ends_and_frees_the_session(
     after = await session.start("then this")
     assert (await asyncio.wait_for(after.result(), WAIT)).response == "done"
     check_history(await store.load_messages(session.id))
+
+
+class SlowLoads(Counting):
+    """A store whose first history loads take longer to answer (a long history decoded in
+    a thread, say) than the next: they answer what they read, late."""
+
+    def __init__(self, store: Store, delays: list[float]) -> None:
+        super().__init__(store)
+        self._delays = delays
+
+    async def load_messages(self, session_id: str) -> list[Message]:
+        loaded = await self._store.load_messages(session_id)
+        await asyncio.sleep(self._delays.pop(0) if self._delays else 0)
+        return loaded
+
+
+def echo(request: wingspan.InferenceRequest) -> str:
+    return f"saw {request.messages[-1].text}"
+
+
+async def test_admissions_made_at_once_on_a_stored_session_run_each_message_once(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    """Several starts at once on a session object made from its record, each loading the
+    history before it admits, the first load answering last: a run starts with its
+    admission, the others wait their turn, and every run answers its own message (a late
+    load must not replace the history a run started on)."""
+    agent = Agent(name="echo", provider=scripted(echo, runtime=runtime))
+    first = Session(agent=agent, store=store, runtime=runtime)
+    await first.run("zero")
+    slow = SlowLoads(store, [0.05])
+    session = Session.from_record(await store.get_session(first.id), agent=agent,
+                                  store=slow, runtime=runtime)  # type: ignore[arg-type]
+    handles = await asyncio.gather(*(session.start(f"m{i}") for i in range(4)))
+    assert any(h.record.status == "running" for h in handles)  # started with its admission
+    await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), WAIT)
+    history = await store.load_messages(first.id)
+    check_history(history)
+    pairs = [(history[i].text, history[i + 1].text) for i in range(0, len(history), 2)]
+    assert all(answer == f"saw {said}" for said, answer in pairs), pairs
+    assert sorted(said for said, _ in pairs) == ["m0", "m1", "m2", "m3", "zero"]
