@@ -45,6 +45,7 @@ __all__ = [
     "RunFailed",
     "RunHandle",
     "Runs",
+    "before_run",
     "follow",
     "one_by_one",
     "run_error",
@@ -266,6 +267,12 @@ async def follow(
             yield []
 
 
+def before_run(run: RunRecord) -> int:
+    """The seq just before ``run``'s first event (its ``run_queued``): where to follow it
+    from its start, without reading the session's log before it."""
+    return max((run.first_seq or 1) - 1, 0)
+
+
 async def one_by_one(batches: AsyncIterator[list[LoggedEvent]]) -> AsyncIterator[LoggedEvent]:
     """The entries of :func:`follow`'s batches, one at a time."""
     async for entries in batches:
@@ -348,7 +355,8 @@ class RunHandle:
     def events(self, *, after: int = 0) -> AsyncIterator[LoggedEvent]:
         """The run's events from the log (after seq ``after``), then live, to its
         ``run_finished``."""
-        return one_by_one(follow(self.store, self.session_id, after=after, run_id=self.id))
+        return one_by_one(follow(self.store, self.session_id,
+                                 after=after or before_run(self.record), run_id=self.id))
 
     async def result(self) -> Result:
         """Wait for the run's end; cancelling the wait never cancels the run.

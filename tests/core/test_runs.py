@@ -432,3 +432,25 @@ async def test_admissions_made_at_once_on_a_stored_session_run_each_message_once
     pairs = [(history[i].text, history[i + 1].text) for i in range(0, len(history), 2)]
     assert all(answer == f"saw {said}" for said, answer in pairs), pairs
     assert sorted(said for said, _ in pairs) == ["m0", "m1", "m2", "m3", "zero"]
+
+
+async def test_following_a_run_from_its_start_reads_no_earlier_event(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    """A run's follower starts at the run's first event, not at the session's: with a long
+    log before it, the first read is the run's, whatever came before."""
+    session = Session(agent=agent_for(runtime, ["ok"]), store=store, runtime=runtime)
+    for i in range(5):
+        await session.run(f"earlier {i}")
+    reads: list[int] = []
+    original = store.read_events
+
+    async def read_events(session_id: str, **kwargs: Any) -> list[LoggedEvent]:
+        reads.append(kwargs.get("after", 0))
+        return await original(session_id, **kwargs)
+
+    store.read_events = read_events  # type: ignore[method-assign]
+    handle = await session.start("now")
+    replay = [entry async for entry in handle.events()]
+    assert reads[0] == handle.record.first_seq - 1  # type: ignore[operator]
+    assert replay[0].event == RunQueued(run_id=handle.id)
+    assert replay[-1].event == RunFinished(run_id=handle.id, status="completed")

@@ -30,7 +30,7 @@ from wingspan import (
     Store,
     wire,
 )
-from wingspan.runs import RunFailed, RunHandle, follow
+from wingspan.runs import RunFailed, RunHandle, before_run, follow
 
 from ..app import ServerState, read_body, state
 from ..errors import ApiError
@@ -146,7 +146,8 @@ async def send_message(session_id: str) -> Any:
 @blueprint.post("/sessions/<session_id>/message/stream")
 async def stream_message(session_id: str) -> Any:
     server, handle, after = await _admit(session_id, resume=True)
-    return _sse(server, follow(handle.store, session_id, after=after or 0, run_id=handle.id,
+    start = after if after is not None else before_run(handle.record)
+    return _sse(server, follow(handle.store, session_id, after=start, run_id=handle.id,
                                heartbeat=server.config.ping_interval, task=handle.task),
                 lifecycle=False, until_terminal=True)
 
@@ -225,7 +226,8 @@ async def run_events(run_id: str) -> Any:
     store = server.require_store()
     run = await store.get_run(run_id)
     g.session_id = run.session_id
-    after = _cursor(await store.get_session(run.session_id)) or 0
+    cursor = _cursor(await store.get_session(run.session_id))
+    after = before_run(run) if cursor is None else cursor
     here = server.runtime.runs.get(run_id)
     return _sse(server, follow(store, run.session_id, after=after, run_id=run_id,
                                heartbeat=server.config.ping_interval,
