@@ -16,26 +16,8 @@ import asyncio
 import collections
 import tempfile
 from pathlib import Path
-from typing import Any
 
-
-class Counting:
-    """A store seen through a wrapper counting calls to its methods."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self.calls: collections.Counter[str] = collections.Counter()
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._store, name)
-        if not callable(value) or name.startswith("_"):
-            return value
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls[name] += 1
-            return await value(*args, **kwargs)
-
-        return counted
+from http_inprocess import Timing
 
 
 async def measure(messages: int) -> tuple[collections.Counter[str], int]:
@@ -46,7 +28,7 @@ async def measure(messages: int) -> tuple[collections.Counter[str], int]:
     runtime = wingspan.testing.make_runtime()
     with tempfile.TemporaryDirectory() as directory:
         store = await runtime.open_store(f"sqlite:///{Path(directory) / 'calls.db'}")
-        counting = Counting(store)
+        counting = Timing(store)  # it counts the calls too
         app = create_app(runtime, ServerConfig(store="memory://"), store=counting)  # type: ignore[arg-type]
         async with app.test_app():
             client = app.test_client()
