@@ -28,6 +28,7 @@ from tests.plugins.test_sqlite_store import (
     watch_database,
 )
 from wingspan import (
+    Admission,
     Agent,
     Message,
     RunRecord,
@@ -93,6 +94,12 @@ class Acking:
         run = await self._store.start_run(run_id, messages)
         await self._ack(run.session_id, messages)
         return run
+
+    async def admit_run(self, run: RunRecord, **options: Any) -> Admission:
+        admission = await self._store.admit_run(run, **options)
+        if admission.started:  # it started with its admission: its messages are stored
+            await self._ack(run.session_id, options.get("start") or ())
+        return admission
 
     async def append_events(self, session_id: str, run_id: str, events: Sequence[Any],
                             messages: Sequence[Message] = ()) -> int:
