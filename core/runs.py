@@ -188,6 +188,12 @@ class EventLog:
             raise StoreError(f"the event log of run {self._run_id} could not be written: "
                              f"{failure}") from failure
 
+    def hold(self) -> None:
+        """Start no write from now on: the events not written yet wait for :meth:`close`
+        (the run is ending, and its end stores them with it, in one write)."""
+        self._cancel_kick()
+        self._failure = self._failure or StoreError("the event log is closed")
+
     async def close(self) -> list[LogEvent]:
         """Stop writing: wait for the write in flight, and give back what is not stored
         (for the run's last, atomic write, :meth:`Store.finish_run`). Never raises."""
@@ -491,15 +497,17 @@ async def abandon(store: Store, admitted: RunRecord, reason: ErrorInfo) -> None:
     )
 
 
-async def record_end(store: Store, run: RunRecord, events: Sequence[LogEvent]) -> bool:
-    """:meth:`Store.finish_run`, a failure logged, not raised. :returns: whether it worked."""
+async def record_end(
+    store: Store, run: RunRecord, events: Sequence[LogEvent], messages: Sequence[Message] = (),
+) -> RunRecord | None:
+    """:meth:`Store.finish_run`, a failure logged, not raised. :returns: the run as stored,
+    or ``None`` when it failed."""
     try:
-        await store.finish_run(run, events)
+        return await store.finish_run(run, events, messages)
     except Exception as exc:
         log.warning("session %s: recording run %s as %s failed: %s: %s",
                     run.session_id, run.id, run.status, type(exc).__name__, exc)
-        return False
-    return True
+        return None
 
 
 async def watch_for_abort(store: Store, run_id: str, task: asyncio.Task[Result],

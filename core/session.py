@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 import attrs
 
 from .agent import Agent
-from .errors import ConfigError, ConflictError, ProviderError, WingspanError
+from .errors import ConfigError, ConflictError, ProviderError, StoreError, WingspanError
 from .history import alternates, alternating, repair_history
 from .ids import new_id
 from .loop import RunState, ToolRunner, results_message
@@ -344,6 +344,7 @@ class Session:
         provider = agent.provider
         state = RunState(run_id)
         failure: BaseException | None = None
+        last_turn: Message | None = None  # the run's last turn, stored with its end
         tools = ToolRunner(self, run_id, agent.tool_map, runtime)
         run_record: RunRecord | None = None
         event_log: EventLog | None = None
@@ -429,8 +430,14 @@ class Session:
                         aclose = getattr(events, "aclose", None)
                         if aclose is not None:
                             await aclose()
-                    # Every event of a step is stored by its end, with the turn it made.
-                    await self._end_step(event_log, state.end_model_step(accumulator))
+                    # Every event of a step is stored by its end, with the turn it made;
+                    # the last turn, which nothing needs before the run's end is stored (no
+                    # model call, no answer to a client), is stored with that end.
+                    turn = state.end_model_step(accumulator)
+                    if event_log is not None and state.step == "finish":
+                        last_turn = turn
+                    else:
+                        await self._end_step(event_log, turn)
                 state.status = "completed"
             except (asyncio.CancelledError, GeneratorExit) as exc:
                 state.status, failure = "aborted", exc
@@ -440,18 +447,23 @@ class Session:
                 raise
             finally:
                 control.ending = True
+                if event_log is not None:
+                    event_log.hold()  # what is not written yet goes with the run's end
                 done = state.done()
                 # Whatever ended the run, and whatever fails meanwhile (invariant 7): a
                 # history the next run accepts, the run recorded, the claim released.
-                await shielded(
+                unstored = await shielded(
                     self._clean_up(
                         run_record,
                         event_log,
                         done,
                         state,
                         None if state.status == "completed" else _reason(control, failure),
+                        last_turn,
                     )
                 )
+            if unstored is not None:
+                raise StoreError(unstored)
 
         if observe is not None:
             observe(done, self)
@@ -552,11 +564,15 @@ class Session:
         done: Done,
         state: RunState,
         failure: ErrorInfo | None,
-    ) -> None:
+        last_turn: Message | None = None,
+    ) -> str | None:
         """End a run; never raises. Each step is tried whatever the one before did.
 
         :param done: the run's facts (its terminal event when it completed).
         :param failure: the terminal ``error`` event's content when it did not.
+        :param last_turn: the completed run's last turn, to store with its end.
+        :returns: why ``last_turn`` could not be stored (the run then failed, and its record
+            says so where it can), or ``None``.
         """
         history = self._history
         status, outcomes = state.status, state.outcomes
@@ -585,7 +601,7 @@ class Session:
                 history.append(repairs[-1])
                 self._synced = False
         if run is None or self.store is None:
-            return
+            return None
         store = self.store
         last: list[LogEvent] = await event_log.close() if event_log is not None else []
         last.append(done if failure is None else ErrorEvent(
@@ -599,8 +615,25 @@ class Session:
             stop_reason=done.stop_reason if failure is None else None,
             error=error,
         )
-        if not await record_end(store, ended, last):  # which gives the claim up too
+        turns = (last_turn,) if last_turn is not None else ()
+        stored = await record_end(store, ended, last, turns)  # which gives the claim up too
+        if stored is not None and (stored.status == status or not turns):
+            if last_turn is not None:
+                history.append(last_turn)
+            return None
+        if not turns:
             await _release(store, self.id, run.id)
+            return None
+        # The answer could not be stored with the run's end: the run failed (its caller
+        # must not take an answer the history does not hold), and says so if it can.
+        reason = (f"the run's last turn could not be stored: the run was ended elsewhere "
+                  f"({stored.status})" if stored is not None
+                  else "the run's last turn could not be stored (see the server's log)")
+        if stored is None and await record_end(store, attrs.evolve(
+                ended, status="failed", stop_reason=None, error=reason),
+                [ErrorEvent(error=ErrorInfo(code="store_error", message=reason))]) is None:
+            await _release(store, self.id, run.id)
+        return reason
 
 
 class RunStream:

@@ -260,13 +260,18 @@ class Store(Protocol):
         :raises ConflictError: when the run is no longer queued (aborted meanwhile); then
             nothing is written.
         """
-    async def finish_run(self, run: RunRecord, events: Sequence[LogEvent] = ()) -> RunRecord:
-        """End a run, atomically: append ``events`` (its last events, e.g. the terminal
-        ``done`` or ``error``) and a :class:`~wingspan.RunFinished` with ``run.status``,
-        store ``run`` (a finished status, its ``finished_at``) with ``last_seq`` set to the
-        seq of that ``run_finished``, and give up the session's claim (or place in line)
-        held by ``run.id``, as :meth:`release_session` does. A run that had finished already
-        is left as stored, and its claim is given up all the same.
+    async def finish_run(
+        self, run: RunRecord, events: Sequence[LogEvent] = (),
+        messages: Sequence[Message] = (),
+    ) -> RunRecord:
+        """End a run, atomically: append ``messages`` to the session's history (its last
+        turn, which nothing needed stored before its end), ``events`` (its last events, e.g.
+        the terminal ``done`` or ``error``) and a :class:`~wingspan.RunFinished` with
+        ``run.status`` to its log, store ``run`` (a finished status, its ``finished_at``)
+        with ``last_seq`` set to the seq of that ``run_finished``, and give up the session's
+        claim (or place in line) held by ``run.id``, as :meth:`release_session` does. A run
+        that had finished already is left as stored (nothing is appended: compare the
+        status answered with ``run.status``), and its claim is given up all the same.
 
         :returns: the run as stored.
         """

@@ -411,15 +411,21 @@ class KeyValueStore:
             self.append("messages", run.session_id, messages)
         return run
 
-    async def finish_run(self, run: RunRecord, events: Sequence[LogEvent] = ()) -> RunRecord:
+    async def finish_run(
+        self, run: RunRecord, events: Sequence[LogEvent] = (),
+        messages: Sequence[Message] = (),
+    ) -> RunRecord:
         self._check_open()
         if run.status not in FINISHED_STATUSES:
             raise ConfigError(f"finish_run takes a run with a finished status "
                               f"({', '.join(sorted(FINISHED_STATUSES))}), got {run.status!r}")
+        checked = _messages(messages, "finish_run")
         stored: RunRecord = self._get("runs", run.id)
         self._claims.release(stored.session_id, run.id)  # the run is over, however it ended
         if stored.status in FINISHED_STATUSES:
             return stored  # the first ending wins (it may have been recovered meanwhile)
+        if checked:
+            self.append("messages", stored.session_id, checked)
         seq = self._log(stored.session_id, run.id,
                         (*events, RunFinished(run_id=run.id, status=run.status)))
         first_seq = stored.first_seq if run.first_seq is None else run.first_seq

@@ -542,24 +542,28 @@ class StoreStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.model_runs))
     @rule(data=st.data(), status=st.sampled_from(sorted(FINISHED_STATUSES)),
           events=_log_events, age=st.none() | _ages, steps=st.integers(0, 9),
-          keep_first_seq=st.booleans())
+          keep_first_seq=st.booleans(), said=st.none() | _texts)
     def finish_run(
         self, data: st.DataObject, status: Any, events: list[LogEvent],
-        age: timedelta | None, steps: int, keep_first_seq: bool,
+        age: timedelta | None, steps: int, keep_first_seq: bool, said: str | None,
     ) -> None:
-        """An unfinished run ends: its events and ``run_finished`` logged, the record stored
-        as given with ``last_seq`` that of its ``run_finished`` (and the stored
-        ``first_seq`` when it is given none). A finished one stays as it is."""
+        """An unfinished run ends: the messages given (its last turn) appended, its events
+        and ``run_finished`` logged, the record stored as given with ``last_seq`` that of
+        its ``run_finished`` (and the stored ``first_seq`` when it is given none). A
+        finished one stays as it is, and nothing is appended."""
         stored = self._draw_run(data, lambda r: r.status not in FINISHED_STATUSES)
         run = attrs.evolve(
             stored, status=status, steps=steps, stop_reason="end_turn",
             finished_at=None if age is None else utc_now() - age,
             first_seq=stored.first_seq if keep_first_seq else None,
         )
-        self._finish(stored, run, events)
+        turn = () if said is None else (
+            Message(role="assistant", content=(TextBlock(text=said),)),)
+        self._finish(stored, run, events, turn)
 
-    def _finish(self, stored: RunRecord, run: RunRecord, events: list[LogEvent]) -> None:
-        finished = self.call(self.store.finish_run, run, events)
+    def _finish(self, stored: RunRecord, run: RunRecord, events: list[LogEvent],
+                messages: tuple[Message, ...] = ()) -> None:
+        finished = self.call(self.store.finish_run, run, events, messages)
         # A run that ends gives its claim (or its place in line) up, as a release does.
         places = self.model_places.get(run.session_id, [])
         if self.model_holders.get(run.session_id) == run.id:
@@ -568,7 +572,9 @@ class StoreStateMachine(RuleBasedStateMachine):
             places.remove(run.id)
         if stored.status in FINISHED_STATUSES:
             assert finished == stored, (finished, stored)  # the first ending wins
+            self._check_session(run.session_id)  # nothing appended
             return
+        self.model_messages[run.session_id].extend(messages)
         seq = self._model_log(
             run.session_id, run.id, [*events, RunFinished(run_id=run.id, status=run.status)]
         )

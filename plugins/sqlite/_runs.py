@@ -122,7 +122,10 @@ def start(tx: Tx, watch: LogWatch, cache: HistoryCache, run_id: str,
     return _woken(tx, watch, pk, run)
 
 
-def finish(tx: Tx, watch: LogWatch, run: RunRecord, events: tuple[LogEvent, ...]) -> RunRecord:
+def finish(
+    tx: Tx, watch: LogWatch, cache: HistoryCache, run: RunRecord,
+    events: tuple[LogEvent, ...], messages: tuple[Message, ...] = (),
+) -> RunRecord:
     # The stored record is decoded only if it has ended already: its status is a column.
     row = tx.conn.execute(
         "SELECT session_pk, status, json_extract(body, '$.first_seq') FROM runs WHERE id = ?",
@@ -135,6 +138,8 @@ def finish(tx: Tx, watch: LogWatch, run: RunRecord, events: tuple[LogEvent, ...]
         return _stored(tx, run.id)[1]  # the first ending (a recovery's, say) wins
     if run.first_seq is None:
         run = attrs.evolve(run, first_seq=first_seq)
+    if messages:
+        append(tx, cache, run.session_id, messages)
     return _woken(tx, watch, pk, end_run(tx, pk, run, events))
 
 

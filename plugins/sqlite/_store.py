@@ -384,14 +384,18 @@ class SqliteStore:
         checked = _messages(messages, "start_run")
         return await self._write(runs.start, self._log, self._cache, run_id, checked)
 
-    async def finish_run(self, run: RunRecord, events: Sequence[LogEvent] = ()) -> RunRecord:
+    async def finish_run(
+        self, run: RunRecord, events: Sequence[LogEvent] = (),
+        messages: Sequence[Message] = (),
+    ) -> RunRecord:
         if run.status not in FINISHED_STATUSES:
             raise ConfigError(
                 f"finish_run takes a finished run ({', '.join(sorted(FINISHED_STATUSES))}), "
                 f"got run {run.id} {run.status}"
             )
         finished, released = await self._write(
-            _finish_and_release, self._log, run, _log_events(events, "finish_run"), self._me)
+            _finish_and_release, self._log, self._cache, run, _log_events(events, "finish_run"),
+            _messages(messages, "finish_run"), self._me)
         if released:
             self._wake(finished.session_id)
         return finished
@@ -499,11 +503,13 @@ class SqliteStore:
 
 
 def _finish_and_release(
-    tx: Tx, watch: LogWatch, run: RunRecord, events: tuple[LogEvent, ...], me: leases.Claimant
+    tx: Tx, watch: LogWatch, cache: jobs.HistoryCache, run: RunRecord,
+    events: tuple[LogEvent, ...], messages: tuple[Message, ...], me: leases.Claimant,
 ) -> tuple[RunRecord, bool]:
-    """:meth:`SqliteStore.finish_run`'s job: the run ended, and its claim given up, in one
-    transaction (a run's end always goes with its release)."""
-    finished = runs.finish(tx, watch, run, events)
+    """:meth:`SqliteStore.finish_run`'s job: the run ended (its last turn stored with its
+    end), and its claim given up, in one transaction (a run's end always goes with its
+    release)."""
+    finished = runs.finish(tx, watch, cache, run, events, messages)
     return finished, leases.release(tx, finished.session_id, run.id, me)
 
 

@@ -207,7 +207,9 @@ async def test_session_events_replay_after_a_seq_then_follow_live(
 
 async def test_a_failing_event_log_fails_the_run_and_releases_the_session(
         runtime: wingspan.Runtime, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    session = Session(agent=agent_for(runtime, ["text"]), store=store, runtime=runtime)
+    # (a tool step: its turn is written with its events; a run's last turn goes with its end)
+    session = Session(agent=agent_for(runtime, [[{"name": "nap", "input": {"seconds": 0}}],
+                                                "text"]), store=store, runtime=runtime)
     await session.run("warm")  # stored
 
     async def full_disk(*args: Any, **kwargs: Any) -> int:
@@ -218,6 +220,36 @@ async def test_a_failing_event_log_fails_the_run_and_releases_the_session(
         await session.run("again")
     monkeypatch.undo()
     assert (await session.run("after")).response == "text"  # not stuck
+
+
+async def test_a_last_turn_that_cannot_be_stored_fails_the_run(
+        runtime: wingspan.Runtime, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's last turn is stored with its end: when that write fails, the caller gets the
+    store's error, not an answer the history does not hold; the run is recorded failed
+    (the second try, without the turn, works here) and the session goes on."""
+    session = Session(agent=agent_for(runtime, ["text"]), store=store, runtime=runtime)
+    await session.run("warm")
+    finish = store.finish_run
+    tries: list[int] = []
+
+    async def full_disk_once(run: Any, events: Any = (), messages: Any = ()) -> Any:
+        tries.append(len(messages))
+        if messages:
+            raise StoreError("disk full")
+        return await finish(run, events, messages)
+
+    monkeypatch.setattr(store, "finish_run", full_disk_once)
+    handle = await session.start("again")
+    with pytest.raises(StoreError, match="last turn could not be stored"):
+        await asyncio.wait_for(handle.result(), WAIT)
+    assert tries == [1, 0]
+    record = await store.get_run(handle.id)
+    assert record.status == "failed" and "last turn" in (record.error or "")
+    monkeypatch.undo()
+    assert (await session.run("after")).response == "text"  # not stuck
+    history = await store.load_messages(session.id)
+    assert [m.text for m in history] == ["warm", "text", "again", "after", "text"]
+    check_history(history)
 
 
 async def test_start_and_events_need_a_store(runtime: wingspan.Runtime) -> None:

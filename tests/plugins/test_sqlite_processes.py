@@ -95,6 +95,13 @@ class Acking:
         await self._ack(run.session_id, messages)
         return run
 
+    async def finish_run(self, run: RunRecord, events: Sequence[Any] = (),
+                         messages: Sequence[Message] = ()) -> RunRecord:
+        finished = await self._store.finish_run(run, events, messages)
+        if finished.status == run.status:  # ended here: its last turn is stored
+            await self._ack(run.session_id, messages)
+        return finished
+
     async def admit_run(self, run: RunRecord, **options: Any) -> Admission:
         admission = await self._store.admit_run(run, **options)
         if admission.started:  # it started with its admission: its messages are stored
