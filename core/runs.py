@@ -100,14 +100,15 @@ class RunControl:
     cancelling, and whether the loop is ending already (its clean-up has begun: the run
     records its own end, and a cancel then would only turn a completed run's result into
     an abort), and whether it has begun at all (a task cancelled before its first step
-    never runs its loop, so its owner ends the run)."""
+    never runs its loop, so its owner ends the run: ``abandoned`` is that ending)."""
 
-    __slots__ = ("ending", "entered", "reason")
+    __slots__ = ("abandoned", "ending", "entered", "reason")
 
     def __init__(self) -> None:
         self.reason: ErrorInfo | None = None
         self.ending = False
         self.entered = False
+        self.abandoned: asyncio.Future[None] | None = None
 
 
 class EventLog:
@@ -398,11 +399,12 @@ class RunHandle:
             self.task.cancel()
             with contextlib.suppress(BaseException):
                 await self.task
-            if not self.control.entered:
-                # Cancelled before its first step, it never ran its loop: the run ends
-                # here (its claim or place in line goes too, so the runs after it get
-                # their turn), as the task's owner also makes sure.
-                await abandon(self.store, self.record, reason)
+            if self.control.abandoned is not None:
+                # Cancelled before its first step, it never ran its loop: its owner ends
+                # the run (its claim or place in line goes too, so the runs after it get
+                # their turn), in a done-callback registered before this wait's, so set
+                # by now; wait for that.
+                await asyncio.shield(self.control.abandoned)
             return
         await self.store.abort_run(self.id)
 
@@ -478,11 +480,12 @@ class Runs:
 _PENDING: set[asyncio.Future[None]] = set()
 
 
-def keep_task(coro: Coroutine[Any, Any, None]) -> None:
+def keep_task(coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
     """Run ``coro`` in a task of its own, kept referenced until it is done."""
     future = asyncio.ensure_future(coro)
     _PENDING.add(future)
     future.add_done_callback(_PENDING.discard)
+    return future
 
 
 async def abandon(store: Store, admitted: RunRecord, reason: ErrorInfo) -> None:

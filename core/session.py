@@ -277,7 +277,8 @@ class Session:
             if task.cancelled() and not control.entered:
                 # Cancelled before its loop ran (which would have ended it): it ends here,
                 # and its claim or place in line goes with it.
-                keep_task(abandon(store, admission.run, control.reason or ABORTED))
+                control.abandoned = keep_task(
+                    abandon(store, admission.run, control.reason or ABORTED))
 
         task.add_done_callback(ended)
         return handle
@@ -617,12 +618,12 @@ class Session:
         )
         turns = (last_turn,) if last_turn is not None else ()
         stored = await record_end(store, ended, last, turns)  # which gives the claim up too
-        if stored is not None and (stored.status == status or not turns):
-            if last_turn is not None:
-                history.append(last_turn)
+        if last_turn is None:
+            if stored is None:
+                await _release(store, self.id, run.id)
             return None
-        if not turns:
-            await _release(store, self.id, run.id)
+        if stored is not None and stored.status == status:
+            history.append(last_turn)
             return None
         # The answer could not be stored with the run's end: the run failed (its caller
         # must not take an answer the history does not hold), and says so if it can.

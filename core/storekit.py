@@ -394,8 +394,8 @@ class KeyValueStore:
         run = attrs.evolve(run, started_at=None, finished_at=None, first_seq=seq, last_seq=seq)
         self._put_run(run)
         claimed = self._claims.reserve(run.session_id, run.id)
-        history = self.read("messages", run.session_id) or ()
-        if checked is None or not claimed or len(history) != history_length:
+        if checked is None or not claimed or len(
+                self.read("messages", run.session_id) or ()) != history_length:
             return Admission(run=run, claimed=claimed)
         return Admission(run=await self.start_run(run.id, checked), claimed=True, started=True)
 

@@ -135,21 +135,15 @@ def append_events(
 RECENT_EVENTS = 64
 
 
-def read_events(
-    tx: Tx, session_id: str, after: int, limit: int, run_id: str | None
-) -> list[LoggedEvent]:
-    return _read_events(tx, session_id, after, limit, run_id)
-
-
 def read_recent_events(
     tx: Tx, session_id: str, after: int, limit: int, run_id: str | None
 ) -> list[LoggedEvent]:
     """:func:`read_events` of at most :data:`RECENT_EVENTS` events (a live follower's
     read: the few appended since its last), else ``jobs.LONG`` with nothing read."""
-    return _read_events(tx, session_id, after, limit, run_id, RECENT_EVENTS)
+    return read_events(tx, session_id, after, limit, run_id, RECENT_EVENTS)
 
 
-def _read_events(
+def read_events(
     tx: Tx, session_id: str, after: int, limit: int, run_id: str | None,
     most: int | None = None,
 ) -> list[LoggedEvent]:

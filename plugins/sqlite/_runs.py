@@ -26,7 +26,7 @@ from wingspan import (
 )
 
 from ._events import UNFINISHED, end_run, log, write_run
-from ._jobs import HistoryCache, append, session_pk
+from ._jobs import MESSAGE_COUNT, HistoryCache, append, session_pk
 from ._leases import Claimant, join_queue, take_if_free
 from ._worker import Tx
 
@@ -89,7 +89,7 @@ def admit(
     if not claimed:
         join_queue(tx, pk, run.id, me)
     started = start is not None and claimed and conn.execute(
-        "SELECT coalesce(max(seq) + 1, 0) FROM messages WHERE session_pk = ?", (pk,)
+        f"SELECT {MESSAGE_COUNT} FROM sessions WHERE pk = ?", (pk,)
     ).fetchone()[0] == history_length
     if started:
         seq = log(tx, pk, run.id, [RunQueued(run_id=run.id), RunStarted(run_id=run.id)])
