@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .errors import ConfigError
+from .permissions import parse_rules
 from .providers import Provider
 from .tools import Tool, definition_of
-from .types import ToolDefinition
+from .types import Rule, ToolDefinition
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -53,6 +54,10 @@ def _to_tools(value: Any) -> tuple[Tool, ...]:
     return tuple(sorted(tools, key=lambda t: t.name))
 
 
+def _to_rules(value: Any) -> tuple[Rule, ...]:
+    return parse_rules(value, "Agent(permissions=...)") if value else ()
+
+
 def _check_max_steps(instance: Agent, attribute: Any, value: Any) -> None:
     if type(value) is not int or value < 1:
         raise ConfigError(f"Agent(max_steps=...) must be an integer of at least 1, got {value!r}")
@@ -69,6 +74,9 @@ class Agent:
     :param output_schema: a JSON Schema the final answer must follow, when given.
     :param max_steps: the most model calls one run may make (default 50).
     :param options: passed to the provider with every request (e.g. ``temperature``).
+    :param permissions: rules for its tool calls (:class:`~wingspan.Rule` s, or their
+        ``{"tool", "match", "action"}`` form), after the server's and before the session's
+        grants; the last one matching a call decides (:mod:`wingspan.permissions`).
     :param id: the stored agent's id, for agents made from a store record.
     """
 
@@ -79,6 +87,7 @@ class Agent:
     output_schema: Mapping[str, Any] | None = None
     max_steps: int = attrs.field(default=DEFAULT_MAX_STEPS, validator=_check_max_steps)
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    permissions: tuple[Rule, ...] = attrs.field(default=(), converter=_to_rules)
     id: str | None = None
     #: name -> tool, and the definitions sent to the provider, computed once.
     tool_map: Mapping[str, Tool] = attrs.field(init=False, repr=False, eq=False)
@@ -114,4 +123,5 @@ class Agent:
             tools=runtime.get_tools(record.tools),
             output_schema=record.output_schema,
             max_steps=record.max_steps,
+            permissions=record.permissions,
         )

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from .errors import ConfigError, WingspanError
 from .providers import Accumulator
+from .runs import RunFailed
 from .tools import ToolContext, ToolInvocation, ToolOutcome, check_input, run_tool
 from .types import (
     UNKNOWN_USAGE,
     Done,
     Message,
     RunStatus,
+    StreamEvent,
     ToolCall,
     ToolResultBlock,
     ToolResultEvent,
@@ -31,6 +33,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
+    from .agent import Agent
     from .runtime import Runtime
     from .session import Session
 
@@ -139,15 +142,24 @@ class RunState:
 
 class ToolRunner:
     """A run's tool calls: the agent's tools, with the plugins' ``wingspan_tool_call``
-    wrappers when there are some (looked up once a run), each call with its context."""
+    wrappers when there are some (looked up once a run), each call with its context.
 
-    __slots__ = ("hook", "run_id", "session", "settings", "tool_map")
+    A wrapper may send events on the run's streams while its call runs
+    (:attr:`ToolContext.emit`): the tool step yields them between the results."""
 
-    def __init__(self, session: Session, run_id: str, tool_map: Mapping[str, Any],
-                 runtime: Runtime) -> None:
-        self.session, self.run_id, self.tool_map = session, run_id, tool_map
+    __slots__ = ("agent", "answerable", "approve", "emitted", "hook", "run_data", "run_id",
+                 "session", "settings", "tool_map")
+
+    def __init__(self, session: Session, run_id: str, agent: Agent, runtime: Runtime, *,
+                 approve: Any = None, answerable: bool = False) -> None:
+        self.session, self.run_id, self.agent = session, run_id, agent
+        self.tool_map: Mapping[str, Any] = agent.tool_map
         self.settings = runtime.settings.tools
         self.hook = runtime.hooks.wingspan_tool_call if runtime.has_tool_call_hook else None
+        self.approve, self.answerable = approve, answerable
+        self.run_data: dict[str, Any] = {}
+        #: Where the events a wrapper emits wait for the tool step to yield them.
+        self.emitted: asyncio.Queue[Any] | None = None
 
     def context(self, tool_use_id: str) -> ToolContext:
         return ToolContext(
@@ -156,28 +168,54 @@ class ToolRunner:
             run_id=self.run_id,
             tool_use_id=tool_use_id,
             settings=self.settings,
+            agent=self.agent,
+            store=self.session.store,
+            emit=self._emit if self.hook is not None else None,
+            approve=self.approve,
+            answerable=self.answerable,
+            run_data=self.run_data,
         )
 
-    async def step(self, state: RunState) -> AsyncGenerator[ToolResultEvent, None]:
-        """Run the pending calls, concurrently, yielding each result as it completes and
-        keeping its outcome in ``state.outcomes``; closed early, it cancels the calls still
-        running and waits for them."""
+    def _emit(self, event: Any) -> None:
+        if self.emitted is None:
+            raise RuntimeError("ToolContext.emit is for a tool call while it runs")
+        self.emitted.put_nowait(event)
+
+    async def step(self, state: RunState) -> AsyncGenerator[StreamEvent, None]:
+        """Run the pending calls, concurrently, yielding each result as it completes (and
+        the events wrappers emit meanwhile), keeping each outcome in ``state.outcomes``;
+        closed early, it cancels the calls still running and waits for them."""
         uses, invalid, outcomes = state.pending, state.invalid, state.outcomes
-        if len(uses) == 1:  # the common case, without a task
+        if len(uses) == 1 and self.hook is None:  # the common case, without a task
             outcomes[0] = outcome = await self.call(uses[0], invalid)
             yield result_event(uses[0], outcome)
             return
-        tasks = {asyncio.ensure_future(self.call(use, invalid)): i for i, use in enumerate(uses)}
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.emitted = queue
+
+        async def run(position: int) -> None:
+            try:
+                queue.put_nowait((position, await self.call(uses[position], invalid)))
+            except BaseException as exc:
+                queue.put_nowait((position, exc))
+                raise
+
+        tasks = [asyncio.ensure_future(run(i)) for i in range(len(uses))]
         try:
-            waiting = set(tasks)
-            while waiting:
-                finished, waiting = await asyncio.wait(waiting,
-                                                       return_when=asyncio.FIRST_COMPLETED)
-                for task in sorted(finished, key=tasks.__getitem__):
-                    position = tasks[task]
-                    outcomes[position] = outcome = task.result()
-                    yield result_event(uses[position], outcome)
+            left = len(uses)
+            while left:
+                item = await queue.get()
+                if type(item) is not tuple:
+                    yield item  # an event a wrapper emitted
+                    continue
+                position, outcome = item
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                outcomes[position] = outcome
+                left -= 1
+                yield result_event(uses[position], outcome)
         finally:
+            self.emitted = None
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -206,6 +244,8 @@ class ToolRunner:
                 invocation=ToolInvocation(tool=tool, tool_use_id=use.id, input=use.input),
                 context=self.context(use.id),
             )
+        except RunFailed:
+            raise  # a wrapper ends the run (e.g. a call needs an answer nobody can give)
         except WingspanError as exc:
             return ToolOutcome(content=str(exc), is_error=True)
         except Exception as exc:

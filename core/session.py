@@ -23,6 +23,7 @@ from .errors import ConfigError, ConflictError, ProviderError, StoreError, Wings
 from .history import alternates, alternating, repair_history
 from .ids import new_id
 from .loop import RunState, ToolRunner, results_message
+from .permissions import Approver
 from .providers import Accumulator
 from .runs import (
     ABORTED,
@@ -185,23 +186,25 @@ class Session:
     # --- running ----------------------------------------------------------------------------
 
     async def run(
-        self, message: str | Message | None = None, *, agent: Agent | None = None
+        self, message: str | Message | None = None, *, agent: Agent | None = None,
+        approve: Approver | None = None,
     ) -> Result:
         """Run the loop on ``message`` to its end (without one, continue the history: see
         :meth:`stream`).
 
         :raises ProviderError: when the provider fails (the history stays valid).
         """
-        return await _drain(self.stream(message, agent=agent)._loop_events)
+        return await _drain(self.stream(message, agent=agent, approve=approve)._loop_events)
 
     def run_sync(
-        self, message: str | Message | None = None, *, agent: Agent | None = None
+        self, message: str | Message | None = None, *, agent: Agent | None = None,
+        approve: Approver | None = None,
     ) -> Result:
         """:meth:`run` for code without an event loop."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.run(message, agent=agent))
+            return asyncio.run(self.run(message, agent=agent, approve=approve))
         raise ConfigError("run_sync() cannot be called from a running event loop; use await run()")
 
     def stream(
@@ -210,6 +213,7 @@ class Session:
         *,
         agent: Agent | None = None,
         run_id: str | None = None,
+        approve: Approver | None = None,
     ) -> RunStream:
         """Run the loop on ``message``, yielding its events as they happen.
 
@@ -225,11 +229,18 @@ class Session:
 
         :param run_id: the run's id (default: a new ULID), known at once as
             :attr:`RunStream.run_id`.
+        :param approve: answers the run's permission requests (a tool call a rule says to
+            ``ask`` about): called with the :class:`~wingspan.PermissionRequest`, it returns
+            ``"allow"``, ``"allow_always"``, ``"deny"`` or a
+            :class:`wingspan.permissions.Answer` (sync or async). Without it, a call that
+            needs asking ends the run at once with a ``permission_required`` error: nobody
+            could answer.
         """
         message = _user_message(message)
         run_id = run_id or new_id()
-        return RunStream(self._loop(message, agent or self.agent, run_id, None, RunControl()),
-                         run_id)
+        approve = _approver(approve)
+        return RunStream(self._loop(message, agent or self.agent, run_id, None, RunControl(),
+                                    approve), run_id)
 
     async def start(
         self,
@@ -239,6 +250,7 @@ class Session:
         if_busy: IfBusy = "queue",
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        approve: Approver | None = None,
     ) -> RunHandle:
         """Admit a run of ``message`` to the session in the store, and execute it in a task
         of its own once its turn comes (runs of a session go one at a time, in admission
@@ -251,9 +263,13 @@ class Session:
         :param idempotency_key: a repeat with the same key (and ``request_hash``) is the
             first run again, not a new one: its handle is returned, and it is not executed
             twice; with another ``request_hash``, :class:`~wingspan.ConflictError`.
+        :param approve: as for :meth:`stream`; without it, the run's permission requests
+            wait in the store until answered (:func:`wingspan.permissions.answer`, the
+            HTTP server's ``/permissions`` routes), from this process or any other.
         :raises ConfigError: when the session has no store.
         """
         store = self._require_store("start()")
+        approve = _approver(approve)
         message = _user_message(message)
         agent = agent or self.agent
         await self._ensure_stored(store)
@@ -266,7 +282,8 @@ class Session:
             known = registry.get(admission.run.id)
             return known if known is not None else RunHandle(record=admission.run, store=store)
         control = RunControl()
-        events = self._loop(message, agent, admission.run.id, admission, control)
+        events = self._loop(message, agent, admission.run.id, admission, control, approve,
+                            answerable=True)
         task = asyncio.ensure_future(_drain(events))
         handle = RunHandle(record=admission.run, store=store, task=task, control=control)
         registry.add(handle)
@@ -332,6 +349,9 @@ class Session:
         run_id: str,
         admission: Admission | None,
         control: RunControl,
+        approve: Approver | None = None,
+        *,
+        answerable: bool = False,
     ) -> AsyncGenerator[StreamEvent, None]:
         """The run's driver: it takes the steps its :class:`~wingspan.loop.RunState` says,
         and every event passes through its ``emit``. ``message`` ``None``: the run
@@ -346,7 +366,8 @@ class Session:
         state = RunState(run_id)
         failure: BaseException | None = None
         last_turn: Message | None = None  # the run's last turn, stored with its end
-        tools = ToolRunner(self, run_id, agent.tool_map, runtime)
+        tools = ToolRunner(self, run_id, agent, runtime, approve=approve,
+                           answerable=answerable)
         run_record: RunRecord | None = None
         event_log: EventLog | None = None
 
@@ -706,6 +727,13 @@ def _resolve_work_dir(work_dir: str | os.PathLike[str] | None) -> Path | None:
     if not path.is_dir():
         raise ConfigError(f"work_dir {str(work_dir)!r} is not a directory")
     return path
+
+
+def _approver(approve: Approver | None) -> Approver | None:
+    if approve is not None and not callable(approve):
+        raise ConfigError(f"approve must be a function taking a PermissionRequest, got "
+                          f"{approve!r}")
+    return approve
 
 
 def _user_message(message: str | Message | None) -> Message | None:

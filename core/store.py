@@ -16,7 +16,17 @@ from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar, runtime_
 
 import attrs
 
-from .types import LogEvent, LoggedEvent, Message, RunStatus, Usage
+from .types import (
+    LogEvent,
+    LoggedEvent,
+    Message,
+    PermissionDecision,
+    PermissionRequest,
+    ResolvedBy,
+    Rule,
+    RunStatus,
+    Usage,
+)
 
 __all__ = [
     "Admission",
@@ -57,6 +67,8 @@ class AgentRecord:
     options: Mapping[str, Any] = attrs.field(factory=dict)
     output_schema: Mapping[str, Any] | None = None
     max_steps: int = 50
+    #: Rules for the agent's tool calls (:class:`~wingspan.Rule`), after the server's.
+    permissions: tuple[Rule, ...] = ()
     created_at: datetime = attrs.field(factory=utc_now)
     updated_at: datetime = attrs.field(factory=utc_now)
 
@@ -320,6 +332,43 @@ class Store(Protocol):
         """Drop the deltas (``text_delta``, ``input_json_delta``) and ``ping`` s of runs that
         finished before ``before``; every other event is kept as long as its session.
         :returns: how many were dropped.
+        """
+
+    # permission requests and the session's grants
+    async def add_permission_request(self, request: PermissionRequest) -> PermissionRequest:
+        """Store a pending request of a running (or waiting) run, and mark the run
+        ``waiting``, atomically.
+
+        :raises NotFoundError: when its run does not exist.
+        :raises ConflictError: when its id is taken, or its run has finished.
+        """
+    async def resolve_permission_request(
+        self, request_id: str, *, decision: PermissionDecision, by: ResolvedBy,
+        message: str | None = None, grant: Rule | None = None,
+    ) -> PermissionRequest:
+        """Answer a pending request, atomically: its status becomes ``allowed`` (``allow``,
+        ``allow_always``) or ``denied``, with ``decision``, ``by``, ``message`` and
+        ``resolved_at`` now; ``grant`` (with ``allow_always``) is added to its session's
+        grants; its run, ``waiting``, becomes ``running`` again once no other request of
+        it is pending. Of concurrent answers, in any process, exactly one wins.
+
+        :returns: the request as stored.
+        :raises NotFoundError: when there is no such request.
+        :raises ConflictError: when it was resolved already.
+        """
+    async def get_permission_request(self, request_id: str) -> PermissionRequest:
+        """:raises NotFoundError: when there is no such request."""
+    async def list_permission_requests(
+        self, session_id: str, *, pending_only: bool = True
+    ) -> list[PermissionRequest]:
+        """The session's requests (only the pending ones by default), oldest first.
+
+        :raises NotFoundError: when the session does not exist.
+        """
+    async def list_grants(self, session_id: str) -> list[Rule]:
+        """The session's grants (rules made by ``allow_always`` answers), oldest first.
+
+        :raises NotFoundError: when the session does not exist.
         """
 
     # idempotency keys of creations

@@ -26,6 +26,7 @@ import attrs
 
 from .claims import ClaimQueue
 from .errors import ConfigError, ConflictError, NotFoundError, StoreError
+from .permissions import resolved
 from .store import (
     Admission,
     AgentRecord,
@@ -42,6 +43,10 @@ from .types import (
     ErrorInfo,
     LoggedEvent,
     Message,
+    PermissionDecision,
+    PermissionRequest,
+    ResolvedBy,
+    Rule,
     RunFinished,
     RunQueued,
     RunStarted,
@@ -92,7 +97,8 @@ def _page_ids(ids: Iterable[str], limit: int, cursor: str | None) -> tuple[list[
     return shown, shown[-1] if len(older) > limit else None
 
 
-_KINDS = {"agents": "agent", "sessions": "session", "runs": "run"}
+_KINDS = {"agents": "agent", "sessions": "session", "runs": "run",
+          "permissions": "permission request"}
 _IF_BUSY = typing.get_args(IfBusy)
 #: The event types :meth:`Store.prune_events` drops once their run has finished.
 _PRUNABLE = frozenset({"text_delta", "input_json_delta", "ping"})
@@ -139,6 +145,10 @@ class KeyValueStore:
         "events": list[LoggedEvent],
         "runs": RunRecord,
         "credentials": Credential,
+        #: permission requests by id; each session's request ids, and its grants
+        "permissions": PermissionRequest,
+        "session_permissions": list[str],
+        "grants": list[Rule],
     }
     #: What the store is called in its errors (``"the memory store is closed"``).
     label: ClassVar[str] = "store"
@@ -321,6 +331,10 @@ class KeyValueStore:
         self.remove("sessions", session_id)  # first: what is left behind is unreachable
         self.remove("messages", session_id)
         self.remove("events", session_id)
+        for request_id in self.read("session_permissions", session_id) or ():
+            self.remove("permissions", request_id)
+        self.remove("session_permissions", session_id)
+        self.remove("grants", session_id)
         for run in self._runs_of(session_id):
             self.remove("runs", run.id)
         self._index().pop(session_id, None)
@@ -426,6 +440,11 @@ class KeyValueStore:
             return stored  # the first ending wins (it may have been recovered meanwhile)
         if checked:
             self.append("messages", stored.session_id, checked)
+        if stored.status == "waiting":  # its requests end with it
+            for request in self._requests(stored.session_id, pending_only=True):
+                if request.run_id == run.id:
+                    self.write("permissions", request.id, resolved(
+                        request, decision="deny", by="abort", message=None))
         seq = self._log(stored.session_id, run.id,
                         (*events, RunFinished(run_id=run.id, status=run.status)))
         first_seq = stored.first_seq if run.first_seq is None else run.first_seq
@@ -444,6 +463,60 @@ class KeyValueStore:
     ) -> Page[RunRecord]:
         self._get("sessions", session_id)
         return paginate({run.id: run for run in self._runs_of(session_id)}, limit, cursor)
+
+    # --- permission requests and grants ----------------------------------------------------
+
+    def _requests(self, session_id: str, *, pending_only: bool) -> list[PermissionRequest]:
+        requests = [self.read("permissions", key)
+                    for key in self.read("session_permissions", session_id) or ()]
+        return [r for r in requests if r is not None and (r.status == "pending"
+                                                          or not pending_only)]
+
+    async def add_permission_request(self, request: PermissionRequest) -> PermissionRequest:
+        run: RunRecord = self._get("runs", request.run_id)
+        if run.status in FINISHED_STATUSES or run.status == "queued":
+            raise ConflictError(f"run {run.id} cannot wait for a permission: it is "
+                                f"{run.status}")
+        if request.status != "pending":
+            raise ConfigError(f"add_permission_request takes a pending request, got "
+                              f"{request.status!r}")
+        self._insert("permissions", request)
+        self.append("session_permissions", run.session_id, [request.id])
+        if run.status != "waiting":
+            self._put_run(attrs.evolve(run, status="waiting"))
+        return request
+
+    async def resolve_permission_request(
+        self, request_id: str, *, decision: PermissionDecision, by: ResolvedBy,
+        message: str | None = None, grant: Rule | None = None,
+    ) -> PermissionRequest:
+        request: PermissionRequest = self._get("permissions", request_id)
+        if request.status != "pending":
+            raise ConflictError(f"permission request {request_id} was already answered "
+                                f"({request.decision} by {request.by})")
+        request = resolved(request, decision=decision, by=by, message=message)
+        self.write("permissions", request_id, request)
+        if grant is not None:
+            self.append("grants", request.session_id, [grant])
+        run = self.read("runs", request.run_id)
+        if run is not None and run.status == "waiting" and not any(
+                r.run_id == run.id for r in self._requests(run.session_id, pending_only=True)):
+            self._put_run(attrs.evolve(run, status="running"))
+        return request
+
+    async def get_permission_request(self, request_id: str) -> PermissionRequest:
+        request: PermissionRequest = self._get("permissions", request_id)
+        return request
+
+    async def list_permission_requests(
+        self, session_id: str, *, pending_only: bool = True
+    ) -> list[PermissionRequest]:
+        self._get("sessions", session_id)
+        return self._requests(session_id, pending_only=pending_only)
+
+    async def list_grants(self, session_id: str) -> list[Rule]:
+        self._get("sessions", session_id)
+        return list(self.read("grants", session_id) or ())
 
     # --- the event log ---------------------------------------------------------------------
 

@@ -126,6 +126,19 @@ class ToolContext:
     :ivar tool_use_id: the id of this call.
     :ivar settings: the runtime's tool settings (limits, allowances), read-only.
 
+    What a ``wingspan_tool_call`` wrapper needs besides (a permission policy, an audit):
+
+    :ivar agent: the agent running the call (its ``permissions``, its id).
+    :ivar store: the session's store, ``None`` for a session kept in memory only.
+    :ivar emit: sends an event on the run's streams (and its event log) while the call runs,
+        e.g. a :class:`~wingspan.PermissionRequested`.
+    :ivar approve: the run's approval callback (``session.run(..., approve=...)``), if any.
+    :ivar answerable: whether a request can be answered outside ``approve``: the run was
+        started in the store (:meth:`wingspan.Session.start`), where any process sharing it
+        can answer (the HTTP server's runs are).
+    :ivar run_data: a mapping the run's calls share, for a plugin's per-run state (key it
+        by the plugin's name).
+
     Cancelling the run cancels the task running the tool: long work must await (or run in a
     subprocess it kills on :class:`asyncio.CancelledError`) so that cancellation reaches it.
     """
@@ -135,6 +148,12 @@ class ToolContext:
     run_id: str
     tool_use_id: str
     settings: Mapping[str, Any] = attrs.field(factory=dict)
+    agent: Any = None
+    store: Any = None
+    emit: Callable[[Any], None] | None = None
+    approve: Any = None
+    answerable: bool = False
+    run_data: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
     def require_work_dir(self) -> Path:
         """The work dir, or a :class:`ToolError` the model can read when there is none."""

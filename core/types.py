@@ -7,6 +7,7 @@ converter in :mod:`wingspan.wire`; these classes have no ``to_dict``/``from_dict
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, ClassVar, Literal, TypeAlias
 
 import attrs
@@ -29,10 +30,17 @@ __all__ = [
     "MessageDelta",
     "MessageStart",
     "MessageStop",
+    "PermissionAction",
+    "PermissionDecision",
+    "PermissionRequest",
+    "PermissionRequested",
+    "PermissionResolved",
     "Ping",
+    "ResolvedBy",
     "Result",
     "Resync",
     "Role",
+    "Rule",
     "RunFinished",
     "RunQueued",
     "RunStarted",
@@ -411,6 +419,82 @@ class Resync:
     reason: str = "pruned"
 
 
+# --- permissions -----------------------------------------------------------------------------
+
+#: What a rule does with a tool call it matches: run it, ask a person first, or refuse it.
+PermissionAction: TypeAlias = Literal["allow", "ask", "deny"]
+#: A person's answer to a permission request; ``allow_always`` also grants the session every
+#: later call of that tool with a subject the grant's pattern matches.
+PermissionDecision: TypeAlias = Literal["allow", "allow_always", "deny"]
+#: Who resolved a request: a person (or an approval callback), a rule (a grant made meanwhile),
+#: its timeout, or the end of its run.
+ResolvedBy: TypeAlias = Literal["user", "rule", "timeout", "abort"]
+
+
+def _glob(instance: Any, attribute: attrs.Attribute[str], value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{attribute.name} must be a non-empty glob, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Rule:
+    """A permission rule: calls of the tools named by ``tool`` whose subject ``match``
+    matches get ``action``. Both are globs (:func:`fnmatch.fnmatchcase`: ``*`` matches any
+    characters, ``/`` and spaces included; ``?``, ``[seq]``); the last rule matching a call
+    decides (:func:`wingspan.permissions.decide`)."""
+
+    tool: str = attrs.field(default="*", validator=_glob)
+    match: str = attrs.field(default="*", validator=_glob)
+    action: PermissionAction
+
+
+@attrs.frozen(kw_only=True)
+class PermissionRequest:
+    """A tool call waiting for a person: stored before its event is sent, answered once.
+
+    :ivar subject: what the person judges: the bash command, the path, the URL...
+    :ivar status: ``pending`` until answered, then ``allowed`` or ``denied``.
+    :ivar decision: the answer (``None`` while pending).
+    :ivar message: with a ``deny``, what the model is told.
+    :ivar by: who resolved it.
+    """
+
+    id: str
+    session_id: str
+    run_id: str
+    tool_use_id: str
+    tool_name: str
+    input: JSONObject
+    subject: str
+    status: Literal["pending", "allowed", "denied"] = "pending"
+    decision: PermissionDecision | None = None
+    message: str | None = None
+    by: ResolvedBy | None = None
+    created_at: datetime
+    expires_at: datetime
+    resolved_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PermissionRequested:
+    """A tool call of the run waits for a person's answer (:class:`PermissionRequest`)."""
+
+    type: ClassVar[str] = "permission_request"
+
+    request: PermissionRequest
+
+
+@attrs.frozen(kw_only=True)
+class PermissionResolved:
+    """A permission request of the run was answered, and by whom."""
+
+    type: ClassVar[str] = "permission_resolved"
+
+    request_id: str
+    decision: PermissionDecision
+    by: ResolvedBy
+
+
 StreamEvent: TypeAlias = (
     MessageStart
     | ContentBlockStart
@@ -422,6 +506,8 @@ StreamEvent: TypeAlias = (
     | Ping
     | ErrorEvent
     | ToolResultEvent
+    | PermissionRequested
+    | PermissionResolved
     | Done
 )
 #: What a session's event log holds: every event of its runs' streams, and each run's

@@ -61,6 +61,8 @@ TAGGED: tuple[type, ...] = (
     t.Ping,
     t.ErrorEvent,
     t.ToolResultEvent,
+    t.PermissionRequested,
+    t.PermissionResolved,
     t.Done,
     t.RunQueued,
     t.RunStarted,

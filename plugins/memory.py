@@ -46,6 +46,8 @@ class MemoryStore(KeyValueStore):
             "runs": self._runs,
             "credentials": self._credentials,
         }
+        for table in self.TABLES:  # the permission requests and grants, say
+            self._tables.setdefault(table, {})
 
     def __repr__(self) -> str:
         return f"<MemoryStore sessions={len(self._sessions)} agents={len(self._agents)}>"

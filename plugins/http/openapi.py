@@ -200,7 +200,7 @@ def _refined(schema: JSONSchema, extra: JSONSchema) -> JSONSchema:
     if "anyOf" in schema:
         return {"anyOf": [m if m == {"type": "null"} else _refined(m, extra)
                           for m in schema["anyOf"]]}
-    if "items" in extra and "items" in schema:
+    if "items" in extra and "items" in schema and "$ref" not in schema["items"]:
         return {**schema, "items": {**schema["items"], **extra["items"]},
                 **{k: v for k, v in extra.items() if k != "items"}}
     return {**schema, **extra}
@@ -270,7 +270,20 @@ def _agent_refinements(server: ServerState) -> dict[str, JSONSchema]:
                     "naming an unknown or ill-typed one); where keys come from is the "
                     "operator's to set, not an agent's"},
         "max_steps": {"minimum": 1, "maximum": limit},
+        "permissions": {"items": RULE_REQUEST},
     }
+
+
+_GLOB = {"type": "string", "minLength": 1, "default": "*",
+         "description": "a glob (* matches any characters, / and spaces included)"}
+#: A rule as a request gives it: ``tool`` and ``match`` default to ``*``.
+RULE_REQUEST: JSONSchema = {
+    "type": "object",
+    "properties": {"tool": _GLOB, "match": _GLOB,
+                   "action": {"enum": ["allow", "ask", "deny"]}},
+    "required": ["action"],
+    "additionalProperties": False,
+}
 
 
 def _create_agent(builder: SchemaBuilder, server: ServerState) -> JSONSchema:

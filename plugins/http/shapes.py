@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from wingspan import Message, Usage
+from wingspan import Message, Rule, Usage
 
 JSONObject = Mapping[str, Any]
 
@@ -32,6 +32,7 @@ class CreateAgentRequest:
     options: JSONObject = attrs.field(factory=dict)
     output_schema: JSONObject | None = None
     max_steps: int | None = None
+    permissions: tuple[Rule, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -44,6 +45,7 @@ class UpdateAgentRequest:
     options: JSONObject | None = None
     output_schema: JSONObject | None = None
     max_steps: int | None = None
+    permissions: tuple[Rule, ...] | None = None
 
 
 @attrs.frozen(kw_only=True)

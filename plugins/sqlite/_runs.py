@@ -28,6 +28,7 @@ from wingspan import (
 from ._events import UNFINISHED, end_run, log, write_run
 from ._jobs import MESSAGE_COUNT, HistoryCache, append, session_pk
 from ._leases import Claimant, join_queue, take_if_free
+from ._permissions import end_requests
 from ._worker import Tx
 
 if TYPE_CHECKING:
@@ -138,6 +139,8 @@ def finish(
         return _stored(tx, run.id)[1]  # the first ending (a recovery's, say) wins
     if run.first_seq is None:
         run = attrs.evolve(run, first_seq=first_seq)
+    if status == "waiting":
+        end_requests(tx, run.id)  # its requests end with it
     if messages:
         append(tx, cache, run.session_id, messages)
     return _woken(tx, watch, pk, end_run(tx, pk, run, events))

@@ -136,6 +136,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (scope, key)) WITHOUT ROWID""",
         "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
     ),
+    (
+        # Permission requests (``wingspan.PermissionRequest`` as wire JSON), oldest (lowest
+        # id) first per session; a run's pending ones are found by the partial index.
+        """CREATE TABLE permission_requests (
+            id TEXT PRIMARY KEY,
+            session_pk INTEGER NOT NULL REFERENCES sessions (pk) ON DELETE CASCADE,
+            run_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            body TEXT NOT NULL)""",
+        "CREATE INDEX permission_requests_by_session ON permission_requests (session_pk, id)",
+        """CREATE INDEX permission_requests_pending ON permission_requests (run_id)
+            WHERE status = 'pending'""",
+        # A session's grants (``wingspan.Rule`` as wire JSON), in the order they were made.
+        """CREATE TABLE grants (
+            id INTEGER PRIMARY KEY,
+            session_pk INTEGER NOT NULL REFERENCES sessions (pk) ON DELETE CASCADE,
+            body TEXT NOT NULL)""",
+        "CREATE INDEX grants_by_session ON grants (session_pk, id)",
+    ),
 )
 
 

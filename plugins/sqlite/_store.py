@@ -29,7 +29,11 @@ from wingspan import (
     Message,
     NotFoundError,
     Page,
+    PermissionDecision,
+    PermissionRequest,
     ProcessIdentity,
+    ResolvedBy,
+    Rule,
     RunRecord,
     SessionRecord,
     StoreError,
@@ -39,6 +43,7 @@ from wingspan import (
 from . import _events as eventlog
 from . import _jobs as jobs
 from . import _leases as leases
+from . import _permissions as permissions
 from . import _runs as runs
 from ._options import Options
 from ._schema import begin_immediate, connect, create_file, migrate, store_error, truncate_wal
@@ -410,6 +415,33 @@ class SqliteStore:
         bodies, next_cursor = await self._read(runs.page, session_id, limit, cursor)
         return Page(items=tuple(wire.loads(b, RunRecord) for b in bodies), next_cursor=next_cursor)
 
+    # --- permission requests and grants -----------------------------------------------------
+
+    async def add_permission_request(self, request: PermissionRequest) -> PermissionRequest:
+        if request.status != "pending":
+            raise ConfigError(f"add_permission_request takes a pending request, got "
+                              f"{request.status!r}")
+        return await self._write(permissions.add, request)
+
+    async def resolve_permission_request(
+        self, request_id: str, *, decision: PermissionDecision, by: ResolvedBy,
+        message: str | None = None, grant: Rule | None = None,
+    ) -> PermissionRequest:
+        return await self._write(permissions.resolve, request_id, decision, by, message, grant)
+
+    async def get_permission_request(self, request_id: str) -> PermissionRequest:
+        return wire.loads(await self._read(permissions.get, request_id), PermissionRequest)
+
+    async def list_permission_requests(
+        self, session_id: str, *, pending_only: bool = True
+    ) -> list[PermissionRequest]:
+        bodies = await self._read(permissions.of_session, session_id, pending_only)
+        return [wire.loads(body, PermissionRequest) for body in bodies]
+
+    async def list_grants(self, session_id: str) -> list[Rule]:
+        return [wire.loads(body, Rule)
+                for body in await self._read(permissions.grants, session_id)]
+
     # --- the event log ----------------------------------------------------------------------
 
     async def append_events(
@@ -534,6 +566,7 @@ _SHORT: dict[Callable[..., Any], Callable[..., Any]] = {
         jobs.insert, jobs.append, jobs.select_body, jobs.select_session, jobs.save_run,
         jobs.reserve_key, runs.admit, runs.start, eventlog.append_events, eventlog.last_seq,
         leases.claim, leases.release, leases.claim_state, _finish_and_release, _append_both,
+        permissions.add, permissions.resolve, permissions.get, permissions.grants,
     )
 }
 _SHORT[jobs.load] = jobs.load_recent

@@ -26,7 +26,8 @@ async def echo(text: str) -> str:
 
 
 def test_runtime_without_run_time_hooks_skips_them() -> None:
-    runtime = make_runtime()
+    # The built-in permissions plugin wraps every tool call; without it, nothing does.
+    runtime = make_runtime(disable=["permissions"])
     assert not (runtime.has_event_hook or runtime.has_prepare_request_hook
                 or runtime.has_tool_call_hook)
 
@@ -264,7 +265,7 @@ def test_observe_never_raises_and_closes_what_an_async_observer_returns(
 
 
 async def test_a_plugin_registered_after_the_runtime_is_built_gets_its_run_time_hooks() -> None:
-    runtime = make_runtime()
+    runtime = make_runtime(disable=["permissions"])
     assert not (runtime.has_event_hook or runtime.has_prepare_request_hook
                 or runtime.has_tool_call_hook)
     calls: list[str] = []

@@ -28,7 +28,8 @@ def install_fake_distribution(root: Path, name: str, plugins: dict[str, str]) ->
         (root / f"{name}_{ep}.py").write_text(textwrap.dedent(source))
 
 
-BUILTINS = {"test", "memory", "anthropic", "openai", "ollama", "http", "tools", "sqlite"}
+BUILTINS = {"test", "memory", "anthropic", "openai", "ollama", "http", "tools", "sqlite",
+            "permissions"}
 
 GOOD = """
 import wingspan

@@ -159,6 +159,7 @@ async def create_agent() -> Any:
         options=dict(body.options),
         output_schema=body.output_schema,
         max_steps=body.max_steps if body.max_steps is not None else server.config.max_steps,
+        permissions=body.permissions,
     )
     store = server.require_store()
     record, status = await create_once(server, "agents", key, body, record,

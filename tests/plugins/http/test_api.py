@@ -127,7 +127,8 @@ async def test_agent_crud(client: Client) -> None:
     second = await create_agent(client, name="second")
     agent = await (await client.get(f"/agents/{first}")).get_json()
     assert list(agent) == ["id", "name", "instructions", "tools", "provider", "model", "options",
-                           "output_schema", "max_steps", "created_at", "updated_at"]
+                           "output_schema", "max_steps", "permissions", "created_at",
+                           "updated_at"]
     assert agent["tools"] == ["slow"] and agent["max_steps"] == 50
     assert agent["created_at"].endswith("Z") and len(agent["id"]) == 26
     listed = await (await client.get("/agents")).get_json()

@@ -1,0 +1,261 @@
+"""Permissions: the rules that decide whether a tool call runs, is asked about, or is refused.
+
+A :class:`~wingspan.Rule` names tools and a pattern on a call's **subject**, what a person
+would judge: the bash command, the path of a read, write or edit relative to the work dir,
+the URL of a webfetch. A tool names its own subject (:func:`subject_of`); by default it is
+the call's input as compact JSON. Rules come from the server's configuration, then the
+agent's ``permissions``, then the session's grants; the last one matching a call decides,
+and a call no rule matches gets the configured default.
+
+The policy itself is the built-in ``permissions`` plugin, a ``wingspan_tool_call`` wrapper
+(``wingspan.plugins.permissions``); this module holds what the kernel, the stores and the
+transports share with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import functools
+import json
+import re
+import typing
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import attrs
+
+from .errors import ConfigError
+from .store import utc_now
+from .types import (
+    PermissionAction,
+    PermissionDecision,
+    PermissionRequest,
+    ResolvedBy,
+    Rule,
+)
+
+if TYPE_CHECKING:
+    from .store import Store
+    from .tools import Tool, ToolContext
+
+__all__ = [
+    "ACTIONS",
+    "DECISIONS",
+    "Answer",
+    "Approver",
+    "answer",
+    "decide",
+    "escape",
+    "parse_answer",
+    "parse_rules",
+    "subject_of",
+]
+
+ACTIONS: tuple[str, ...] = typing.get_args(PermissionAction)
+DECISIONS: tuple[str, ...] = typing.get_args(PermissionDecision)
+
+
+@attrs.frozen(kw_only=True)
+class Answer:
+    """A decision on a :class:`~wingspan.PermissionRequest`.
+
+    :ivar message: with ``deny``, what the model is told (a default message otherwise).
+    :ivar pattern: with ``allow_always``, the glob on the subject the session's grant
+        covers (default: exactly this request's subject).
+    """
+
+    decision: PermissionDecision
+    message: str | None = None
+    pattern: str | None = None
+
+
+#: An approval callback: given a request, its answer — an :class:`Answer` or a bare decision
+#: (``"allow"``, ``"allow_always"``, ``"deny"``) — sync or async.
+Approver: TypeAlias = Callable[
+    [PermissionRequest],
+    "Answer | PermissionDecision | Awaitable[Answer | PermissionDecision]",
+]
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern), re.DOTALL)
+
+
+def _matches(value: str, pattern: str) -> bool:
+    return pattern == "*" or _compiled(pattern).match(value) is not None
+
+
+def decide(
+    rules: Iterable[Rule], tool_name: str, subject: str | Callable[[], str],
+    default: PermissionAction,
+) -> PermissionAction:
+    """The action for a call of ``tool_name`` on ``subject``: the last rule matching it, or
+    ``default``. ``subject`` may be a function computing it, called only when a rule needs
+    it."""
+    computed: str | None = subject if isinstance(subject, str) else None
+    for rule in reversed(rules if isinstance(rules, list | tuple) else list(rules)):
+        if not _matches(tool_name, rule.tool):
+            continue
+        if rule.match != "*":
+            if computed is None:
+                computed = subject() if callable(subject) else subject
+            if not _matches(computed, rule.match):
+                continue
+        action: PermissionAction = rule.action
+        return action
+    return default
+
+
+def escape(subject: str) -> str:
+    """A glob matching exactly ``subject`` (its ``*``, ``?`` and ``[`` taken literally)."""
+    return re.sub(r"([*?\[])", r"[\1]", subject)
+
+
+def subject_of(tool: Tool, input: Mapping[str, Any], context: ToolContext | None) -> str:
+    """What a person judges of a call of ``tool``: its ``subject(input, context)`` when it
+    has one, else its input as compact JSON (keys sorted)."""
+    subject = getattr(tool, "subject", None)
+    if subject is not None:
+        value = subject(input, context)
+        if isinstance(value, str):
+            return value
+    return json.dumps(input, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+
+
+def parse_rules(value: Any, where: str) -> tuple[Rule, ...]:
+    """Rules from their JSON (or TOML) form, a list of ``{"tool", "match", "action"}``.
+
+    :param where: how to name the list in errors (``"permissions"``, ``"$.permissions"``).
+    :raises ConfigError: naming the first problem and where it is.
+    """
+    if isinstance(value, Rule):
+        return (value,)
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where} must be a list of rules ({{\"tool\", \"match\", "
+                          f"\"action\"}}), got {type(value).__name__}")
+    rules = []
+    for i, item in enumerate(value):
+        at = f"{where}[{i}]"
+        if isinstance(item, Rule):
+            rules.append(item)
+            continue
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{at} must be a rule ({{\"tool\", \"match\", \"action\"}}), "
+                              f"got {type(item).__name__}")
+        unknown = sorted(set(item) - {"tool", "match", "action"})
+        if unknown:
+            raise ConfigError(f"{at} has unknown key {unknown[0]!r}: a rule has tool, match "
+                              "and action")
+        action = item.get("action")
+        if action not in ACTIONS:
+            raise ConfigError(f"{at}.action must be one of allow, ask, deny, got {action!r}")
+        fields = {}
+        for key in ("tool", "match"):
+            if key in item:
+                if not isinstance(item[key], str) or not item[key]:
+                    raise ConfigError(f"{at}.{key} must be a non-empty glob string, got "
+                                      f"{item[key]!r}")
+                fields[key] = item[key]
+        rules.append(Rule(action=action, **fields))
+    return tuple(rules)
+
+
+def parse_answer(value: Answer | str | Any, where: str = "answer") -> Answer:
+    """An :class:`Answer` from what a callback or a client gave.
+
+    :raises ConfigError: for anything but an answer or one of the three decisions.
+    """
+    if isinstance(value, Answer):
+        if value.decision not in DECISIONS:
+            raise ConfigError(f"{where}: decision must be one of allow, allow_always, deny, "
+                              f"got {value.decision!r}")
+        return value
+    if isinstance(value, str) and value in DECISIONS:
+        return Answer(decision=typing.cast(PermissionDecision, value))
+    raise ConfigError(f"{where} must be 'allow', 'allow_always', 'deny' or a "
+                      f"wingspan.permissions.Answer, got {value!r}")
+
+
+# --- answering and waiting ---------------------------------------------------------------------
+
+#: Seconds between two looks at the store by a run waiting for an answer given elsewhere (a
+#: process sharing the store); an answer given in this process wakes it at once.
+ANSWER_POLL = 0.5
+
+#: The waiters of this process on each request, woken by :func:`answer`.
+_waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+
+def resolved(request: PermissionRequest, *, decision: PermissionDecision, by: ResolvedBy,
+             message: str | None) -> PermissionRequest:
+    """``request`` answered now: ``allowed`` (``allow``, ``allow_always``) or ``denied``."""
+    return attrs.evolve(request, status="denied" if decision == "deny" else "allowed",
+                        decision=decision, by=by, message=message, resolved_at=utc_now())
+
+
+def grant_for(request: PermissionRequest, answer: Answer) -> Rule | None:
+    """The session grant an ``allow_always`` answer makes: that tool, on the subjects its
+    pattern matches (default: exactly the request's subject)."""
+    if answer.decision != "allow_always":
+        return None
+    return Rule(tool=escape(request.tool_name), match=answer.pattern or escape(request.subject),
+                action="allow")
+
+
+async def answer(
+    store: Store, request_id: str, decision: Answer | PermissionDecision, *,
+    by: ResolvedBy = "user",
+) -> PermissionRequest:
+    """Answer a pending request in the store, and wake its run if it waits in this process
+    (one in another process sees the answer within :data:`ANSWER_POLL` seconds).
+
+    :returns: the request as stored.
+    :raises NotFoundError: when there is no such request.
+    :raises ConflictError: when it was answered already (of two racing answers, one wins).
+    :raises ConfigError: for a decision that is none of the three.
+    """
+    given = parse_answer(decision)
+    request = await store.get_permission_request(request_id)
+    resolved = await store.resolve_permission_request(
+        request_id, decision=given.decision, by=by, message=given.message,
+        grant=grant_for(request, given))
+    wake(request_id)
+    return resolved
+
+
+def wake(request_id: str) -> None:
+    """Wake this process's waiters on ``request_id`` (it was answered)."""
+    for waiter in _waiters.pop(request_id, ()):
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+async def wait_resolved(store: Store, request: PermissionRequest,
+                        timeout: float) -> PermissionRequest | None:
+    """Wait until ``request`` is answered (here or in another process sharing ``store``) or
+    ``timeout`` seconds pass. :returns: the request as answered, or ``None`` at the
+    timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        waiter = loop.create_future()
+        _waiters.setdefault(request.id, set()).add(waiter)
+        try:
+            stored = await store.get_permission_request(request.id)
+            if stored.status != "pending":
+                return stored
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, min(left, ANSWER_POLL))
+        finally:
+            waiting = _waiters.get(request.id)
+            if waiting is not None:
+                waiting.discard(waiter)
+                if not waiting:
+                    del _waiters[request.id]
