@@ -10,6 +10,12 @@ tool, assembling the result.
 The floor is the least any loop can do: a plain async loop that appends dicts to a list
 and awaits the model and the tool function.
 
+wingspan runs with its built-in plugins, of which ``permissions`` wraps every tool call; its
+cost for an allowed call is measured by three rows: the plugin disabled, enabled without
+rules, and enabled with 20 allow rules (:data:`ALLOW_RULES`, :data:`AGENT_ALLOW_RULES`).
+The floor and wingspan's rows take turns, sample by sample, so that their ratios hold on a
+machine that is busy now and then.
+
 Peers that are not installed are reported as such (``pip install -r bench/requirements.txt``
 into ``bench/.venv``). Run from the repository root::
 
@@ -203,15 +209,56 @@ class ScriptedProvider:
         yield MESSAGE_STOP
 
 
-def build_wingspan(script: Script, tool: wingspan.Tool = add) -> Adapter:
-    # An isolated runtime with only the built-in plugins: no run-time hooks are installed.
-    runtime = wingspan.Runtime.from_settings(wingspan.Settings(autoload=False))
+# The realistic worst case of an allowed call: an allow list (the default is ask) of 20
+# rules, each with a pattern on the subject, all naming tools `add` is one of, so that each
+# needs the call's subject (its input as JSON for `add`). The one that matches is the first,
+# the last one `decide` looks at, and of the costliest shape to match (a character class:
+# a regular expression, where `git *`, `*.env` or `*secret*` take a string method). Half
+# are the runtime's (the server's configuration), half the agent's.
+ALLOW_RULES = (
+    {"tool": "*", "match": '{"a":[0-9]*', "action": "allow"},
+    *(
+        {"tool": tool, "match": match, "action": "allow"}
+        for tool, match in [
+            ("*", "*rm -rf*"), ("a*", "/etc/*"), ("add", "*.env"), ("*", "*/.git/*"),
+            ("[a]dd", "https://*.internal/*"), ("*", "sudo *"), ("ad?", "*secret*"),
+            ("*", "~/.ssh/*"), ("add", '{"a":-*'),
+        ]
+    ),
+)
+AGENT_ALLOW_RULES = tuple(
+    {"tool": tool, "match": match, "action": "allow"}
+    for tool, match in [
+        ("*", "curl *"), ("add", "*password*"), ("a*", "*.pem"), ("*", "git push*"),
+        ("add", '{"b":*'), ("*", "*DROP TABLE*"), ("[a]*", "/var/*"), ("*", "*..*"),
+        ("add", "*token*"), ("*", "chmod *"),
+    ]
+)
+
+
+def build_wingspan(
+    script: Script,
+    tool: wingspan.Tool = add,
+    *,
+    permissions: bool = True,
+    rules: tuple[dict[str, str], ...] = (),
+    agent_rules: tuple[dict[str, str], ...] = (),
+) -> Adapter:
+    # An isolated runtime with only the built-in plugins. Of those, only `permissions` has a
+    # run-time hook (it wraps every tool call); disabled, none has. Its rules are an allow
+    # list: a call no rule allows is asked about, so the rules decide every call.
+    extra = {"permissions": {"rules": list(rules), "default": "ask"}} if rules else {}
+    runtime = wingspan.Runtime.from_settings(wingspan.Settings(
+        autoload=False, disable=() if permissions else ("permissions",), extra=extra,
+    ))
+    assert runtime.has_tool_call_hook == permissions
     agent = wingspan.Agent(
         name="bench",
         provider=ScriptedProvider(script),
         instructions=INSTRUCTIONS,
         tools=[tool],
         max_steps=max(RUN_LENGTHS) + 1,
+        permissions=list(agent_rules),
     )
 
     async def run(steps: int) -> wingspan.Result:
@@ -400,9 +447,19 @@ def build_llm(script: Script) -> Adapter:
     return Adapter(run=run, describe=describe)
 
 
+#: The rows the permissions ratios compare: plugin disabled, enabled without rules, with
+#: 20 allow rules (:data:`ALLOW_RULES`, :data:`AGENT_ALLOW_RULES`).
+NO_PERMISSIONS = "wingspan, permissions disabled"
+NO_RULES = "wingspan"
+ALLOW_20 = "wingspan, 20 allow rules"
+PERMISSIONS_TARGET = 1.2
+
 FRAMEWORKS = (
     Framework("floor (plain loop)", None, build_floor),
-    Framework("wingspan", "wingspan", build_wingspan),
+    Framework(NO_PERMISSIONS, "wingspan", functools.partial(build_wingspan, permissions=False)),
+    Framework(NO_RULES, "wingspan", build_wingspan),
+    Framework(ALLOW_20, "wingspan", functools.partial(
+        build_wingspan, rules=ALLOW_RULES, agent_rules=AGENT_ALLOW_RULES)),
     # The same loop with a sync `def add`: in a worker thread (the default), then inline.
     Framework("wingspan, sync tool", "wingspan", functools.partial(build_wingspan, tool=add_sync)),
     Framework("wingspan, sync tool, blocking=False", "wingspan",
@@ -437,41 +494,63 @@ class Measurement:
     note: str = ""
 
 
-async def measure(adapter: Adapter, steps: int, settings: Settings) -> float:
-    """Median microseconds per step over ``settings.samples`` samples of whole runs."""
-    for _ in range(max(3, settings.warmup_steps // steps)):
-        await adapter.run(steps)
-    start = time.perf_counter()
-    text, calls = await adapter.describe(await adapter.run(steps))
-    one_run = time.perf_counter() - start
-    if text != FINAL_TEXT or calls != steps - 1:
-        raise RuntimeError(
-            f"the run did not go as scripted: {calls} tool calls (expected {steps - 1}), "
-            f"final text {text!r}"
-        )
-    runs_per_sample = max(1, round(settings.sample_seconds / one_run))
-    timings = []
-    for _ in range(settings.samples):
-        gc.collect()
-        start_ns = time.perf_counter_ns()
-        for _ in range(runs_per_sample):
+async def measure(adapters: list[Adapter], steps: int, settings: Settings) -> list[float]:
+    """Median microseconds per step of each adapter over ``settings.samples`` samples of
+    whole runs, the adapters taking turns sample by sample (so that a busy moment of the
+    machine slows them alike, and their ratios hold)."""
+    runs_per_sample = []
+    for adapter in adapters:
+        for _ in range(max(3, settings.warmup_steps // steps)):
             await adapter.run(steps)
-        elapsed_ns = time.perf_counter_ns() - start_ns
-        timings.append(elapsed_ns / 1000 / (runs_per_sample * steps))
-    return statistics.median(timings)
+        start = time.perf_counter()
+        text, calls = await adapter.describe(await adapter.run(steps))
+        one_run = time.perf_counter() - start
+        if text != FINAL_TEXT or calls != steps - 1:
+            raise RuntimeError(
+                f"the run did not go as scripted: {calls} tool calls (expected {steps - 1}), "
+                f"final text {text!r}"
+            )
+        runs_per_sample.append(max(1, round(settings.sample_seconds / one_run)))
+    timings: list[list[float]] = [[] for _ in adapters]
+    for _ in range(settings.samples):
+        for adapter, runs, samples in zip(adapters, runs_per_sample, timings, strict=True):
+            gc.collect()
+            start_ns = time.perf_counter_ns()
+            for _ in range(runs):
+                await adapter.run(steps)
+            elapsed_ns = time.perf_counter_ns() - start_ns
+            samples.append(elapsed_ns / 1000 / (runs * steps))
+    return [statistics.median(samples) for samples in timings]
 
 
-async def measure_framework(framework: Framework, settings: Settings) -> Measurement:
-    version = None
-    if framework.distribution is not None:
-        try:
-            version = importlib.metadata.version(framework.distribution)
-        except importlib.metadata.PackageNotFoundError:
-            return Measurement(framework.name, None, {}, "not installed")
-    script = Script(max(RUN_LENGTHS))
-    adapter = framework.build(script)
-    per_step = {steps: await measure(adapter, steps, settings) for steps in RUN_LENGTHS}
-    return Measurement(framework.name, version, per_step)
+async def measure_frameworks(
+    frameworks: list[Framework], settings: Settings
+) -> list[Measurement]:
+    """Each framework's row, those installed measured together (:func:`measure`)."""
+    versions: dict[str, str | None] = {}
+    adapters = []
+    for framework in frameworks:
+        version = None
+        if framework.distribution is not None:
+            try:
+                version = importlib.metadata.version(framework.distribution)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        versions[framework.name] = version
+        adapters.append(framework.build(Script(max(RUN_LENGTHS))))
+    measured = [f for f in frameworks if f.name in versions]
+    per_step: dict[str, dict[int, float]] = {f.name: {} for f in measured}
+    for steps in RUN_LENGTHS:
+        for framework, value in zip(
+            measured, await measure(adapters, steps, settings), strict=True
+        ):
+            per_step[framework.name][steps] = value
+    return [
+        Measurement(f.name, versions[f.name], per_step[f.name])
+        if f.name in versions
+        else Measurement(f.name, None, {}, "not installed")
+        for f in frameworks
+    ]
 
 
 def render(measurements: list[Measurement], settings: Settings) -> str:
@@ -492,8 +571,17 @@ def render(measurements: list[Measurement], settings: Settings) -> str:
             else:
                 row += [m.note if steps == RUN_LENGTHS[0] else "", ""]
         lines.append("| " + " | ".join(row) + " |")
-    wingspan_us = next(m for m in measurements if m.framework == "wingspan").per_step_us
-    verdict = "meets" if wingspan_us[max(RUN_LENGTHS)] <= TARGET_US else "misses"
+    wingspan_us = next(
+        (m.per_step_us for m in measurements if m.framework == "wingspan"), {}
+    )
+    target: list[str] = []
+    if wingspan_us:
+        verdict = "meets" if wingspan_us[max(RUN_LENGTHS)] <= TARGET_US else "misses"
+        target = [
+            f"wingspan {verdict} its target of {TARGET_US:g} µs/step at "
+            f"{max(RUN_LENGTHS)} steps ({wingspan_us[max(RUN_LENGTHS)]:.1f} µs).",
+            "",
+        ]
     return "\n".join(
         [
             "# Loop overhead",
@@ -505,9 +593,8 @@ def render(measurements: list[Measurement], settings: Settings) -> str:
             "",
             *lines,
             "",
-            f"wingspan {verdict} its target of {TARGET_US:g} µs/step at "
-            f"{max(RUN_LENGTHS)} steps ({wingspan_us[max(RUN_LENGTHS)]:.1f} µs).",
-            "",
+            *target,
+            *render_permissions(measurements),
             f"Python {platform.python_version()} ({sys.implementation.name}) on "
             f"{platform.machine()}, {platform.system()}; measured "
             f"{time.strftime('%Y-%m-%d')}. Command: `python bench/loop_overhead.py`.",
@@ -516,7 +603,54 @@ def render(measurements: list[Measurement], settings: Settings) -> str:
     )
 
 
-def profile_wingspan(steps: int, runs: int) -> str:
+def render_permissions(measurements: list[Measurement]) -> list[str]:
+    """What the permissions plugin costs an allowed call: the ratios of its three rows,
+    measured in the same run; nothing when one of them was not measured."""
+    rows = {m.framework: m.per_step_us for m in measurements}
+    if not all(rows.get(name) for name in (NO_PERMISSIONS, NO_RULES, ALLOW_20)):
+        return []
+    pairs = (
+        ("enabled, no rules / disabled", NO_RULES, NO_PERMISSIONS),
+        ("20 allow rules / no rules", ALLOW_20, NO_RULES),
+        ("20 allow rules / disabled", ALLOW_20, NO_PERMISSIONS),
+    )
+    header = ["permissions", *(f"{n} step{'s' if n > 1 else ''}" for n in RUN_LENGTHS)]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * len(RUN_LENGTHS)) + "|",
+    ]
+    for label, numerator, denominator in pairs:
+        ratios = [rows[numerator][n] / rows[denominator][n] for n in RUN_LENGTHS]
+        lines.append("| " + " | ".join([label, *(f"{r:.2f}x" for r in ratios)]) + " |")
+    # Each of the plugin's two costs is held to the target on its own: being there, and
+    # matching rules.
+    worst = max(
+        rows[numerator][n] / rows[denominator][n]
+        for _, numerator, denominator in pairs[:2]
+        for n in RUN_LENGTHS
+    )
+    verdict = "meets" if worst <= PERMISSIONS_TARGET else "misses"
+    return [
+        "What the built-in `permissions` plugin costs an allowed call, in the same run:",
+        f"`{NO_PERMISSIONS}` (the plugin disabled), `{NO_RULES}` (enabled, no",
+        "rules: every call allowed by the default) and "
+        f"`{ALLOW_20}` (an allow list, the",
+        "default ask: 10 rules of the runtime's and 10 of the agent's, each naming `add` "
+        "among",
+        "other tools and with a pattern on the subject; the one that matches is looked at "
+        "last, and",
+        "takes a regular expression). Ratios of their µs per step (a run of 1 step calls "
+        "no tool):",
+        "",
+        *lines,
+        "",
+        f"The permissions plugin {verdict} its target of {PERMISSIONS_TARGET:g}x for an "
+        f"allowed call (the worst of the first two rows: {worst:.2f}x).",
+        "",
+    ]
+
+
+def profile_wingspan(steps: int, runs: int, name: str) -> str:
     """Where wingspan's time goes: cProfile of ``runs`` runs of ``steps`` steps, the
     functions of the kernel and of this file, in microseconds per step.
 
@@ -527,7 +661,7 @@ def profile_wingspan(steps: int, runs: int) -> str:
     import pstats
 
     script = Script(max(RUN_LENGTHS))
-    adapter = build_wingspan(script)
+    adapter = next(f for f in FRAMEWORKS if f.name == name).build(script)
 
     async def runs_of(count: int) -> None:
         for _ in range(count):
@@ -552,7 +686,7 @@ def profile_wingspan(steps: int, runs: int) -> str:
             rows.append((own, cumulative, calls, where))
     rows.sort(reverse=True)
     lines = [
-        f"cProfile of wingspan, {runs} runs of {steps} steps; µs per step",
+        f"cProfile of {name}, {runs} runs of {steps} steps; µs per step",
         f"{'own':>7} {'cumul.':>7} {'calls':>6}  function",
     ]
     for own, cumulative, calls, where in rows[:30]:
@@ -573,20 +707,48 @@ def main(argv: list[str] | None = None) -> None:
         help="about how long each sample runs (default 0.2)",
     )
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
+    wingspan_rows = [f.name for f in FRAMEWORKS if f.distribution == "wingspan"]
     parser.add_argument(
         "--profile",
-        action="store_true",
-        help="profile wingspan at the longest run length instead of comparing",
+        nargs="?",
+        const="wingspan",
+        choices=wingspan_rows,
+        metavar="ROW",
+        help="profile a wingspan row (default: wingspan) at the longest run length instead "
+        "of comparing",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="TEXT",
+        help="measure only the rows whose name contains TEXT (repeatable), and the floor; "
+        "e.g. --only wingspan",
     )
     args = parser.parse_args(argv)
     if args.profile:
-        print(profile_wingspan(max(RUN_LENGTHS), runs=100))
+        print(profile_wingspan(max(RUN_LENGTHS), runs=100, name=args.profile))
         return
     settings = Settings(samples=args.samples, sample_seconds=args.sample_seconds)
     measurements = []
-    for framework in FRAMEWORKS:
-        print(f"measuring {framework.name}...", file=sys.stderr, flush=True)
-        measurements.append(asyncio.run(measure_framework(framework, settings)))
+    chosen = [
+        framework
+        for framework in FRAMEWORKS
+        if not args.only
+        or framework.distribution is None
+        or any(text in framework.name for text in args.only)
+    ]
+    # The floor and wingspan's rows take turns (their ratios are the point); each peer is
+    # measured on its own, in its own event loop.
+    together = [f for f in chosen if f.distribution in (None, "wingspan")]
+    print(f"measuring {', '.join(f.name for f in together)}...", file=sys.stderr, flush=True)
+    by_name = {m.framework: m for m in asyncio.run(measure_frameworks(together, settings))}
+    for framework in chosen:
+        if framework.name not in by_name:
+            print(f"measuring {framework.name}...", file=sys.stderr, flush=True)
+            by_name.update(
+                (m.framework, m) for m in asyncio.run(measure_frameworks([framework], settings))
+            )
+        measurements.append(by_name[framework.name])
     table = render(measurements, settings)
     print(table)
     if not args.no_write:

@@ -12,7 +12,8 @@ turn has tool calls without results (:meth:`RunState.enter`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import functools
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from .errors import ConfigError, WingspanError
@@ -158,8 +159,9 @@ class ToolRunner:
         self.hook = runtime.hooks.wingspan_tool_call if runtime.has_tool_call_hook else None
         self.approve, self.answerable = approve, answerable
         self.run_data: dict[str, Any] = {}
-        #: Where the events a wrapper emits wait for the tool step to yield them.
-        self.emitted: asyncio.Queue[Any] | None = None
+        #: Where the events a wrapper emits go until the tool step yields them (a queue's
+        #: ``put_nowait``, a list's ``append``); ``None`` between tool steps.
+        self.emitted: Callable[[Any], None] | None = None
 
     def context(self, tool_use_id: str) -> ToolContext:
         return ToolContext(
@@ -174,34 +176,75 @@ class ToolRunner:
             approve=self.approve,
             answerable=self.answerable,
             run_data=self.run_data,
+            session_data=self.session.plugin_data,
         )
 
     def _emit(self, event: Any) -> None:
         if self.emitted is None:
             raise RuntimeError("ToolContext.emit is for a tool call while it runs")
-        self.emitted.put_nowait(event)
+        self.emitted(event)
 
     async def step(self, state: RunState) -> AsyncGenerator[StreamEvent, None]:
         """Run the pending calls, concurrently, yielding each result as it completes (and
         the events wrappers emit meanwhile), keeping each outcome in ``state.outcomes``;
         closed early, it cancels the calls still running and waits for them."""
         uses, invalid, outcomes = state.pending, state.invalid, state.outcomes
-        if len(uses) == 1 and self.hook is None:  # the common case, without a task
-            outcomes[0] = outcome = await self.call(uses[0], invalid)
-            yield result_event(uses[0], outcome)
-            return
+        emitted: list[Any] = []
+        if len(uses) == 1:  # the common case, without a task when nothing can emit
+            use = uses[0]
+            if self.hook is None:
+                outcomes[0] = outcome = await self.call(use, invalid)
+                yield result_event(use, outcome)
+                return
+            # The wrappers' synchronous part runs here. What it gives runs in a task only if
+            # something may emit while it runs, for this step to yield what it emits then:
+            # not when it is the kernel's own call of a tool that gets no context (then no
+            # wrapper's code runs meanwhile, nor does the tool see emit), nor when it only
+            # raises what a wrapper raised.
+            self.emitted = emitted.append
+            try:
+                tool, known = self.check(use, invalid)
+                if known is None:
+                    awaitable = self.wrapped(use, tool)
+                    code = getattr(awaitable, "cr_code", None)
+                    if not emitted and (code is _RAISING or (
+                            code is _RUN_TOOL and not getattr(tool, "takes_context", True))):
+                        # Only an emit kept past the synchronous part (by a callback,
+                        # another task) could come now: yielded after the call, not lost.
+                        known = await self.finish(use, awaitable)
+            finally:
+                self.emitted = None
+            if known is not None:
+                for event in emitted:
+                    yield event
+                outcomes[0] = known
+                yield result_event(use, known)
+                return
+            calls = [functools.partial(self.finish, use, awaitable)]
+        else:
+            calls = [functools.partial(self.call, use, invalid) for use in uses]
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.emitted = queue
+        for event in emitted:
+            queue.put_nowait(event)
+        self.emitted = queue.put_nowait
 
         async def run(position: int) -> None:
             try:
-                queue.put_nowait((position, await self.call(uses[position], invalid)))
+                outcome = await calls[position]()
+            except Exception as exc:
+                queue.put_nowait((position, exc))  # raised by the step
+                return
             except BaseException as exc:
                 queue.put_nowait((position, exc))
                 raise
+            queue.put_nowait((position, outcome))
 
         tasks = [asyncio.ensure_future(run(i)) for i in range(len(uses))]
         try:
+            if emitted:
+                # The call starts before the events of its synchronous part are yielded:
+                # closed at one, the step cancels a call that began, never drops one unawaited.
+                await asyncio.sleep(0)
             left = len(uses)
             while left:
                 item = await queue.get()
@@ -216,34 +259,47 @@ class ToolRunner:
                 yield result_event(uses[position], outcome)
         finally:
             self.emitted = None
-            for task in tasks:
+            running = [task for task in tasks if not task.done()]
+            for task in running:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
 
-    async def call(self, use: ToolUseBlock, invalid_inputs: Mapping[str, str]) -> ToolOutcome:
-        """One call's outcome; what goes wrong (an unknown tool, an invalid input, a
-        plugin's failure) is an ``is_error`` outcome the model sees, not an exception."""
+    def check(self, use: ToolUseBlock,
+              invalid_inputs: Mapping[str, str]) -> tuple[Any, ToolOutcome | None]:
+        """The tool a call names, or the reason it cannot run (an unknown tool, an invalid
+        input) as the ``is_error`` outcome the model sees."""
         if use.id in invalid_inputs:
-            return ToolOutcome(content=invalid_inputs[use.id], is_error=True)
+            return None, ToolOutcome(content=invalid_inputs[use.id], is_error=True)
         tool = self.tool_map.get(use.name)
         if tool is None:
             available = ", ".join(sorted(self.tool_map)) or "none"
-            return ToolOutcome(
+            return None, ToolOutcome(
                 content=f"unknown tool {use.name!r}; the tools available are: {available}",
                 is_error=True,
             )
         problem = check_input(tool, use.input)
         if problem is not None:
-            return ToolOutcome(content=problem, is_error=True)
-        if self.hook is None:
-            # A tool that says it takes no context does not get one built for each call.
-            context = self.context(use.id) if getattr(tool, "takes_context", True) else None
-            return await run_tool(tool, dict(use.input), context)  # type: ignore[arg-type]
+            return None, ToolOutcome(content=problem, is_error=True)
+        return tool, None
+
+    def wrapped(self, use: ToolUseBlock, tool: Any) -> Any:
+        """The wrappers' synchronous part: the awaitable they give, or, when one raised,
+        an awaitable raising it (:meth:`finish` turns both into an outcome)."""
+        assert self.hook is not None
         try:
-            outcome = await self.hook(
+            return self.hook(
                 invocation=ToolInvocation(tool=tool, tool_use_id=use.id, input=use.input),
                 context=self.context(use.id),
             )
+        except Exception as exc:
+            return _raising(exc)
+
+    async def finish(self, use: ToolUseBlock, awaitable: Any) -> ToolOutcome:
+        """The outcome of what the wrappers gave; what a plugin gets wrong is an
+        ``is_error`` outcome the model sees."""
+        try:
+            outcome = await awaitable
         except RunFailed:
             raise  # a wrapper ends the run (e.g. a call needs an answer nobody can give)
         except WingspanError as exc:
@@ -256,6 +312,29 @@ class ToolRunner:
         if not isinstance(outcome, ToolOutcome):
             return ToolOutcome(content=str(outcome))
         return outcome
+
+    async def call(self, use: ToolUseBlock, invalid_inputs: Mapping[str, str]) -> ToolOutcome:
+        """One call's outcome; what goes wrong (an unknown tool, an invalid input, a
+        plugin's failure) is an ``is_error`` outcome the model sees, not an exception."""
+        tool, outcome = self.check(use, invalid_inputs)
+        if outcome is not None:
+            return outcome
+        if self.hook is None:
+            # A tool that says it takes no context does not get one built for each call.
+            context = self.context(use.id) if getattr(tool, "takes_context", True) else None
+            return await run_tool(tool, dict(use.input), context)  # type: ignore[arg-type]
+        return await self.finish(use, self.wrapped(use, tool))
+
+
+#: The code of the kernel's innermost ``wingspan_tool_call`` coroutines.
+_RUN_TOOL = run_tool.__code__
+
+
+async def _raising(exc: Exception) -> Any:
+    raise exc
+
+
+_RAISING = _raising.__code__
 
 
 def results_message(

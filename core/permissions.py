@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 
-from .errors import ConfigError
+from .errors import ConfigError, ConflictError, ToolError
 from .store import utc_now
 from .types import (
     PermissionAction,
@@ -88,15 +88,106 @@ def _matches(value: str, pattern: str) -> bool:
     return pattern == "*" or _compiled(pattern).match(value) is not None
 
 
+class _AnyOf:
+    """Whether a subject matches any of some globs: those of the usual shapes (``ls``,
+    ``git *``, ``*.env``, ``*secret*``) by string methods, the others by one regular
+    expression."""
+
+    __slots__ = ("exact", "parts", "prefixes", "regex", "suffixes")
+
+    def __init__(self, globs: list[str]) -> None:
+        exact: list[str] = []
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        parts: list[str] = []
+        others: list[str] = []
+        for glob in globs:
+            inner = glob.strip("*")
+            if "*" in inner or "?" in inner or "[" in inner:
+                others.append(glob)
+            elif glob.startswith("*"):
+                (parts if glob.endswith("*") else suffixes).append(inner)
+            else:
+                (prefixes if glob.endswith("*") else exact).append(inner)
+        self.exact = frozenset(exact)
+        self.prefixes, self.suffixes, self.parts = tuple(prefixes), tuple(suffixes), tuple(parts)
+        # Each translated glob is anchored at both ends and has no group of its own (atomic
+        # groups, since Python 3.11), so their alternation matches what any one of them does.
+        self.regex = (re.compile("|".join(fnmatch.translate(g) for g in others), re.DOTALL)
+                      if others else None)
+
+    def matches(self, subject: str) -> bool:
+        if subject in self.exact or subject.startswith(self.prefixes) \
+                or subject.endswith(self.suffixes):
+            return True
+        for part in self.parts:
+            if part in subject:
+                return True
+        return self.regex is not None and self.regex.match(subject) is not None
+
+
+#: What :func:`decide` reads of a tuple of rules for one tool: the actions of the rules
+#: naming that tool, last rule first, each with the globs one of its subjects must match
+#: (``None``: any subject), consecutive rules of the same action merged (whichever of them
+#: matches, that action decides).
+_Plan: TypeAlias = tuple[tuple[_AnyOf | None, PermissionAction], ...]
+
+#: The plans of the tuples of rules decided on lately, by the tuple's identity (each entry
+#: holds its tuple, so that no other tuple takes its id while it is here), then by tool.
+_plans: dict[int, tuple[tuple[Rule, ...], dict[str, _Plan]]] = {}
+_PLANS_KEPT = 64
+
+
+def _plan(rules: tuple[Rule, ...], tool_name: str) -> _Plan:
+    kept = _plans.get(id(rules))
+    if kept is None or kept[0] is not rules:
+        if len(_plans) >= _PLANS_KEPT:
+            _plans.clear()
+        kept = _plans[id(rules)] = (rules, {})
+    by_tool = kept[1]
+    plan = by_tool.get(tool_name)
+    if plan is None:
+        groups: list[tuple[list[str], PermissionAction]] = []
+        for rule in reversed(rules):
+            if _matches(tool_name, rule.tool):
+                if groups and groups[-1][1] == rule.action:
+                    groups[-1][0].append(rule.match)
+                else:
+                    groups.append(([rule.match], rule.action))
+        plan = tuple(
+            (None if any(glob and not glob.strip("*") for glob in globs) else _AnyOf(globs),
+             action)
+            for globs, action in groups
+        )
+        if len(by_tool) >= _PLANS_KEPT:
+            by_tool.clear()
+        by_tool[tool_name] = plan
+    return plan
+
+
 def decide(
     rules: Iterable[Rule], tool_name: str, subject: str | Callable[[], str],
     default: PermissionAction,
 ) -> PermissionAction:
     """The action for a call of ``tool_name`` on ``subject``: the last rule matching it, or
-    ``default``. ``subject`` may be a function computing it, called only when a rule needs
-    it."""
+    ``default``. ``subject`` may be a function computing it, called only when the action
+    depends on it."""
     computed: str | None = subject if isinstance(subject, str) else None
-    for rule in reversed(rules if isinstance(rules, list | tuple) else list(rules)):
+    if type(rules) is tuple:
+        # A tuple is decided on again and again (the plugin's rules): read once a tool.
+        plan = _plan(rules, tool_name)
+        last = len(plan) - 1
+        for position, (pattern, action) in enumerate(plan):
+            if pattern is not None:
+                if position == last and action == default:
+                    break  # matching or not, the action is the default
+                if computed is None:
+                    computed = subject() if callable(subject) else subject
+                if not pattern.matches(computed):
+                    continue
+            return action
+        return default
+    for rule in reversed(rules if isinstance(rules, list) else list(rules)):
         if not _matches(tool_name, rule.tool):
             continue
         if rule.match != "*":
@@ -104,8 +195,8 @@ def decide(
                 computed = subject() if callable(subject) else subject
             if not _matches(computed, rule.match):
                 continue
-        action: PermissionAction = rule.action
-        return action
+        found: PermissionAction = rule.action
+        return found
     return default
 
 
@@ -114,16 +205,25 @@ def escape(subject: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", subject)
 
 
+#: The subject of a tool that names none: its input as compact JSON, keys sorted (an encoder
+#: made once: ``json.dumps`` with options makes one each call).
+_compact = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                            default=str).encode
+
+
 def subject_of(tool: Tool, input: Mapping[str, Any], context: ToolContext | None) -> str:
     """What a person judges of a call of ``tool``: its ``subject(input, context)`` when it
     has one, else its input as compact JSON (keys sorted)."""
     subject = getattr(tool, "subject", None)
     if subject is not None:
-        value = subject(input, context)
+        try:
+            value = subject(input, context)
+        except Exception as exc:  # a call that cannot be judged is not run
+            raise ToolError(f"the subject of this {tool.name} call could not be computed, so "
+                            f"it is refused: {type(exc).__name__}: {exc}") from exc
         if isinstance(value, str):
             return value
-    return json.dumps(input, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str)
+    return _compact(input)
 
 
 def parse_rules(value: Any, where: str) -> tuple[Rule, ...]:
@@ -211,7 +311,9 @@ async def answer(
     by: ResolvedBy = "user",
 ) -> PermissionRequest:
     """Answer a pending request in the store, and wake its run if it waits in this process
-    (one in another process sees the answer within :data:`ANSWER_POLL` seconds).
+    (one in another process sees the answer within :data:`ANSWER_POLL` seconds). An
+    ``allow_always`` answer also allows, ``by: "rule"``, the session's other pending
+    requests its grant covers.
 
     :returns: the request as stored.
     :raises NotFoundError: when there is no such request.
@@ -220,10 +322,17 @@ async def answer(
     """
     given = parse_answer(decision)
     request = await store.get_permission_request(request_id)
+    grant = grant_for(request, given)
     resolved = await store.resolve_permission_request(
-        request_id, decision=given.decision, by=by, message=given.message,
-        grant=grant_for(request, given))
+        request_id, decision=given.decision, by=by, message=given.message, grant=grant)
     wake(request_id)
+    if grant is not None:  # the session's other requests the grant covers are answered too
+        for other in await store.list_permission_requests(request.session_id):
+            if decide((grant,), other.tool_name, other.subject, "ask") == "allow":
+                with contextlib.suppress(ConflictError):
+                    await store.resolve_permission_request(other.id, decision="allow",
+                                                           by="rule")
+                    wake(other.id)
     return resolved
 
 

@@ -21,6 +21,7 @@ import attrs
 from .errors import ConflictError, NotFoundError, ProviderError, StoreError, WingspanError
 from .ids import new_id
 from .store import RunRecord, Store, utc_now
+from .storekit import KeyValueStore
 from .types import (
     FINISHED_STATUSES,
     Done,
@@ -102,13 +103,15 @@ class RunControl:
     an abort), and whether it has begun at all (a task cancelled before its first step
     never runs its loop, so its owner ends the run: ``abandoned`` is that ending)."""
 
-    __slots__ = ("abandoned", "ending", "entered", "reason")
+    __slots__ = ("abandoned", "ending", "entered", "reason", "suspended")
 
     def __init__(self) -> None:
         self.reason: ErrorInfo | None = None
         self.ending = False
         self.entered = False
         self.abandoned: asyncio.Future[None] | None = None
+        #: Cancelled to be left as it stands in the store (:meth:`RunHandle.suspend`).
+        self.suspended = False
 
 
 class EventLog:
@@ -124,6 +127,10 @@ class EventLog:
 
     __slots__ = ("_failure", "_kick", "_pending", "_run_id", "_session_id", "_store",
                  "_writer")
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
 
     def __init__(self, store: Store, session_id: str, run_id: str) -> None:
         self._store = store
@@ -384,6 +391,23 @@ class RunHandle:
                 terminal = entry.event  # type: ignore[assignment]
         return outcome_result(terminal, self.id)
 
+    async def suspend(self) -> bool:
+        """Stop executing the run here, leaving it in the store as it stands, when it waits
+        for a permission answer and its store keeps such runs past this process (a store
+        for several processes: the SQLite store parks its claim as it closes, and whoever
+        answers takes it up — :meth:`Store.adopt_run`). :returns: whether it did; otherwise
+        nothing was done."""
+        task = self.task
+        if task is None or task.done() or self.control.ending or isinstance(
+                self.store, KeyValueStore) or (await self.store.get_run(self.id)).status != \
+                "waiting":
+            return False
+        self.control.suspended = True
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        return True
+
     async def abort(self, reason: ErrorInfo = ABORTED) -> None:
         """Stop the run and wait until it has ended (here), or ask its process to.
 
@@ -466,14 +490,26 @@ class Runs:
         return await store.abort_run(run_id)
 
     async def drain(self, grace: float, reason: ErrorInfo) -> None:
-        """Let the runs finish for up to ``grace`` seconds, then abort the rest."""
+        """Let the runs finish for up to ``grace`` seconds, then abort the rest — but for
+        those waiting for a person's answer, which are suspended (:meth:`RunHandle.suspend`)
+        to go on wherever the answer is given."""
+        await self._suspend_waiting()
         tasks = [h.task for h in self._handles.values() if h.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
+        await self._suspend_waiting()
         left = [h for h in self._handles.values() if h.task is not None and not h.task.done()]
         if left:
             log.warning("aborting %d run(s) still going after %.0f s", len(left), grace)
             await asyncio.gather(*(h.abort(reason) for h in left), return_exceptions=True)
+
+
+    async def _suspend_waiting(self) -> None:
+        running = [h for h in self._handles.values() if h.task is not None and not h.task.done()]
+        suspended = await asyncio.gather(*(h.suspend() for h in running), return_exceptions=True)
+        if any(done is True for done in suspended):
+            log.info("%d run(s) waiting for a permission answer left to be taken up where it "
+                     "is given", sum(done is True for done in suspended))
 
 
 #: Clean-ups started from callbacks, kept until they are done (the loop keeps weak refs).

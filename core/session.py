@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -109,6 +109,8 @@ class Session:
         #: How many messages at the start of the history are known to alternate turns.
         self._alternating = 0
         self._run: RunStream | None = None
+        #: What plugins keep for the session between its runs, here (ToolContext.session_data).
+        self.plugin_data: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<Session {self.id} agent={self.agent.name!r} messages={len(self._history)}>"
@@ -281,6 +283,34 @@ class Session:
         if not admission.created:
             known = registry.get(admission.run.id)
             return known if known is not None else RunHandle(record=admission.run, store=store)
+        return self._launch(store, message, agent, admission, approve)
+
+    async def reenter(
+        self, run: RunRecord, *, agent: Agent | None = None, approve: Approver | None = None
+    ) -> RunHandle:
+        """Execute, in a task of this process, a run of this session that this process
+        adopted (:meth:`Store.adopt_run`: its own process ended while it waited for a
+        permission answer). It continues under the same run id from the stored history —
+        the tool calls it stopped at run again, each asked one with the answer given to its
+        request — and its events continue the session's log.
+
+        :raises ConfigError: when the session has no store, or ``run`` is not one of its
+            unfinished runs.
+        """
+        store = self._require_store("reenter()")
+        approve = _approver(approve)
+        if run.session_id != self.id or run.status not in ("running", "waiting"):
+            raise ConfigError(f"reenter() takes an unfinished run of session {self.id}, got "
+                              f"run {run.id} ({run.status}) of session {run.session_id}")
+        self._history[:] = await store.load_messages(self.id)
+        self._synced, self._alternating, self._stored = True, 0, True
+        admission = Admission(run=run, created=False, claimed=True, started=True)
+        return self._launch(store, None, agent or self.agent, admission, approve)
+
+    def _launch(self, store: Store, message: Message | None, agent: Agent,
+                admission: Admission, approve: Approver | None) -> RunHandle:
+        """Execute the admitted run in a task of its own, watched for aborts."""
+        registry = self.runtime.runs
         control = RunControl()
         events = self._loop(message, agent, admission.run.id, admission, control, approve,
                             answerable=True)
@@ -469,21 +499,27 @@ class Session:
                 raise
             finally:
                 control.ending = True
-                if event_log is not None:
-                    event_log.hold()  # what is not written yet goes with the run's end
                 done = state.done()
-                # Whatever ended the run, and whatever fails meanwhile (invariant 7): a
-                # history the next run accepts, the run recorded, the claim released.
-                unstored = await shielded(
-                    self._clean_up(
-                        run_record,
-                        event_log,
-                        done,
-                        state,
-                        None if state.status == "completed" else _reason(control, failure),
-                        last_turn,
+                if control.suspended and event_log is not None:
+                    # Its process stops while it waits for a person: the run stays
+                    # waiting in the store, its claim kept for whoever answers (see
+                    # RunHandle.suspend); only its events are stored.
+                    unstored = await shielded(_suspend(event_log))
+                else:
+                    if event_log is not None:
+                        event_log.hold()  # what is not written yet goes with the run's end
+                    # Whatever ended the run, and whatever fails meanwhile (invariant 7): a
+                    # history the next run accepts, the run recorded, the claim released.
+                    unstored = await shielded(
+                        self._clean_up(
+                            run_record,
+                            event_log,
+                            done,
+                            state,
+                            None if state.status == "completed" else _reason(control, failure),
+                            last_turn,
+                        )
                     )
-                )
             if unstored is not None:
                 raise StoreError(unstored)
 
@@ -727,6 +763,16 @@ def _resolve_work_dir(work_dir: str | os.PathLike[str] | None) -> Path | None:
     if not path.is_dir():
         raise ConfigError(f"work_dir {str(work_dir)!r} is not a directory")
     return path
+
+
+async def _suspend(event_log: EventLog) -> None:
+    """Store a suspended run's events not stored yet; never raises (what cannot be written
+    is lost with the process, the run's record and history are as they were)."""
+    try:
+        await event_log.flush()
+    except Exception as exc:
+        log.warning("run %s: its last events could not be stored as it was suspended: %s",
+                    event_log.run_id, exc)
 
 
 def _approver(approve: Approver | None) -> Approver | None:

@@ -290,7 +290,9 @@ class Store(Protocol):
     async def abort_run(self, run_id: str) -> RunRecord:
         """Abort a run from any process. A queued run is finished ``aborted`` at once (with
         an ``error`` event of code ``aborted`` and its ``run_finished``); a running or
-        waiting one gets ``abort_requested``, and the process running it stops it.
+        waiting one gets ``abort_requested``, and the process running it stops it; a waiting
+        one that no process executes (see :meth:`adopt_run`) is finished ``aborted`` at
+        once, its history repaired.
 
         :returns: the run as stored after the request.
         :raises ConflictError: when the run has already finished.
@@ -364,6 +366,17 @@ class Store(Protocol):
         """The session's requests (only the pending ones by default), oldest first.
 
         :raises NotFoundError: when the session does not exist.
+        """
+    async def adopt_run(self, run_id: str) -> RunRecord | None:
+        """Take over a run that no process executes any more: one whose process ended
+        while it waited for a permission answer (a store that serves several processes
+        keeps such a run's claim, parked, until its requests expire). The caller's process
+        then holds the session's claim under the run's id, and must execute the run
+        (:meth:`wingspan.Session.reenter`), which continues from the stored history.
+
+        :returns: the run, or ``None`` when a live process executes it or it has finished
+            (a store serving one process only always answers ``None``).
+        :raises NotFoundError: when there is no such run.
         """
     async def list_grants(self, session_id: str) -> list[Rule]:
         """The session's grants (rules made by ``allow_always`` answers), oldest first.

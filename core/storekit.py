@@ -514,6 +514,10 @@ class KeyValueStore:
         self._get("sessions", session_id)
         return self._requests(session_id, pending_only=pending_only)
 
+    async def adopt_run(self, run_id: str) -> RunRecord | None:
+        self._get("runs", run_id)
+        return None  # one process: a run's executor ends with the store
+
     async def list_grants(self, session_id: str) -> list[Rule]:
         self._get("sessions", session_id)
         return list(self.read("grants", session_id) or ())

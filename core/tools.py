@@ -44,7 +44,15 @@ _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 @runtime_checkable
 class Tool(Protocol):
-    """What the loop needs of a tool. Plugins may implement it with any class."""
+    """What the loop needs of a tool. Plugins may implement it with any class.
+
+    A tool may also have a ``subject`` attribute (it is optional, so not part of the
+    protocol): a function ``subject(input: dict, context: ToolContext | None) -> str``
+    naming what a person judges of a call (the command, the path, the URL), which
+    permission rules match (:func:`wingspan.permissions.subject_of`). It is called before
+    the call runs, on the event loop, so it must be cheap and must not raise. Without it
+    (or when it is ``None``) the subject is the input as compact JSON.
+    """
 
     @property
     def name(self) -> str:
@@ -138,6 +146,8 @@ class ToolContext:
         can answer (the HTTP server's runs are).
     :ivar run_data: a mapping the run's calls share, for a plugin's per-run state (key it
         by the plugin's name).
+    :ivar session_data: a mapping the session's runs share while the :class:`Session` object
+        lives (in memory only), for a plugin's per-session state (key it likewise).
 
     Cancelling the run cancels the task running the tool: long work must await (or run in a
     subprocess it kills on :class:`asyncio.CancelledError`) so that cancellation reaches it.
@@ -154,6 +164,7 @@ class ToolContext:
     approve: Any = None
     answerable: bool = False
     run_data: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    session_data: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
     def require_work_dir(self) -> Path:
         """The work dir, or a :class:`ToolError` the model can read when there is none."""
@@ -281,6 +292,10 @@ class FunctionTool:
     _is_async: bool = attrs.field(alias="is_async", default=False)
     #: Whether a sync function may block (then it runs in a worker thread).
     blocking: bool = True
+    #: What permission rules match of a call (see :class:`Tool`); ``None``: its input as JSON.
+    subject: Callable[[Mapping[str, Any], ToolContext | None], str] | None = attrs.field(
+        default=None, eq=False, repr=False
+    )
     validator: SchemaValidator = attrs.field(eq=False, repr=False)
 
     @validator.default
@@ -335,7 +350,11 @@ def _to_text(value: Any) -> str | ToolOutcome:
 def tool(function: Callable[..., Any], /) -> FunctionTool: ...
 @typing.overload
 def tool(
-    *, name: str | None = None, description: str | None = None, blocking: bool = True
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    blocking: bool = True,
+    subject: Callable[[Mapping[str, Any], ToolContext | None], str] | None = None,
 ) -> Callable[[Callable[..., Any]], FunctionTool]: ...
 
 
@@ -346,6 +365,7 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     blocking: bool = True,
+    subject: Callable[[Mapping[str, Any], ToolContext | None], str] | None = None,
 ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
     """Turn a typed function (sync or async) into a :class:`Tool`.
 
@@ -363,14 +383,27 @@ def tool(
     :param blocking: ``False`` says a sync function never blocks (it computes, quickly): it
         is called on the event loop, without the thread hop that costs most of a short
         call. An async function never runs in a thread, whatever this says.
-    :raises ConfigError: for a parameter whose type has no JSON Schema form.
+    :param subject: ``subject(input: dict, context: ToolContext | None) -> str``, what a
+        person judges of a call, which permission rules match (``{"tool": "deploy",
+        "match": "prod*", "action": "ask"}``); it gets the validated input and is called
+        on the event loop before the call runs, so it must be cheap and must not raise.
+        Default: the input as compact JSON, keys sorted.
+    :raises ConfigError: for a parameter whose type has no JSON Schema form, or a
+        ``blocking`` or ``subject`` of the wrong kind.
     """
 
     if not isinstance(blocking, bool):
         raise ConfigError(f"tool(blocking=...) must be True or False, got {blocking!r}")
+    if subject is not None and not callable(subject):
+        raise ConfigError(
+            "tool(subject=...) must be a function (input, context) -> str or None, got "
+            f"{subject!r}"
+        )
 
     def make(fn: Callable[..., Any]) -> FunctionTool:
-        return _make_function_tool(fn, name=name, description=description, blocking=blocking)
+        return _make_function_tool(
+            fn, name=name, description=description, blocking=blocking, subject=subject
+        )
 
     if function is not None:
         return make(function)
@@ -378,7 +411,12 @@ def tool(
 
 
 def _make_function_tool(
-    fn: Callable[..., Any], *, name: str | None, description: str | None, blocking: bool = True
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    description: str | None,
+    blocking: bool = True,
+    subject: Callable[[Mapping[str, Any], ToolContext | None], str] | None = None,
 ) -> FunctionTool:
     tool_name = fn.__name__ if name is None else name
     if not _NAME.fullmatch(tool_name):
@@ -442,6 +480,7 @@ def _make_function_tool(
         context_parameter=context_parameter,
         is_async=is_async,
         blocking=blocking,
+        subject=subject,
     )
     return result
 

@@ -45,7 +45,7 @@ from wingspan.permissions import (
     subject_of,
     wait_resolved,
 )
-from wingspan.runs import RunFailed, shielded
+from wingspan.runs import RunFailed
 
 #: Seconds a request waits for an answer before it is denied (``ask_timeout``).
 DEFAULT_ASK_TIMEOUT = 600.0
@@ -53,18 +53,25 @@ DEFAULT_ASK_TIMEOUT = 600.0
 DEFAULT_ACTION: wingspan.PermissionAction = "allow"
 #: The key of the run's grants (read from the store once a run) in ``ToolContext.run_data``.
 GRANTS = "permissions.grants"
+#: How many agents' rules a policy keeps merged with its own.
+MERGED_KEPT = 64
+#: The key of the requests an earlier execution of the run made, by tool call id.
+ASKED = "permissions.asked"
 
 
 class Policy:
     """The runtime's rules, read from its settings each time they change."""
 
-    __slots__ = ("_read", "ask_timeout", "default", "rules")
+    __slots__ = ("_merged", "_read", "ask_timeout", "default", "rules")
 
     def __init__(self) -> None:
         self._read: object = None
         self.rules: tuple[Rule, ...] = ()
         self.default: wingspan.PermissionAction = DEFAULT_ACTION
         self.ask_timeout = DEFAULT_ASK_TIMEOUT
+        #: The runtime's rules then an agent's, by the identity of the agent's (each entry
+        #: holds them): the same tuple for each call, which ``decide`` reads once a tool.
+        self._merged: dict[int, tuple[tuple[Rule, ...], tuple[Rule, ...]]] = {}
 
     def update(self, settings: Mapping[str, Any] | None) -> Policy:
         if settings is self._read:
@@ -85,7 +92,21 @@ class Policy:
                               f"seconds, got {timeout!r}")
         self.rules, self.default = rules, typing.cast(wingspan.PermissionAction, default)
         self.ask_timeout, self._read = float(timeout), settings
+        self._merged.clear()
         return self
+
+    def rules_for(self, agent_rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        """The runtime's rules, then ``agent_rules`` (the agent's): they decide a call."""
+        if not agent_rules:
+            return self.rules
+        if not self.rules:
+            return agent_rules
+        merged = self._merged.get(id(agent_rules))
+        if merged is None or merged[0] is not agent_rules:
+            if len(self._merged) >= MERGED_KEPT:
+                self._merged.clear()
+            merged = self._merged[id(agent_rules)] = (agent_rules, self.rules + agent_rules)
+        return merged[1]
 
 
 class Permissions:
@@ -100,9 +121,13 @@ class Permissions:
         self, invocation: ToolInvocation, context: ToolContext
     ) -> Generator[None, Any, Any]:
         policy = self.policy.update(self.runtime.settings.extra.get("permissions"))
+        agent = context.agent
+        rules = policy.rules_for(agent.permissions) if agent is not None else policy.rules
+        if not rules:
+            action = policy.default
+            if action == "allow":
+                return (yield)  # nothing to decide: the call as it is
         tool = invocation.tool
-        agent_rules = context.agent.permissions if context.agent is not None else ()
-        rules = policy.rules + agent_rules if agent_rules else policy.rules
         subject: str | None = None
 
         def computed() -> str:
@@ -111,7 +136,8 @@ class Permissions:
                 subject = subject_of(tool, invocation.input, context)
             return subject
 
-        action = decide(rules, tool.name, computed, policy.default) if rules else policy.default
+        if rules:
+            action = decide(rules, tool.name, computed, policy.default)
         if action == "deny":
             raise ToolError(f"permission denied: the rules do not allow {tool.name} on "
                             f"{computed()!r}")
@@ -130,6 +156,9 @@ class Permissions:
         if granted:
             return typing.cast(ToolOutcome, await call)
         store = context.store
+        asked = await self._asked(context) if store is not None else None
+        if asked is not None:  # a run entered again: its request was made before
+            return await self._asked_before(asked, invocation, context, call, subject)
         if context.approve is None and not (context.answerable and store is not None):
             _close(call)
             raise RunFailed(ErrorInfo(
@@ -150,12 +179,42 @@ class Permissions:
             context.emit(PermissionRequested(request=request))
             resolved = await self._answer(request, context, timeout)
         except BaseException:
-            _close(call)
-            if store is not None:  # the run stopped: its request ends with it
-                await shielded(self._resolve(store, request, Answer(decision="deny"), "abort"))
+            _close(call)  # the run stopped: its end resolves its requests (Store.finish_run)
             raise
+        return await self._decided(resolved, invocation, context, call, subject)
+
+    async def _asked_before(self, request: PermissionRequest, invocation: ToolInvocation,
+                            context: ToolContext, call: Any, subject: str) -> ToolOutcome:
+        """The call of a run entered again (its process ended while it waited): the answer
+        its request got meanwhile, or the wait for it goes on until it expires."""
+        if request.status == "pending":
+            left = (request.expires_at - wingspan.utc_now()).total_seconds()
+            try:
+                request = await self._answer(request, context, max(left, 0.0))
+            except BaseException:
+                _close(call)
+                raise
+        return await self._decided(request, invocation, context, call, subject)
+
+    async def _asked(self, context: ToolContext) -> PermissionRequest | None:
+        """The request this call made before, in an earlier execution of its run (read
+        once a run: the requests of the session's run)."""
+        made: dict[str, PermissionRequest] | None = context.run_data.get(ASKED)
+        if made is None:
+            assert context.store is not None
+            made = {request.tool_use_id: request for request in
+                    await context.store.list_permission_requests(context.session_id,
+                                                                 pending_only=False)
+                    if request.run_id == context.run_id}
+            context.run_data[ASKED] = made
+        return made.pop(context.tool_use_id, None)
+
+    async def _decided(self, resolved: PermissionRequest, invocation: ToolInvocation,
+                       context: ToolContext, call: Any, subject: str) -> ToolOutcome:
+        """Run the call, or refuse it, as ``resolved`` says."""
+        assert context.emit is not None
         assert resolved.decision is not None and resolved.by is not None
-        context.emit(PermissionResolved(request_id=request.id, decision=resolved.decision,
+        context.emit(PermissionResolved(request_id=resolved.id, decision=resolved.decision,
                                         by=resolved.by))
         if resolved.status == "denied":
             _close(call)
@@ -163,7 +222,7 @@ class Permissions:
             reason = resolved.message or why.get(resolved.by, "a person refused it")
             return ToolOutcome(content=f"permission denied for {invocation.tool.name} on "
                                        f"{subject!r}: {reason}", is_error=True)
-        if resolved.decision == "allow_always" and store is not None:
+        if resolved.decision == "allow_always" and context.store is not None:
             context.run_data.pop(GRANTS, None)  # read again, with the grant it made
         return typing.cast(ToolOutcome, await call)
 
@@ -172,8 +231,11 @@ class Permissions:
         grants: list[Rule] | None = context.run_data.get(GRANTS)
         if grants is None:
             store = context.store
-            grants = await store.list_grants(context.session_id) if store is not None else []
-            grants = context.run_data.setdefault(GRANTS, grants)
+            if store is None:
+                return bool(decide(context.session_data.get(GRANTS, ()), tool_name, subject,
+                                   "ask") == "allow")
+            grants = context.run_data.setdefault(GRANTS, await store.list_grants(
+                context.session_id))
         return bool(grants) and decide(grants, tool_name, subject, "ask") == "allow"
 
     async def _answer(self, request: PermissionRequest, context: ToolContext,
@@ -187,9 +249,12 @@ class Permissions:
                 answer = await asyncio.wait_for(_call(context.approve, request), timeout)
             except TimeoutError:
                 answer, by = Answer(decision="deny"), "timeout"
+            except Exception as exc:  # the callback's own failure refuses the call
+                answer = Answer(decision="deny", message=(
+                    f"the approval callback failed: {type(exc).__name__}: {exc}"))
             if store is None and answer.decision == "allow_always":
-                grant = grant_for(request, answer)  # a session without a store: this run's
-                context.run_data.setdefault(GRANTS, []).append(grant)
+                grant = grant_for(request, answer)  # a session without a store keeps it here
+                context.session_data.setdefault(GRANTS, []).append(grant)
             return await self._resolve(store, request, answer, by)
         assert store is not None
         stored = await wait_resolved(store, request, timeout)
@@ -234,4 +299,6 @@ def _close(call: Any) -> None:
 
 @wingspan.hookimpl
 def wingspan_configure(runtime: wingspan.Runtime) -> None:
-    runtime.plugin_manager.register(Permissions(runtime), name=f"permissions-{id(runtime)}")
+    permissions = Permissions(runtime)
+    permissions.policy.update(runtime.settings.extra.get("permissions"))  # ConfigError now
+    runtime.plugin_manager.register(permissions, name=f"permissions-{id(runtime)}")

@@ -73,6 +73,9 @@ def create_app(
         ``config.store_url`` before serving and closes it after.
     """
     config = config or ServerConfig()
+    # The server's permission rules are its runtime's (the ``permissions`` plugin's).
+    runtime.settings = attrs.evolve(runtime.settings, extra={
+        **runtime.settings.extra, "permissions": config.permission_settings})
     app = Quart("wingspan.plugins.http")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_size
     # Quart's own 60 s limits would cut long blocking runs and slow uploads; runs are
@@ -111,10 +114,10 @@ def create_app(
     install_error_handlers(app, runtime.converter)
     install_middleware(app, config)
 
-    from .routes import agents, meta, providers, runs, sessions
+    from .routes import agents, meta, permissions, providers, runs, sessions
 
     for blueprint in (meta.blueprint, providers.blueprint, agents.blueprint,
-                      sessions.blueprint, runs.blueprint):
+                      sessions.blueprint, runs.blueprint, permissions.blueprint):
         app.register_blueprint(blueprint)
     return app
 

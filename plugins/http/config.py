@@ -18,7 +18,8 @@ from typing import Any
 
 import attrs
 
-from wingspan import ConfigError
+from wingspan import ConfigError, PermissionAction, Rule
+from wingspan.permissions import parse_rules
 from wingspan.plugins._http import check_base_url
 
 __all__ = ["ServerConfig", "load_config", "sqlite_url", "store_url"]
@@ -68,6 +69,18 @@ class ServerConfig:
     event_retention: float = 86400.0
     #: The config file's ``[tools]`` table: settings given to every tool call (docs/tools.md).
     tools: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The config file's ``[[permissions]]`` rules, before every agent's (docs/permissions.md).
+    permissions: tuple[Rule, ...] = ()
+    #: The action of a tool call no rule matches: ``allow``, ``ask`` or ``deny``.
+    permission_default: PermissionAction = "allow"
+    #: Seconds a permission request waits for its answer before it is denied.
+    ask_timeout: float = 600.0
+
+    @property
+    def permission_settings(self) -> dict[str, Any]:
+        """What the ``permissions`` plugin reads (``Settings.extra["permissions"]``)."""
+        return {"rules": list(self.permissions), "default": self.permission_default,
+                "ask_timeout": self.ask_timeout}
 
     @property
     def store_url(self) -> str:
@@ -190,6 +203,13 @@ def _log_level(value: Any) -> str:
     return level
 
 
+def _action(value: Any) -> PermissionAction:
+    if value not in ("allow", "ask", "deny"):
+        raise ValueError(f"expected allow, ask or deny, got {value!r}")
+    action: PermissionAction = value
+    return action
+
+
 def _store(value: Any) -> str:
     url = _string(value)
     if "://" not in url:
@@ -222,6 +242,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "shutdown_grace": _seconds,
     "ping_interval": _seconds,
     "event_retention": _seconds,
+    "permission_default": _action,
+    "ask_timeout": _seconds,
 }
 #: Flags of ``wingspan serve`` this transport reads (``config`` names the file itself).
 FLAGS = ("host", "port", "db", "store", "token", "insecure")
@@ -295,6 +317,7 @@ ENV_READERS: dict[str, Callable[[str], Any]] = {
     "shutdown_grace": _number_text,
     "ping_interval": _number_text,
     "event_retention": _number_text,
+    "ask_timeout": _number_text,
 }
 
 
@@ -313,18 +336,23 @@ def _read_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"server", "tools"})
+    unknown = sorted(set(data) - {"server", "tools", "permissions"})
     if unknown:
         raise ConfigError(
             f"config file {path}: unknown key {unknown[0]!r}; settings go in the [server] "
-            "table, tool settings in [tools]"
+            "table, tool settings in [tools], permission rules in [[permissions]]"
         )
     for table in ("server", "tools"):
         if not isinstance(data.get(table, {}), dict):
             raise ConfigError(f"config file {path}: key {table!r}: must be a table ([{table}])")
     server = dict(data.get("server", {}))
-    if "tools" in data:
-        server["tools"] = data["tools"]
+    for key in ("tools", "permissions"):
+        if key in server:
+            header = "[[permissions]]" if key == "permissions" else "[tools]"
+            raise ConfigError(f"config file {path}: key 'server.{key}': write it as "
+                              f"{header} at the top level, not in [server]")
+        if key in data:
+            server[key] = data[key]
     return server
 
 
@@ -343,6 +371,12 @@ def load_config(
         for key, raw in _read_file(str(config_path)).items():
             if key == "tools":  # the [tools] table: checked by the tools themselves
                 values["tools"] = raw
+                continue
+            if key == "permissions":  # the [[permissions]] array of tables
+                try:
+                    values["permissions"] = parse_rules(raw, "permissions")
+                except ConfigError as exc:
+                    raise ConfigError(f"config file {config_path}: {exc}") from None
                 continue
             parser = PARSERS.get(key)
             if parser is None:

@@ -30,6 +30,7 @@ from wingspan import (
     LogEvent,
     Message,
     ModelInfo,
+    PermissionRequest,
     PluginInfo,
     Result,
     StreamEvent,
@@ -38,6 +39,7 @@ from wingspan import (
 from .errors import CODES
 from .shapes import (
     AbortAnswer,
+    AnswerRequest,
     CreateAgentRequest,
     CredentialInput,
     CredentialStatus,
@@ -302,6 +304,10 @@ _WORK_DIR = {"pattern": "^/", "description": "an existing absolute directory (in
              "server's work-dir roots when it has any)"}
 
 
+def _answer(builder: SchemaBuilder, server: ServerState) -> JSONSchema:
+    return _request(builder, AnswerRequest)
+
+
 def _create_session(builder: SchemaBuilder, server: ServerState) -> JSONSchema:
     return _request(builder, SessionRequest, refine={"work_dir": _WORK_DIR})
 
@@ -508,6 +514,18 @@ ROUTES: dict[tuple[str, str], Route] = {
         sse=True, parameters=_RESUME,
         errors={400: "a Last-Event-ID that is no seq of this session",
                 404: "unknown session"}),
+    ("/sessions/{session_id}/permissions", "get"): Route(
+        summary="The session's permission requests, oldest first: the pending ones (default), "
+                "or all", answer=_of(list[PermissionRequest]),
+        parameters=({"name": "status", "in": "query", "required": False,
+                     "schema": {"enum": ["pending", "all"], "default": "pending"}},),
+        errors={400: "status is neither pending nor all", 404: "unknown session"}),
+    ("/sessions/{session_id}/permissions/{request_id}", "post"): Route(
+        summary="Answer a permission request: its run continues at once (on any server "
+                "sharing the store, also after the one running it stopped)",
+        answer=_of(PermissionRequest), body=_answer,
+        errors={400: "invalid answer", 404: "unknown session or request",
+                409: "the request was answered already"}),
     ("/runs/{run_id}", "get"): Route(summary="One run", answer=_of(RunView),
                                      errors={404: "unknown run"}),
     ("/runs/{run_id}/abort", "post"): Route(

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from wingspan import Message, Rule, Usage
+from wingspan import Message, PermissionDecision, Rule, Usage
 
 JSONObject = Mapping[str, Any]
 
@@ -174,3 +174,15 @@ class RunView:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+@attrs.frozen(kw_only=True)
+class AnswerRequest:
+    """The body of ``POST /sessions/{id}/permissions/{request_id}``."""
+
+    decision: PermissionDecision
+    #: With ``deny``, what the model is told.
+    message: str | None = None
+    #: With ``allow_always``, the glob on the subject the session's grant covers (default:
+    #: exactly the request's subject).
+    pattern: str | None = None

@@ -9,6 +9,7 @@ Wake-ups of those waiting on a log are in ``_watch``.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -21,11 +22,13 @@ from wingspan import (
     LogEvent,
     LoggedEvent,
     NotFoundError,
+    PermissionRequest,
     RunFinished,
     RunRecord,
     StoreError,
     wire,
 )
+from wingspan.permissions import resolved
 
 from ._jobs import LONG, returning, session_pk, yielding
 from ._worker import Tx
@@ -80,7 +83,21 @@ def end_run(tx: Tx, pk: int, run: RunRecord, events: Sequence[LogEvent]) -> RunR
     last = log(tx, pk, run.id, [*events, RunFinished(run_id=run.id, status=run.status)])
     run = attrs.evolve(run, last_seq=last)
     write_run(tx, run)
+    end_requests(tx, run.id)
     return run
+
+
+def end_requests(tx: Tx, run_id: str) -> None:
+    """Resolve the pending permission requests of a run that ends: denied by ``timeout``
+    once they expired (nobody answered in time), by ``abort`` before."""
+    now = time.time()
+    for request_id, expires_at, body in tx.conn.execute(
+            "SELECT id, expires_at, body FROM permission_requests "
+            "WHERE run_id = ? AND status = 'pending'", (run_id,)).fetchall():
+        request = resolved(wire.loads(body, PermissionRequest), decision="deny",
+                           by="timeout" if expires_at <= now else "abort", message=None)
+        tx.conn.execute("UPDATE permission_requests SET status = ?, body = ? WHERE id = ?",
+                        (request.status, wire.dumps(request), request_id))
 
 
 def interrupt(tx: Tx, pk: int, run_id: str, reason: str, statuses: str = UNFINISHED) -> None:

@@ -20,9 +20,18 @@ from collections.abc import Collection, Iterable
 import attrs
 
 import wingspan
-from wingspan import Message, NotFoundError, ProcessIdentity, wire
+from wingspan import (
+    ErrorEvent,
+    ErrorInfo,
+    Message,
+    NotFoundError,
+    PermissionRequest,
+    ProcessIdentity,
+    RunRecord,
+    wire,
+)
 
-from ._events import QUEUED, interrupt
+from ._events import QUEUED, end_run, interrupt
 from ._jobs import HistoryCache, append, returning, session_pk
 from ._worker import Tx
 
@@ -35,6 +44,14 @@ LAPSED_QUEUED = (
 )
 ENDED_QUEUED = "the process that admitted it (pid {pid}, this host) stopped before the run started"
 CLOSED_QUEUED = "the store was closed before the run started"
+UNANSWERED_RUN = (
+    "the run waited for a permission answer after its process stopped, and nobody answered "
+    "before the request expired"
+)
+ABORTED_PARKED = ErrorInfo(code="aborted", message="the run was aborted while it waited for a "
+                                                   "permission answer")
+#: The owner of a parked claim (:func:`park`): nobody renews it.
+PARKED = ""
 
 
 @attrs.frozen
@@ -194,7 +211,8 @@ def end_lease(
 
 
 def recover(tx: Tx, cache: HistoryCache, session_id: str, pk: int, me: Claimant) -> None:
-    """End the session's claim if it lapsed, or if its process (on this host) ended."""
+    """End the session's claim if it lapsed, or if its process (on this host) ended — or
+    park it, when its run was waiting for a person's answer (:func:`park`)."""
     row = tx.conn.execute(
         "SELECT holder, expires_at, owner, host, pid, started FROM leases WHERE session_pk = ?",
         (pk,),
@@ -203,9 +221,85 @@ def recover(tx: Tx, cache: HistoryCache, session_id: str, pk: int, me: Claimant)
         return
     holder, expires_at, *process = row
     if expires_at < time.time():
-        end_lease(tx, cache, session_id, pk, holder, INTERRUPTED_RUN, me)
-    elif me.sees_gone(*process):
+        if process[0] == PARKED or not park(tx, pk, holder, me):
+            reason = UNANSWERED_RUN if process[0] == PARKED else INTERRUPTED_RUN
+            end_lease(tx, cache, session_id, pk, holder, reason, me)
+    elif me.sees_gone(*process) and not park(tx, pk, holder, me):
         end_lease(tx, cache, session_id, pk, holder, ENDED_RUN.format(pid=process[2]), me)
+
+
+def park(tx: Tx, pk: int, holder: str, me: Claimant) -> bool:
+    """Keep the claim of a run whose process ended while the run waited for a person's
+    answer, for whoever answers to adopt (:func:`adopt`): it is not renewed and judges no
+    process, and lapses when the run's last request expires (then the run is recorded
+    interrupted, its requests denied by ``timeout``) — not before ``me.ttl`` from now, so
+    that an answer given already is taken up. :returns: whether it did; only a run stopped
+    inside the tool step that asked (its history ends with that turn) can be re-entered."""
+    conn = tx.conn
+    row = conn.execute(
+        "SELECT body FROM runs WHERE id = ? AND session_pk = ? AND status IN "
+        "('running', 'waiting')", (holder, pk)).fetchone()
+    if row is None or wire.loads(row[0], RunRecord).abort_requested:
+        return False
+    asked = {wire.loads(body, PermissionRequest).tool_use_id: expires_at
+             for body, expires_at in conn.execute(
+                 "SELECT body, expires_at FROM permission_requests WHERE run_id = ?",
+                 (holder,)).fetchall()}
+    last = conn.execute(
+        "SELECT body FROM messages WHERE session_pk = ? ORDER BY seq DESC LIMIT 1", (pk,)
+    ).fetchone()
+    if not asked or last is None:
+        return False
+    turn = wire.loads(last[0], Message)
+    if turn.role != "assistant" or not any(use.id in asked for use in turn.tool_uses):
+        return False
+    pending = conn.execute(
+        "SELECT max(expires_at) FROM permission_requests WHERE run_id = ? AND status = "
+        "'pending'", (holder,)).fetchone()[0]
+    until = max(pending or 0.0, time.time() + me.ttl)
+    conn.execute(
+        "UPDATE leases SET owner = ?, host = NULL, pid = NULL, started = NULL, expires_at = ? "
+        "WHERE session_pk = ?", (PARKED, until, pk))
+    return True
+
+
+def adopt(tx: Tx, cache: HistoryCache, me: Claimant, run_id: str) -> str | None:
+    """Take over the parked claim of ``run_id`` (its process ended while it waited), for
+    this store's process to execute the run. :returns: the run's record, or ``None`` when
+    a live process holds it, or it has finished."""
+    conn = tx.conn
+    row = conn.execute(
+        "SELECT r.session_pk, s.id FROM runs r JOIN sessions s ON s.pk = r.session_pk "
+        "WHERE r.id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"run {run_id!r} not found")
+    pk, session_id = row
+    recover(tx, cache, session_id, pk, me)  # a holder found gone now is parked first
+    lease = conn.execute("SELECT holder, owner FROM leases WHERE session_pk = ?",
+                         (pk,)).fetchone()
+    if lease is None or lease[0] != run_id or lease[1] != PARKED:
+        return None
+    conn.execute(
+        "UPDATE leases SET owner = ?, host = ?, pid = ?, started = ?, expires_at = ? "
+        "WHERE session_pk = ?", (me.owner, *me.columns, time.time() + me.ttl, pk))
+    body: str = conn.execute("SELECT body FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+    return body
+
+
+def abort_parked(tx: Tx, cache: HistoryCache, pk: int, run: RunRecord, me: Claimant) -> bool:
+    """End ``run`` aborted now if its claim is parked (no process executes it), with the
+    history repaired and the claim handed on. :returns: whether it did."""
+    conn = tx.conn
+    lease = conn.execute("SELECT holder, owner FROM leases WHERE session_pk = ?",
+                         (pk,)).fetchone()
+    if lease is None or lease[0] != run.id or lease[1] != PARKED:
+        return False
+    session_id = conn.execute("SELECT id FROM sessions WHERE pk = ?", (pk,)).fetchone()[0]
+    ended = attrs.evolve(run, status="aborted", finished_at=wingspan.utc_now(),
+                         error=ABORTED_PARKED.message)
+    end_run(tx, pk, ended, [ErrorEvent(error=ABORTED_PARKED)])
+    end_lease(tx, cache, session_id, pk, run.id, ABORTED_PARKED.message, me)
+    return True
 
 
 def claim(
@@ -387,7 +481,8 @@ def give_up(tx: Tx, cache: HistoryCache, me: Claimant) -> None:
         (me.owner,),
     ).fetchall()
     for session_id, pk, holder in held:
-        end_lease(tx, cache, session_id, pk, holder, CLOSED_RUN, me)
+        if not park(tx, pk, holder, me):  # a run waiting for an answer outlives us
+            end_lease(tx, cache, session_id, pk, holder, CLOSED_RUN, me)
 
 
 def sweep(tx: Tx, cache: HistoryCache, me: Claimant) -> int:
@@ -424,7 +519,7 @@ def sweep(tx: Tx, cache: HistoryCache, me: Claimant) -> int:
     ).fetchall()
     recovered = 0
     for session_id, pk, holder, owner, pid, started in held:
-        if gone(owner, pid, started):
+        if gone(owner, pid, started) and not park(tx, pk, holder, me):
             end_lease(tx, cache, session_id, pk, holder, ENDED_RUN.format(pid=pid), me)
             recovered += 1
     return recovered

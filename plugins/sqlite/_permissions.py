@@ -42,9 +42,10 @@ def add(tx: Tx, request: PermissionRequest) -> PermissionRequest:
                        (request.id,)).fetchone():
         raise ConflictError(f"permission request {request.id!r} already exists")
     tx.conn.execute(
-        "INSERT INTO permission_requests (id, session_pk, run_id, status, body) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (request.id, pk, request.run_id, request.status, wire.dumps(request)))
+        "INSERT INTO permission_requests (id, session_pk, run_id, status, expires_at, body) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (request.id, pk, request.run_id, request.status, request.expires_at.timestamp(),
+         wire.dumps(request)))
     if run.status != "waiting":
         write_run(tx, attrs.evolve(run, status="waiting"))
     return request
@@ -80,15 +81,6 @@ def resolve(tx: Tx, request_id: str, decision: PermissionDecision, by: ResolvedB
         if status is not None and status[0] == "waiting":
             write_run(tx, attrs.evolve(_run(tx, request.run_id), status="running"))
     return request
-
-
-def end_requests(tx: Tx, run_id: str) -> None:
-    """Resolve the pending requests of a run that ends (``deny`` by ``abort``)."""
-    for (body,) in tx.conn.execute(
-            "SELECT body FROM permission_requests WHERE run_id = ? AND status = 'pending'",
-            (run_id,)).fetchall():
-        _write(tx, resolved(wire.loads(body, PermissionRequest), decision="deny", by="abort",
-                               message=None))
 
 
 def get(tx: Tx, request_id: str) -> str:

@@ -27,8 +27,7 @@ from wingspan import (
 
 from ._events import UNFINISHED, end_run, log, write_run
 from ._jobs import MESSAGE_COUNT, HistoryCache, append, session_pk
-from ._leases import Claimant, join_queue, take_if_free
-from ._permissions import end_requests
+from ._leases import Claimant, abort_parked, join_queue, take_if_free
 from ._worker import Tx
 
 if TYPE_CHECKING:
@@ -83,7 +82,9 @@ def admit(
         raise ConflictError(f"session {run.session_id} is busy with run {unfinished[0][0]}")
     if if_busy == "interrupt":
         for _, body in unfinished:
-            _abort(tx, watch, pk, wire.loads(body, RunRecord))
+            busy = wire.loads(body, RunRecord)
+            if busy.status == "queued" or not abort_parked(tx, cache, pk, busy, me):
+                _abort(tx, watch, pk, busy)
     if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run.id,)).fetchone():
         raise ConflictError(f"run {run.id} already exists")
     claimed = take_if_free(tx, pk, run.id, me)
@@ -139,24 +140,27 @@ def finish(
         return _stored(tx, run.id)[1]  # the first ending (a recovery's, say) wins
     if run.first_seq is None:
         run = attrs.evolve(run, first_seq=first_seq)
-    if status == "waiting":
-        end_requests(tx, run.id)  # its requests end with it
     if messages:
         append(tx, cache, run.session_id, messages)
     return _woken(tx, watch, pk, end_run(tx, pk, run, events))
 
 
-def abort(tx: Tx, watch: LogWatch, run_id: str) -> RunRecord:
+def abort(tx: Tx, watch: LogWatch, cache: HistoryCache, me: Claimant,
+          run_id: str) -> tuple[RunRecord, bool]:
+    """:returns: the run as stored, and whether its session's claim was handed on."""
     pk, run = _stored(tx, run_id)
     if run.status in FINISHED_STATUSES:
         raise ConflictError(f"run {run_id} has already finished ({run.status})")
-    return _abort(tx, watch, pk, run)
+    if run.status != "queued" and abort_parked(tx, cache, pk, run, me):
+        return _woken(tx, watch, pk, _stored(tx, run_id)[1]), True
+    return _abort(tx, watch, pk, run), False
 
 
 def _abort(tx: Tx, watch: LogWatch, pk: int, run: RunRecord) -> RunRecord:
     """Abort an unfinished run: a queued one ends now (its place in the queue stays: its
     executor, granted the claim, finds it finished and lets go); a running or waiting one
-    is asked to stop by the process running it."""
+    is asked to stop by the process running it (one no process runs, parked, ends now:
+    see :func:`abort`)."""
     if run.status != "queued":
         run = attrs.evolve(run, abort_requested=True)
         write_run(tx, run)

@@ -144,6 +144,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             session_pk INTEGER NOT NULL REFERENCES sessions (pk) ON DELETE CASCADE,
             run_id TEXT NOT NULL,
             status TEXT NOT NULL,
+            expires_at REAL NOT NULL,
             body TEXT NOT NULL)""",
         "CREATE INDEX permission_requests_by_session ON permission_requests (session_pk, id)",
         """CREATE INDEX permission_requests_pending ON permission_requests (run_id)

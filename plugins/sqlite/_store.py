@@ -406,7 +406,14 @@ class SqliteStore:
         return finished
 
     async def abort_run(self, run_id: str) -> RunRecord:
-        return await self._write(runs.abort, self._log, run_id)
+        run, released = await self._write(runs.abort, self._log, self._cache, self._me, run_id)
+        if released:
+            self._wake(run.session_id)
+        return run
+
+    async def adopt_run(self, run_id: str) -> RunRecord | None:
+        body = await self._write(leases.adopt, self._cache, self._me, run_id)
+        return None if body is None else wire.loads(body, RunRecord)
 
     async def list_runs(
         self, session_id: str, *, limit: int = 50, cursor: str | None = None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
+import posixpath
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -13,7 +15,7 @@ import attrs
 
 from wingspan import ToolContext, ToolError, ToolOutcome
 
-from .paths import display
+from .paths import WorkDir, display
 
 T = TypeVar("T")
 
@@ -22,6 +24,9 @@ DEFAULT_TOOL_TIMEOUT = 60.0
 
 #: The signature of a built-in tool's body: validated input and the call's context.
 ToolBody = Callable[[dict[str, Any], ToolContext], Awaitable[str | ToolOutcome]]
+#: The signature of a built-in tool's subject: what a permission rule matches of a call
+#: (:func:`wingspan.permissions.subject_of`), given its input and context.
+Subject = Callable[[Mapping[str, Any], ToolContext | None], str]
 
 
 @attrs.frozen(kw_only=True)
@@ -33,6 +38,9 @@ class BuiltinTool:
     description: str
     input_schema: Mapping[str, Any]
     body: ToolBody = attrs.field(repr=False)
+    #: What a permission rule matches of a call; it never raises and touches no more than
+    #: a path's lookup. ``None``: the input as JSON.
+    subject: Subject | None = attrs.field(default=None, repr=False, eq=False)
 
     async def call(self, input: dict[str, Any], context: ToolContext) -> str | ToolOutcome:
         """Run the body. Its answer and its error message are always encodable as UTF-8:
@@ -48,6 +56,49 @@ class BuiltinTool:
                 raise
             raise ToolError(shown) from None
         return display(output) if isinstance(output, str) else output
+
+
+def given(input: Mapping[str, Any], key: str, default: str = "") -> str:
+    """The input's ``key`` exactly as given, for a subject: a string as it is, anything else
+    (a call whose input was not validated) as JSON."""
+    value = input.get(key, default)
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):  # a circular structure, say
+        return default
+
+
+def path_subject(path: str, context: ToolContext | None) -> str:
+    """``path`` as a permission rule sees it: relative to the work dir, POSIX form,
+    normalized (``./a/../secrets/x`` is ``secrets/x``; ``.`` is the work dir itself), an
+    absolute path inside the work dir made relative, and symbolic links inside the work dir
+    resolved by the confinement's own lookup (:meth:`.paths.WorkDir.resolve`), so that a
+    link cannot carry a call past a rule on its target.
+
+    A path that leaves the work dir, or cannot be resolved, is returned normalized as
+    given (absolute, or with its leading ``..``): the tool refuses it anyway, and a rule
+    such as ``src/*`` does not match it by accident. So is a path of a call without a work
+    dir. Never raises.
+    """
+    normal = _normalized(path)
+    work_dir = None if context is None else context.work_dir
+    if work_dir is None:
+        return normal
+    try:
+        root = WorkDir(work_dir)
+        return root.show(root.resolve(path))
+    except Exception:  # malformed, outside, unreadable: the call itself will say why
+        return normal
+
+
+def _normalized(path: str) -> str:
+    normal = posixpath.normpath(path)
+    # POSIX keeps a leading "//" apart; the kernel (and a person) reads it as "/".
+    if normal.startswith("//"):
+        normal = "/" + normal.lstrip("/")
+    return display(normal)
 
 
 def setting(context: ToolContext, key: str, default: T) -> T:

@@ -23,7 +23,7 @@ from typing import Any
 
 from wingspan import ToolContext, ToolError, ToolOutcome
 
-from .base import BuiltinTool, cut_middle, setting
+from .base import BuiltinTool, cut_middle, given, setting
 from .paths import WorkDir, display
 from .reaper import Reaper, shared
 
@@ -445,4 +445,10 @@ def bash_tools(reaper: Reaper | None = None) -> list[BuiltinTool]:
     async def bash(input: dict[str, Any], context: ToolContext) -> ToolOutcome:
         return await _bash(input, context, prefix, reaper or shared())
 
-    return [BuiltinTool(name="bash", description=DESCRIPTION, input_schema=SCHEMA, body=bash)]
+    return [BuiltinTool(name="bash", description=DESCRIPTION, input_schema=SCHEMA, body=bash,
+                        subject=subject)]
+
+
+def subject(input: Mapping[str, Any], context: ToolContext | None) -> str:
+    """What a permission rule on bash matches: the command, exactly as given."""
+    return given(input, "command")

@@ -17,11 +17,21 @@ import secrets
 import stat
 import threading
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from wingspan import ToolContext, ToolError
 
-from .base import BuiltinTool, cut_line, plural, run_blocking, setting, tool_timeout
+from .base import (
+    BuiltinTool,
+    cut_line,
+    given,
+    path_subject,
+    plural,
+    run_blocking,
+    setting,
+    tool_timeout,
+)
 from .paths import Location, WorkDir, display, kind_of
 
 DEFAULT_LIMIT = 2000
@@ -614,9 +624,15 @@ def file_tools() -> list[BuiltinTool]:
     locks = FileLocks()
     return [
         BuiltinTool(name="read", description=READ_DESCRIPTION, input_schema=READ_SCHEMA,
-                    body=read),
+                    body=read, subject=subject),
         BuiltinTool(name="write", description=WRITE_DESCRIPTION, input_schema=WRITE_SCHEMA,
-                    body=make_write(locks)),
+                    body=make_write(locks), subject=subject),
         BuiltinTool(name="edit", description=EDIT_DESCRIPTION, input_schema=EDIT_SCHEMA,
-                    body=make_edit(locks)),
+                    body=make_edit(locks), subject=subject),
     ]
+
+
+def subject(input: Mapping[str, Any], context: ToolContext | None) -> str:
+    """What a permission rule on read, write or edit matches: the path, relative to the
+    work dir with its links resolved (:func:`.base.path_subject`)."""
+    return path_subject(given(input, "path"), context)

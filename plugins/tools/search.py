@@ -9,11 +9,12 @@ import os
 import re
 import stat
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from wingspan import ToolContext, ToolError
 
-from .base import BuiltinTool, cut_line, plural, run_blocking, tool_timeout
+from .base import BuiltinTool, cut_line, given, path_subject, plural, run_blocking, tool_timeout
 from .paths import Location, WorkDir, display, kind_of
 
 MAX_GLOB_RESULTS = 1000
@@ -504,7 +505,14 @@ class Grep:
 def search_tools() -> list[BuiltinTool]:
     return [
         BuiltinTool(name="glob", description=GLOB_DESCRIPTION, input_schema=GLOB_SCHEMA,
-                    body=glob),
+                    body=glob, subject=subject),
         BuiltinTool(name="grep", description=GREP_DESCRIPTION, input_schema=GREP_SCHEMA,
-                    body=grep),
+                    body=grep, subject=subject),
     ]
+
+
+def subject(input: Mapping[str, Any], context: ToolContext | None) -> str:
+    """What a permission rule on glob or grep matches: ``"<pattern> in <path>"``, the
+    pattern as given and the path searched relative to the work dir (``.`` for the work
+    dir itself; :func:`.base.path_subject`)."""
+    return f"{given(input, 'pattern')} in {path_subject(given(input, 'path', '.'), context)}"

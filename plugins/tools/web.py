@@ -16,13 +16,13 @@ import ipaddress
 import re
 import socket
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import wingspan
 from wingspan import ToolContext, ToolError, ToolOutcome
 
-from .base import BuiltinTool, run_blocking
+from .base import BuiltinTool, given, run_blocking
 from .paths import display
 
 if TYPE_CHECKING:
@@ -397,5 +397,11 @@ def html_to(html: str, form: str) -> str:
 
 def web_tools() -> list[BuiltinTool]:
     return [
-        BuiltinTool(name="webfetch", description=DESCRIPTION, input_schema=SCHEMA, body=webfetch)
+        BuiltinTool(name="webfetch", description=DESCRIPTION, input_schema=SCHEMA, body=webfetch,
+                    subject=subject)
     ]
+
+
+def subject(input: Mapping[str, Any], context: ToolContext | None) -> str:
+    """What a permission rule on webfetch matches: the URL, exactly as given."""
+    return given(input, "url")

@@ -315,7 +315,7 @@ async def test_a_store_open_that_gives_no_store_is_an_error_naming_the_plugin(
     assert expected in str(caught.value)
     if url == "half://":
         lacking = str(caught.value).partition("lacks ")[2].split(", ")
-        assert len(lacking) == 36 and "list_credentials" in lacking and "close" not in lacking
+        assert len(lacking) == 37 and "list_credentials" in lacking and "close" not in lacking
 
 
 # --- entry points taking a built-in's name (item 2) ------------------------------------------
