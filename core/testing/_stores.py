@@ -43,7 +43,11 @@ from ..types import (
     LoggedEvent,
     Message,
     MessageStart,
+    PermissionDecision,
+    PermissionRequest,
     Ping,
+    ResolvedBy,
+    Rule,
     RunFinished,
     RunQueued,
     RunStarted,
@@ -91,6 +95,14 @@ _shifts = st.sampled_from([timedelta(milliseconds=ms) for ms in (-1, 0, 1)])
 _key_scopes = st.sampled_from(["sessions", "agents"])
 _keys = st.sampled_from(["k1", "~" * 255])
 _request_hashes = st.sampled_from(["h1", "h2"])
+#: What a permission request asks about, and how it is answered (a few values: every rule
+#: draws them, and texts and JSON round-trip in the history already).
+_tool_names = st.sampled_from(["bash", "read", "add"])
+_subjects = st.sampled_from(["ls -la", "", "git push --force", "src/*.py", "naïve ☃ 🐍"])
+_inputs = st.dictionaries(st.sampled_from(["command", "path", "ü"]), _json_scalars, max_size=2)
+_decisions = st.sampled_from(["allow", "allow_always", "deny"])
+_resolvers = st.sampled_from(["user", "rule", "timeout"])
+_grant_patterns = st.sampled_from(["*", "git *", "src/[*]?.py"])
 
 
 @attrs.frozen
@@ -134,8 +146,8 @@ def _messages(draw: st.DrawFn) -> list[Message]:
 
 class StoreStateMachine(RuleBasedStateMachine):
     """Drives a store through creates, updates, deletes, appends, claims, run admissions
-    and lifecycles, the event log, listings and credentials, checking every answer against
-    a model.
+    and lifecycles, permission requests and grants, the event log, listings and
+    credentials, checking every answer against a model.
 
     Subclass it with :func:`store_state_machine`; rules are synchronous and run the store's
     coroutines on an event loop in a helper thread (an anyio blocking portal).
@@ -163,6 +175,12 @@ class StoreStateMachine(RuleBasedStateMachine):
         self.model_runs: dict[str, RunRecord] = {}
         self.model_credentials: dict[str, Credential] = {}
         self.model_keys: dict[tuple[str, str], _Reserved] = {}
+        #: Every permission request stored, by id; each session's grants, in order.
+        self.model_requests: dict[str, PermissionRequest] = {}
+        self.model_grants: dict[str, list[Rule]] = {}
+        #: The runs ``save_run`` stored ``waiting`` with no request (the only waiting runs
+        #: with none pending), until one is added.
+        self.model_saved_waiting: set[str] = set()
 
     def call(self, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
         return self.portal.call(lambda: method(*args, **kwargs))
@@ -294,11 +312,21 @@ class StoreStateMachine(RuleBasedStateMachine):
             self.model_places.pop(session_id, None)
             runs = [k for k, r in self.model_runs.items() if r.session_id == session_id]
             for run_id in runs:  # deleted with their session
-                del self.model_runs[run_id]
+                run = self.model_runs.pop(run_id)
+                self.model_saved_waiting.discard(run_id)
                 self._assert_missing(self.store.get_run, run_id)
             if runs:
                 self._assert_missing(self.store.abort_run, runs[0])
                 self._assert_missing(self.store.start_run, runs[0])
+                self._assert_missing(self.store.add_permission_request, self._request(run))
+            asked = self._requests_of(session_id)
+            for request in asked:  # and its permission requests, pending or not
+                del self.model_requests[request.id]
+                self._assert_missing(self.store.get_permission_request, request.id)
+            if asked:
+                self._assert_missing(self.store.resolve_permission_request, asked[-1].id,
+                                     decision="allow", by="user")
+            self.model_grants.pop(session_id, None)
             self._assert_missing(self.store.update_session, record)
             self._assert_missing(self.store.save_run, RunRecord(id=new_id(), session_id=session_id))
         self._assert_missing(self.store.get_session, session_id)
@@ -309,12 +337,19 @@ class StoreStateMachine(RuleBasedStateMachine):
         self._assert_missing(self.store.append_events, session_id, "run", [Ping()])
         self._assert_missing(self.store.read_events, session_id)
         self._assert_missing(self.store.wait_events, session_id, after=0, timeout=0)
+        self._assert_missing(self.store.list_permission_requests, session_id)
+        self._assert_missing(self.store.list_permission_requests, session_id,
+                             pending_only=False)
+        self._assert_missing(self.store.list_grants, session_id)
         if record is not None and again:
             self.call(self.store.create_session, SessionRecord(id=session_id))
             assert self.call(self.store.load_messages, session_id) == []
             assert self.call(self.store.read_events, session_id) == []
             assert self.call(self.store.list_runs, session_id) == Page(items=())
             assert self.call(self.store.get_session, session_id).last_seq == 0
+            assert self.call(self.store.list_permission_requests, session_id,
+                             pending_only=False) == []
+            assert self.call(self.store.list_grants, session_id) == []
             self.call(self.store.delete_session, session_id)
 
     # --- history ----------------------------------------------------------------------------
@@ -390,6 +425,8 @@ class StoreStateMachine(RuleBasedStateMachine):
                         finished_at=None if age is None else utc_now() - age)
         self.call(self.store.save_run, run)
         self.model_runs[run.id] = run
+        if status == "waiting":
+            self.model_saved_waiting.add(run.id)
         assert self.call(self.store.get_run, run.id) == run
 
     @precondition(lambda self: bool(self.model_runs))
@@ -485,15 +522,16 @@ class StoreStateMachine(RuleBasedStateMachine):
     @rule(session_id=sessions, deltas=st.lists(st.builds(TextDelta, text=_texts, index=st.just(0))
                                                | st.just(Ping()), min_size=1, max_size=3),
           end=st.sampled_from(["running", "waiting", *sorted(FINISHED_STATUSES)]), age=_ages,
-          next_if_busy=st.sampled_from(["reject", "interrupt"]), prune=st.none() | _shifts)
+          next_if_busy=st.sampled_from(["reject", "interrupt"]), prune=st.none() | _shifts,
+          subject=_subjects)
     def run_a_turn(
         self, session_id: str, deltas: list[LogEvent], end: Any, age: timedelta,
-        next_if_busy: str, prune: timedelta | None,
+        next_if_busy: str, prune: timedelta | None, subject: str,
     ) -> None:
         """A run as the kernel drives it: admitted (and its id then in use), started,
-        streaming, then paused on a permission request (saved ``waiting``) or still running
-        (and then the next admission is refused, or interrupts it), or finished (and maybe
-        its deltas pruned, about when it finished)."""
+        streaming, then paused on a permission request (which makes it ``waiting``) or still
+        running (and then the next admission is refused, or interrupts it), or finished (and
+        maybe its deltas pruned, about when it finished)."""
         if session_id not in self.model_sessions:
             return
         run = self._admit(self._queued(session_id), "queue")
@@ -504,9 +542,10 @@ class StoreStateMachine(RuleBasedStateMachine):
         self._append(session_id, run.id, deltas)
         run = self.model_runs[run.id]
         if end in ("running", "waiting"):
-            run = attrs.evolve(run, status=end)
-            self.call(self.store.save_run, run)
-            self.model_runs[run.id] = run
+            if end == "waiting":
+                self._ask(run, self._request(run, subject=subject))
+            else:
+                self.call(self.store.save_run, run)
             self._admit(self._queued(session_id), next_if_busy)
         else:
             finished_at = utc_now() - age
@@ -527,7 +566,8 @@ class StoreStateMachine(RuleBasedStateMachine):
         else:
             self._start(run, messages)
 
-    def _start(self, run: RunRecord, messages: tuple[Message, ...] = ()) -> RunRecord:
+    def _start(self, run: RunRecord, messages: tuple[Message, ...] = (), *,
+               check: bool = True) -> RunRecord:
         before = utc_now()
         started = self.call(self.store.start_run, run.id, messages)
         self.model_messages[run.session_id].extend(messages)
@@ -536,7 +576,8 @@ class StoreStateMachine(RuleBasedStateMachine):
                            last_seq=seq)
         assert started == run, (started, run)
         self.model_runs[run.id] = run
-        self._check_session(run.session_id)
+        if check:
+            self._check_session(run.session_id)
         return run
 
     @precondition(lambda self: bool(self.model_runs))
@@ -563,6 +604,9 @@ class StoreStateMachine(RuleBasedStateMachine):
 
     def _finish(self, stored: RunRecord, run: RunRecord, events: list[LogEvent],
                 messages: tuple[Message, ...] = ()) -> None:
+        """Finish ``run``; one that was waiting has its pending requests denied by
+        ``abort``."""
+        before = utc_now()
         finished = self.call(self.store.finish_run, run, events, messages)
         # A run that ends gives its claim (or its place in line) up, as a release does.
         places = self.model_places.get(run.session_id, [])
@@ -581,6 +625,14 @@ class StoreStateMachine(RuleBasedStateMachine):
         run = attrs.evolve(run, first_seq=stored.first_seq, last_seq=seq)
         assert finished == run, (finished, run)
         self.model_runs[run.id] = run
+        self.model_saved_waiting.discard(run.id)
+        for request in self._requests_of(run.session_id, pending_only=True):
+            if request.run_id == run.id:
+                got = self.call(self.store.get_permission_request, request.id)
+                self.model_requests[request.id] = attrs.evolve(
+                    request, status="denied", decision="deny", by="abort", message=None,
+                    resolved_at=self._now(got.resolved_at, before))
+                assert got == self.model_requests[request.id], (got, request)
         self._check_session(run.session_id)
 
     @precondition(lambda self: bool(self.model_runs))
@@ -610,12 +662,14 @@ class StoreStateMachine(RuleBasedStateMachine):
     def refuse_bad_arguments(self, data: st.DataObject) -> None:
         """What the contract rules out is refused, and changes nothing: admitting a run that
         is not queued or with an unknown ``if_busy``, finishing one with an unfinished
-        status, or a page limit out of range is a ``ConfigError``; starting, aborting or
-        finishing a run that never was a ``NotFoundError``."""
+        status, adding a permission request that is not pending, or a page limit out of
+        range is a ``ConfigError``; starting, aborting or finishing a run that never was,
+        a request of one, or getting or answering a request that never was a
+        ``NotFoundError``."""
         session_id = data.draw(st.sampled_from(sorted(self.model_sessions)))
         case = data.draw(st.sampled_from(
             ["admit_status", "if_busy", "finish_status", "read_limit", "list_limit",
-             "unknown_run"]))
+             "unknown_run", "request_status", "unknown_request"]))
         queued = self._queued(session_id)
         if case == "admit_status":
             run = attrs.evolve(queued, status=data.draw(st.sampled_from(["running", "failed"])))
@@ -636,6 +690,165 @@ class StoreStateMachine(RuleBasedStateMachine):
             self._assert_missing(self.store.start_run, queued.id)
             self._assert_missing(self.store.abort_run, queued.id)
             self._assert_missing(self.store.finish_run, attrs.evolve(queued, status="failed"))
+            self._assert_missing(self.store.add_permission_request, self._request(queued))
+        elif case == "request_status" and (asking := [
+                r for r in self.model_runs.values() if r.status in ("running", "waiting")]):
+            run = data.draw(st.sampled_from(sorted(asking, key=lambda r: r.id)))
+            request = attrs.evolve(self._request(run), status="allowed", decision="allow",
+                                   by="user", resolved_at=utc_now())
+            self._assert_raises(ConfigError, self.store.add_permission_request, request)
+            self._check_session(run.session_id)  # not asked: the run is as it was
+        elif case == "unknown_request":
+            self._assert_missing(self.store.get_permission_request, queued.id)
+            self._assert_missing(self.store.resolve_permission_request, queued.id,
+                                 decision="deny", by="user")
+
+    # --- permission requests and grants ----------------------------------------------------
+
+    @rule(session_id=sessions, subjects=st.lists(_subjects, min_size=1, max_size=2),
+          answers=st.lists(_decisions, max_size=2), pattern=_grant_patterns,
+          then=st.sampled_from(["wait", "interrupt", *sorted(FINISHED_STATUSES)]),
+          data=st.data())
+    def ask_in_a_turn(self, session_id: str, subjects: list[str],
+                      answers: list[PermissionDecision], pattern: str, then: Any,
+                      data: st.DataObject) -> None:
+        """A run as the kernel drives it when its step's tool calls need a person:
+        admitted, started, asking about each call (``waiting``; the calls run at once, so
+        their requests, made in order, may be stored in any), some answered at once
+        (``running`` again once none is pending); then it waits on, or the next admission
+        interrupts it and it stops ``aborted``, or it ends otherwise. Ending, it has what
+        is still pending denied by ``abort``. Asking before it starts or after it ended,
+        asking again with a request's id, answering a request again: conflicts, which
+        change nothing."""
+        if session_id not in self.model_sessions:
+            return
+        run = self._admit(self._queued(session_id), "queue")
+        assert run is not None
+        requests = [self._request(run, subject=subject) for subject in subjects]
+        self._assert_raises(ConflictError, self.store.add_permission_request, requests[0])
+        run = self._start(run, check=False)  # checked once it asked
+        for request in data.draw(st.permutations(requests)):
+            self._ask(self.model_runs[run.id], request)
+        self._assert_raises(ConflictError, self.store.add_permission_request,
+                            attrs.evolve(requests[-1], subject="again"))
+        for request, decision in zip(requests, answers, strict=False):
+            self._resolve(request, decision, "user", None, pattern)
+        assert self.call(self.store.get_run, run.id) == self.model_runs[run.id]
+        if answers:
+            self._assert_raises(ConflictError, self.store.resolve_permission_request,
+                                requests[0].id, decision="allow_always", by="user",
+                                grant=self._grant(requests[0], "allow_always", pattern))
+        if then == "interrupt":
+            self._admit(self._queued(session_id), "interrupt")
+            then = "aborted"
+        if then != "wait":
+            stored = self.model_runs[run.id]
+            self._finish(stored, attrs.evolve(stored, status=then, finished_at=utc_now()), [])
+            self._assert_raises(ConflictError, self.store.add_permission_request,
+                                self._request(run))
+        else:
+            self._check_session(session_id)
+
+    @precondition(lambda self: any(r.status in ("running", "waiting")
+                                   for r in self.model_runs.values()))
+    @rule(data=st.data(), tool_name=_tool_names, input=_inputs,
+          subjects=st.lists(_subjects, min_size=1, max_size=2),
+          answers=st.lists(_decisions, max_size=2), pattern=_grant_patterns)
+    def add_permission_request(
+        self, data: st.DataObject, tool_name: str, subjects: list[str], input: dict[str, Any],
+        answers: list[PermissionDecision], pattern: str,
+    ) -> None:
+        """A running or waiting run asks about one call or several (it is ``waiting``
+        then), and a person may answer some at once."""
+        run = data.draw(st.sampled_from(
+            [r for _, r in sorted(self.model_runs.items()) if r.status in ("running", "waiting")]))
+        requests = [self._request(run, tool_name=tool_name, subject=subject, input=input)
+                    for subject in subjects]
+        for request in requests:
+            self._ask(self.model_runs[run.id], request)
+        for request, decision in zip(requests, answers, strict=False):
+            self._resolve(request, decision, "user", None, pattern)
+        self._check_session(run.session_id)
+
+    @precondition(lambda self: bool(self.model_runs))
+    @rule(data=st.data(), duplicate=st.booleans())
+    def add_refused(self, data: st.DataObject, duplicate: bool) -> None:
+        """A queued or finished run cannot ask, nor can a request with an id taken (of
+        any run, any session); nothing changes."""
+        run = self._draw_run(data, lambda r: r.status not in ("running", "waiting"))
+        request = self._request(run)
+        if duplicate and self.model_requests:
+            taken = data.draw(st.sampled_from(sorted(self.model_requests)))
+            request = attrs.evolve(request, id=taken)
+        elif run.status in ("running", "waiting"):
+            return  # it may ask: add_permission_request
+        self._assert_raises(ConflictError, self.store.add_permission_request, request)
+        self._check_session(run.session_id)
+
+    @precondition(lambda self: any(r.status == "pending" for r in self.model_requests.values()))
+    @rule(data=st.data(), decision=_decisions, by=_resolvers, message=st.none() | _texts,
+          pattern=_grant_patterns)
+    def resolve_permission_request(self, data: st.DataObject, decision: PermissionDecision,
+                                   by: ResolvedBy, message: str | None, pattern: str) -> None:
+        """A pending request is answered, whenever."""
+        request = data.draw(st.sampled_from(self._requests_of(None, pending_only=True)))
+        self._resolve(request, decision, by, message, pattern)
+        self._check_session(request.session_id)
+
+    @precondition(lambda self: any(r.status != "pending" for r in self.model_requests.values()))
+    @rule(data=st.data(), decision=_decisions, pattern=_grant_patterns)
+    def resolve_again(self, data: st.DataObject, decision: PermissionDecision,
+                      pattern: str) -> None:
+        """An answered request (by a person, or by the end of its run) is a conflict to
+        answer again: it keeps its first answer, and no grant is made."""
+        answered = [r for r in self._requests_of(None) if r.status != "pending"]
+        request = data.draw(st.sampled_from(answered))
+        self._assert_raises(ConflictError, self.store.resolve_permission_request, request.id,
+                            decision=decision, by="user",
+                            grant=self._grant(request, decision, pattern))
+        assert self.call(self.store.get_permission_request, request.id) == request
+        self._check_grants(request.session_id)
+        self._check_session(request.session_id)
+
+    @precondition(lambda self: bool(self.model_requests))
+    @rule(data=st.data())
+    def get_permission_request(self, data: st.DataObject) -> None:
+        request_id = data.draw(st.sampled_from(sorted(self.model_requests)))
+        assert self.call(self.store.get_permission_request, request_id) == (
+            self.model_requests[request_id])
+
+    @rule(session_id=sessions)
+    def list_permission_requests(self, session_id: str) -> None:
+        if session_id in self.model_sessions:
+            self._check_requests(session_id)
+
+    def _resolve(self, request: PermissionRequest, decision: PermissionDecision,
+                 by: ResolvedBy, message: str | None, pattern: str) -> None:
+        """Answer a pending request (``allow_always`` with the session's grant it makes):
+        its run is ``running`` again once none of it is pending."""
+        grant = self._grant(request, decision, pattern)
+        before = utc_now()
+        got = self.call(self.store.resolve_permission_request, request.id, decision=decision,
+                        by=by, message=message, grant=grant)
+        request = attrs.evolve(
+            request, status="denied" if decision == "deny" else "allowed", decision=decision,
+            by=by, message=message, resolved_at=self._now(got.resolved_at, before))
+        assert got == request, (got, request)
+        self.model_requests[request.id] = request
+        if grant is not None:
+            self.model_grants.setdefault(request.session_id, []).append(grant)
+            self._check_grants(request.session_id)
+        run = self.model_runs[request.run_id]
+        if run.status == "waiting" and not any(
+                r.run_id == run.id for r in self._requests_of(run.session_id, pending_only=True)):
+            self.model_runs[run.id] = attrs.evolve(run, status="running")
+
+    def _ask(self, run: RunRecord, request: PermissionRequest) -> None:
+        """Add ``request`` of ``run`` (running or waiting), which makes the run ``waiting``."""
+        assert self.call(self.store.add_permission_request, request) == request
+        self.model_requests[request.id] = request
+        self.model_runs[run.id] = attrs.evolve(run, status="waiting")
+        self.model_saved_waiting.discard(run.id)
 
     # --- the event log ----------------------------------------------------------------------
 
@@ -865,10 +1078,66 @@ class StoreStateMachine(RuleBasedStateMachine):
             run_id = expected[0].id
             logged = self.call(self.store.read_events, session_id, run_id=run_id)
             assert logged == [e for e in self.model_events[session_id] if e.run_id == run_id]
+        if self._requests_of(session_id):
+            self._check_requests(session_id, runs.items, every=False)
+
+    def _check_requests(self, session_id: str, runs: Sequence[RunRecord] | None = None, *,
+                        every: bool = True) -> None:
+        """The session's pending requests, oldest (lowest id) first, are the model's, and so
+        are (``every``) all its requests and its grants, in order; of its runs (``runs``, as
+        the store listed them), those with a pending request are ``waiting``, and the
+        unfinished ones with none are not (unless ``save_run`` stored them so)."""
+        asked = self._requests_of(session_id)
+        pending = self.call(self.store.list_permission_requests, session_id)
+        assert pending == [r for r in asked if r.status == "pending"], (pending, asked)
+        if every:
+            got = self.call(self.store.list_permission_requests, session_id, pending_only=False)
+            assert got == asked, (got, asked)
+            self._check_grants(session_id)
+        if runs is None:
+            runs = self.call(self.store.list_runs, session_id, limit=MAX_PAGE).items
+        waited_on = {r.run_id for r in pending}
+        for run in runs:
+            if run.status in FINISHED_STATUSES:
+                assert run.id not in waited_on, f"finished run {run.id} has a pending request"
+            else:
+                waits = run.id in waited_on or (run.status == "waiting"
+                                                and run.id in self.model_saved_waiting)
+                assert (run.status == "waiting") == waits, (run, pending)
+
+    def _check_grants(self, session_id: str) -> None:
+        grants = self.call(self.store.list_grants, session_id)
+        assert grants == self.model_grants.get(session_id, []), (grants, session_id)
 
     @staticmethod
     def _queued(session_id: str) -> RunRecord:
         return RunRecord(id=new_id(), session_id=session_id, status="queued")
+
+    @staticmethod
+    def _request(run: RunRecord, *, tool_name: str = "bash", subject: str = "ls",
+                 input: dict[str, Any] | None = None) -> PermissionRequest:
+        """A new pending request of ``run``, expiring long after the machine has ended."""
+        now = utc_now()
+        return PermissionRequest(
+            id=new_id(), session_id=run.session_id, run_id=run.id,
+            tool_use_id=f"toolu_{new_id()}", tool_name=tool_name,
+            input={"command": subject} if input is None else input, subject=subject,
+            created_at=now, expires_at=now + timedelta(hours=1))
+
+    def _requests_of(self, session_id: str | None, *, pending_only: bool = False,
+                     ) -> list[PermissionRequest]:
+        """The session's requests (every session's: ``None``), in id (creation) order."""
+        return [r for _, r in sorted(self.model_requests.items())
+                if session_id in (None, r.session_id)
+                and (r.status == "pending" or not pending_only)]
+
+    @staticmethod
+    def _grant(request: PermissionRequest, decision: PermissionDecision,
+               pattern: str) -> Rule | None:
+        """The grant an answer makes, as the kernel passes it: with ``allow_always`` only."""
+        if decision != "allow_always":
+            return None
+        return Rule(tool=request.tool_name, match=pattern, action="allow")
 
     def _runs_of(self, session_id: str) -> list[RunRecord]:
         """The session's runs, in id (admission) order."""
