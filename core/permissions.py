@@ -273,6 +273,10 @@ def parse_answer(value: Answer | str | Any, where: str = "answer") -> Answer:
         if value.decision not in DECISIONS:
             raise ConfigError(f"{where}: decision must be one of allow, allow_always, deny, "
                               f"got {value.decision!r}")
+        if value.pattern is not None and (not isinstance(value.pattern, str)
+                                          or not value.pattern):
+            raise ConfigError(f"{where}: pattern must be a non-empty glob, got "
+                              f"{value.pattern!r}")
         return value
     if isinstance(value, str) and value in DECISIONS:
         return Answer(decision=typing.cast(PermissionDecision, value))
@@ -300,8 +304,8 @@ def resolved(request: PermissionRequest, *, decision: PermissionDecision, by: Re
 def grant_for(request: PermissionRequest, answer: Answer) -> Rule | None:
     """The session grant an ``allow_always`` answer makes: that tool, on the subjects its
     pattern matches (default: exactly the request's subject)."""
-    if answer.decision != "allow_always":
-        return None
+    if answer.decision != "allow_always" or not (answer.pattern or request.subject):
+        return None  # an empty subject: this call is allowed, no rule can name it
     return Rule(tool=escape(request.tool_name), match=answer.pattern or escape(request.subject),
                 action="allow")
 

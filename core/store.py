@@ -342,7 +342,7 @@ class Store(Protocol):
         ``waiting``, atomically.
 
         :raises NotFoundError: when its run does not exist.
-        :raises ConflictError: when its id is taken, or its run has finished.
+        :raises ConflictError: when its id is taken, or its run is queued or has finished.
         """
     async def resolve_permission_request(
         self, request_id: str, *, decision: PermissionDecision, by: ResolvedBy,

@@ -442,9 +442,10 @@ class KeyValueStore:
             self.append("messages", stored.session_id, checked)
         if stored.status == "waiting":  # its requests end with it
             for request in self._requests(stored.session_id, pending_only=True):
-                if request.run_id == run.id:
+                if request.run_id == run.id:  # expired: nobody answered in time
+                    by: ResolvedBy = "timeout" if request.expires_at <= utc_now() else "abort"
                     self.write("permissions", request.id, resolved(
-                        request, decision="deny", by="abort", message=None))
+                        request, decision="deny", by=by, message=None))
         seq = self._log(stored.session_id, run.id,
                         (*events, RunFinished(run_id=run.id, status=run.status)))
         first_seq = stored.first_seq if run.first_seq is None else run.first_seq
@@ -467,8 +468,10 @@ class KeyValueStore:
     # --- permission requests and grants ----------------------------------------------------
 
     def _requests(self, session_id: str, *, pending_only: bool) -> list[PermissionRequest]:
+        """The session's requests, oldest (lowest id) first: the order they were made in,
+        which need not be the order they were stored in (a step's calls ask at once)."""
         requests = [self.read("permissions", key)
-                    for key in self.read("session_permissions", session_id) or ()]
+                    for key in sorted(self.read("session_permissions", session_id) or ())]
         return [r for r in requests if r is not None and (r.status == "pending"
                                                           or not pending_only)]
 

@@ -312,13 +312,14 @@ class StoreStateMachine(RuleBasedStateMachine):
             self.model_places.pop(session_id, None)
             runs = [k for k, r in self.model_runs.items() if r.session_id == session_id]
             for run_id in runs:  # deleted with their session
-                run = self.model_runs.pop(run_id)
+                del self.model_runs[run_id]
                 self.model_saved_waiting.discard(run_id)
                 self._assert_missing(self.store.get_run, run_id)
             if runs:
                 self._assert_missing(self.store.abort_run, runs[0])
                 self._assert_missing(self.store.start_run, runs[0])
-                self._assert_missing(self.store.add_permission_request, self._request(run))
+                self._assert_missing(self.store.add_permission_request, self._request(
+                    RunRecord(id=runs[0], session_id=session_id)))
             asked = self._requests_of(session_id)
             for request in asked:  # and its permission requests, pending or not
                 del self.model_requests[request.id]

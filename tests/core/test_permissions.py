@@ -36,7 +36,16 @@ from wingspan import (
     ToolResultBlock,
     ToolResultEvent,
 )
-from wingspan.permissions import Answer, answer, decide, escape, parse_rules, subject_of
+from wingspan.permissions import (
+    Answer,
+    answer,
+    decide,
+    escape,
+    grant_for,
+    parse_answer,
+    parse_rules,
+    subject_of,
+)
 from wingspan.runs import RunFailed, RunHandle
 from wingspan.testing import make_runtime, scripted
 
@@ -932,3 +941,14 @@ async def test_a_run_cannot_be_suspended_in_a_store_of_one_process() -> None:
     await answer(store, request.id, "allow")
     assert (await asyncio.wait_for(handle.result(), WAIT)).response == "saw ok: ran git status"
     await store.close()
+
+
+def test_an_allow_always_answer_on_an_empty_subject_grants_nothing() -> None:
+    request = PermissionRequest(
+        id="r", session_id="s", run_id="u", tool_use_id="t", tool_name="sh", input={},
+        subject="", created_at=wingspan.utc_now(), expires_at=wingspan.utc_now())
+    assert grant_for(request, Answer(decision="allow_always")) is None
+    assert grant_for(request, Answer(decision="allow_always", pattern="x*")) == Rule(
+        tool="sh", match="x*", action="allow")
+    with pytest.raises(ConfigError, match="pattern must be a non-empty glob"):
+        parse_answer(Answer(decision="allow_always", pattern=""))

@@ -171,6 +171,10 @@ def test_bad_answers_and_listings_are_refused_by_name(asking: Server) -> None:
         elsewhere = http.post(f"/sessions/{other}/permissions/{request['id']}",
                               json={"decision": "allow"})
         assert elsewhere.status_code == 404  # a request is answered through its own session
+        empty = http.post(f"{url}/{request['id']}",
+                          json={"decision": "allow_always", "pattern": ""})
+        assert empty.status_code == 400 and "pattern" in empty.json()["error"]
+        assert [r["id"] for r in pending(http, session_id)] == [request["id"]]
 
 
 def test_two_racing_answers_one_wins_the_other_is_409(asking: Server) -> None:
