@@ -47,6 +47,7 @@ __all__ = [
     "Approver",
     "answer",
     "decide",
+    "ended_with_run",
     "escape",
     "parse_answer",
     "parse_rules",
@@ -299,6 +300,13 @@ def resolved(request: PermissionRequest, *, decision: PermissionDecision, by: Re
     """``request`` answered now: ``allowed`` (``allow``, ``allow_always``) or ``denied``."""
     return attrs.evolve(request, status="denied" if decision == "deny" else "allowed",
                         decision=decision, by=by, message=message, resolved_at=utc_now())
+
+
+def ended_with_run(request: PermissionRequest) -> PermissionRequest:
+    """A pending ``request`` whose run ends: denied ``by: "timeout"`` once it expired
+    (nobody answered in time), ``by: "abort"`` before."""
+    by: ResolvedBy = "timeout" if request.expires_at <= utc_now() else "abort"
+    return resolved(request, decision="deny", by=by, message=None)
 
 
 def grant_for(request: PermissionRequest, answer: Answer) -> Rule | None:

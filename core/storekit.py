@@ -26,7 +26,7 @@ import attrs
 
 from .claims import ClaimQueue
 from .errors import ConfigError, ConflictError, NotFoundError, StoreError
-from .permissions import resolved
+from .permissions import ended_with_run, resolved
 from .store import (
     Admission,
     AgentRecord,
@@ -442,10 +442,8 @@ class KeyValueStore:
             self.append("messages", stored.session_id, checked)
         if stored.status == "waiting":  # its requests end with it
             for request in self._requests(stored.session_id, pending_only=True):
-                if request.run_id == run.id:  # expired: nobody answered in time
-                    by: ResolvedBy = "timeout" if request.expires_at <= utc_now() else "abort"
-                    self.write("permissions", request.id, resolved(
-                        request, decision="deny", by=by, message=None))
+                if request.run_id == run.id:
+                    self.write("permissions", request.id, ended_with_run(request))
         seq = self._log(stored.session_id, run.id,
                         (*events, RunFinished(run_id=run.id, status=run.status)))
         first_seq = stored.first_seq if run.first_seq is None else run.first_seq

@@ -42,6 +42,7 @@ from wingspan.permissions import (
     grant_for,
     parse_answer,
     parse_rules,
+    resolved,
     subject_of,
     wait_resolved,
 )
@@ -228,15 +229,16 @@ class Permissions:
 
     async def _granted(self, context: ToolContext, tool_name: str, subject: str) -> bool:
         """Whether a grant of the session allows the call (grants are read once a run)."""
-        grants: list[Rule] | None = context.run_data.get(GRANTS)
-        if grants is None:
-            store = context.store
-            if store is None:
-                return bool(decide(context.session_data.get(GRANTS, ()), tool_name, subject,
-                                   "ask") == "allow")
-            grants = context.run_data.setdefault(GRANTS, await store.list_grants(
-                context.session_id))
-        return bool(grants) and decide(grants, tool_name, subject, "ask") == "allow"
+        store = context.store
+        grants: list[Rule] | None
+        if store is None:  # a session without a store keeps its grants here
+            grants = context.session_data.get(GRANTS)
+        else:
+            grants = context.run_data.get(GRANTS)
+            if grants is None:
+                grants = context.run_data.setdefault(
+                    GRANTS, await store.list_grants(context.session_id))
+        return grants is not None and decide(grants, tool_name, subject, "ask") == "allow"
 
     async def _answer(self, request: PermissionRequest, context: ToolContext,
                       timeout: float) -> PermissionRequest:
@@ -266,9 +268,7 @@ class Permissions:
                        answer: Answer, by: wingspan.ResolvedBy) -> PermissionRequest:
         """Store ``answer``; if another won the race, the stored one is the answer."""
         if store is None:
-            status = "denied" if answer.decision == "deny" else "allowed"
-            return _evolve(request, status=status, decision=answer.decision, by=by,
-                           message=answer.message, resolved_at=wingspan.utc_now())
+            return resolved(request, decision=answer.decision, by=by, message=answer.message)
         try:
             return await store.resolve_permission_request(
                 request.id, decision=answer.decision, by=by, message=answer.message,
@@ -282,12 +282,6 @@ async def _call(approve: Any, request: PermissionRequest) -> Answer:
     if inspect.isawaitable(value):
         value = await value
     return parse_answer(value, "the approve callback's answer")
-
-
-def _evolve(request: PermissionRequest, **changes: Any) -> PermissionRequest:
-    import attrs
-
-    return attrs.evolve(request, **changes)
 
 
 def _close(call: Any) -> None:

@@ -9,7 +9,6 @@ Wake-ups of those waiting on a log are in ``_watch``.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -28,7 +27,7 @@ from wingspan import (
     StoreError,
     wire,
 )
-from wingspan.permissions import resolved
+from wingspan.permissions import ended_with_run
 
 from ._jobs import LONG, returning, session_pk, yielding
 from ._worker import Tx
@@ -88,16 +87,18 @@ def end_run(tx: Tx, pk: int, run: RunRecord, events: Sequence[LogEvent]) -> RunR
 
 
 def end_requests(tx: Tx, run_id: str) -> None:
-    """Resolve the pending permission requests of a run that ends: denied by ``timeout``
-    once they expired (nobody answered in time), by ``abort`` before."""
-    now = time.time()
-    for request_id, expires_at, body in tx.conn.execute(
-            "SELECT id, expires_at, body FROM permission_requests "
-            "WHERE run_id = ? AND status = 'pending'", (run_id,)).fetchall():
-        request = resolved(wire.loads(body, PermissionRequest), decision="deny",
-                           by="timeout" if expires_at <= now else "abort", message=None)
-        tx.conn.execute("UPDATE permission_requests SET status = ?, body = ? WHERE id = ?",
-                        (request.status, wire.dumps(request), request_id))
+    """Resolve the pending permission requests of a run that ends
+    (:func:`wingspan.permissions.ended_with_run`)."""
+    for (body,) in tx.conn.execute(
+            "SELECT body FROM permission_requests WHERE run_id = ? AND status = 'pending'",
+            (run_id,)).fetchall():
+        write_request(tx, ended_with_run(wire.loads(body, PermissionRequest)))
+
+
+def write_request(tx: Tx, request: PermissionRequest) -> None:
+    """Store a new state of a permission request that exists."""
+    tx.conn.execute("UPDATE permission_requests SET status = ?, body = ? WHERE id = ?",
+                    (request.status, wire.dumps(request), request.id))
 
 
 def interrupt(tx: Tx, pk: int, run_id: str, reason: str, statuses: str = UNFINISHED) -> None:

@@ -241,10 +241,10 @@ def park(tx: Tx, pk: int, holder: str, me: Claimant) -> bool:
         "('running', 'waiting')", (holder, pk)).fetchone()
     if row is None or wire.loads(row[0], RunRecord).abort_requested:
         return False
-    asked = {wire.loads(body, PermissionRequest).tool_use_id: expires_at
-             for body, expires_at in conn.execute(
-                 "SELECT body, expires_at FROM permission_requests WHERE run_id = ?",
-                 (holder,)).fetchall()}
+    requests = conn.execute(
+        "SELECT body, status, expires_at FROM permission_requests WHERE run_id = ?",
+        (holder,)).fetchall()
+    asked = {wire.loads(body, PermissionRequest).tool_use_id for body, _, _ in requests}
     last = conn.execute(
         "SELECT body FROM messages WHERE session_pk = ? ORDER BY seq DESC LIMIT 1", (pk,)
     ).fetchone()
@@ -253,10 +253,8 @@ def park(tx: Tx, pk: int, holder: str, me: Claimant) -> bool:
     turn = wire.loads(last[0], Message)
     if turn.role != "assistant" or not any(use.id in asked for use in turn.tool_uses):
         return False
-    pending = conn.execute(
-        "SELECT max(expires_at) FROM permission_requests WHERE run_id = ? AND status = "
-        "'pending'", (holder,)).fetchone()[0]
-    until = max(pending or 0.0, time.time() + me.ttl)
+    pending = [expires_at for _, status, expires_at in requests if status == "pending"]
+    until = max([*pending, time.time() + me.ttl])
     conn.execute(
         "UPDATE leases SET owner = ?, host = NULL, pid = NULL, started = NULL, expires_at = ? "
         "WHERE session_pk = ?", (PARKED, until, pk))
@@ -275,9 +273,7 @@ def adopt(tx: Tx, cache: HistoryCache, me: Claimant, run_id: str) -> str | None:
         raise NotFoundError(f"run {run_id!r} not found")
     pk, session_id = row
     recover(tx, cache, session_id, pk, me)  # a holder found gone now is parked first
-    lease = conn.execute("SELECT holder, owner FROM leases WHERE session_pk = ?",
-                         (pk,)).fetchone()
-    if lease is None or lease[0] != run_id or lease[1] != PARKED:
+    if not _parked(tx, pk, run_id):
         return None
     conn.execute(
         "UPDATE leases SET owner = ?, host = ?, pid = ?, started = ?, expires_at = ? "
@@ -286,15 +282,19 @@ def adopt(tx: Tx, cache: HistoryCache, me: Claimant, run_id: str) -> str | None:
     return body
 
 
+def _parked(tx: Tx, pk: int, run_id: str) -> bool:
+    """Whether the session's claim is ``run_id``'s, parked (:func:`park`)."""
+    lease = tx.conn.execute("SELECT holder, owner FROM leases WHERE session_pk = ?",
+                            (pk,)).fetchone()
+    return lease is not None and lease[0] == run_id and lease[1] == PARKED
+
+
 def abort_parked(tx: Tx, cache: HistoryCache, pk: int, run: RunRecord, me: Claimant) -> bool:
     """End ``run`` aborted now if its claim is parked (no process executes it), with the
     history repaired and the claim handed on. :returns: whether it did."""
-    conn = tx.conn
-    lease = conn.execute("SELECT holder, owner FROM leases WHERE session_pk = ?",
-                         (pk,)).fetchone()
-    if lease is None or lease[0] != run.id or lease[1] != PARKED:
+    if not _parked(tx, pk, run.id):
         return False
-    session_id = conn.execute("SELECT id FROM sessions WHERE pk = ?", (pk,)).fetchone()[0]
+    session_id = tx.conn.execute("SELECT id FROM sessions WHERE pk = ?", (pk,)).fetchone()[0]
     ended = attrs.evolve(run, status="aborted", finished_at=wingspan.utc_now(),
                          error=ABORTED_PARKED.message)
     end_run(tx, pk, ended, [ErrorEvent(error=ABORTED_PARKED)])

@@ -16,25 +16,18 @@ from wingspan import (
     PermissionRequest,
     ResolvedBy,
     Rule,
-    RunRecord,
     wire,
 )
 from wingspan.permissions import resolved
 
-from ._events import write_run
+from ._events import write_request, write_run
 from ._jobs import session_pk
+from ._runs import stored_run
 from ._worker import Tx
 
 
-def _run(tx: Tx, run_id: str) -> RunRecord:
-    row = tx.conn.execute("SELECT body FROM runs WHERE id = ?", (run_id,)).fetchone()
-    if row is None:
-        raise NotFoundError(f"run {run_id!r} not found")
-    return wire.loads(row[0], RunRecord)
-
-
 def add(tx: Tx, request: PermissionRequest) -> PermissionRequest:
-    run = _run(tx, request.run_id)
+    _, run = stored_run(tx, request.run_id)
     if run.status in FINISHED_STATUSES or run.status == "queued":
         raise ConflictError(f"run {run.id} cannot wait for a permission: it is {run.status}")
     pk = session_pk(tx, request.session_id)
@@ -51,11 +44,6 @@ def add(tx: Tx, request: PermissionRequest) -> PermissionRequest:
     return request
 
 
-def _write(tx: Tx, request: PermissionRequest) -> None:
-    tx.conn.execute("UPDATE permission_requests SET status = ?, body = ? WHERE id = ?",
-                    (request.status, wire.dumps(request), request.id))
-
-
 def resolve(tx: Tx, request_id: str, decision: PermissionDecision, by: ResolvedBy,
             message: str | None,
             grant: Rule | None) -> PermissionRequest:
@@ -68,7 +56,7 @@ def resolve(tx: Tx, request_id: str, decision: PermissionDecision, by: ResolvedB
         raise ConflictError(f"permission request {request_id} was already answered "
                             f"({request.decision} by {request.by})")
     request = resolved(request, decision=decision, by=by, message=message)
-    _write(tx, request)
+    write_request(tx, request)
     if grant is not None:
         tx.conn.execute("INSERT INTO grants (session_pk, body) VALUES (?, ?)",
                         (pk, wire.dumps(grant)))
@@ -76,10 +64,9 @@ def resolve(tx: Tx, request_id: str, decision: PermissionDecision, by: ResolvedB
         "SELECT 1 FROM permission_requests WHERE run_id = ? AND status = 'pending'",
         (request.run_id,)).fetchone()
     if still is None:
-        status = tx.conn.execute("SELECT status FROM runs WHERE id = ?",
-                                 (request.run_id,)).fetchone()
-        if status is not None and status[0] == "waiting":
-            write_run(tx, attrs.evolve(_run(tx, request.run_id), status="running"))
+        _, run = stored_run(tx, request.run_id)
+        if run.status == "waiting":
+            write_run(tx, attrs.evolve(run, status="running"))
     return request
 
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 ABORTED_QUEUED = ErrorInfo(code="aborted", message="the run was aborted before it started")
 
 
-def _stored(tx: Tx, run_id: str) -> tuple[int, RunRecord]:
+def stored_run(tx: Tx, run_id: str) -> tuple[int, RunRecord]:
     """``(session pk, record)`` of a run."""
     row = tx.conn.execute("SELECT session_pk, body FROM runs WHERE id = ?", (run_id,)).fetchone()
     if row is None:
@@ -113,7 +113,7 @@ def admit(
 def start(tx: Tx, watch: LogWatch, cache: HistoryCache, run_id: str,
           messages: tuple[Message, ...]) -> RunRecord:
     """A queued run starts, its user message appended to the history with it."""
-    pk, run = _stored(tx, run_id)
+    pk, run = stored_run(tx, run_id)
     if run.status != "queued":
         raise ConflictError(f"run {run_id} cannot start: it is {run.status}, not queued")
     seq = log(tx, pk, run_id, [RunStarted(run_id=run_id)])
@@ -137,7 +137,7 @@ def finish(
         raise NotFoundError(f"run {run.id!r} not found")
     pk, status, first_seq = row
     if status in FINISHED_STATUSES:
-        return _stored(tx, run.id)[1]  # the first ending (a recovery's, say) wins
+        return stored_run(tx, run.id)[1]  # the first ending (a recovery's, say) wins
     if run.first_seq is None:
         run = attrs.evolve(run, first_seq=first_seq)
     if messages:
@@ -148,11 +148,11 @@ def finish(
 def abort(tx: Tx, watch: LogWatch, cache: HistoryCache, me: Claimant,
           run_id: str) -> tuple[RunRecord, bool]:
     """:returns: the run as stored, and whether its session's claim was handed on."""
-    pk, run = _stored(tx, run_id)
+    pk, run = stored_run(tx, run_id)
     if run.status in FINISHED_STATUSES:
         raise ConflictError(f"run {run_id} has already finished ({run.status})")
     if run.status != "queued" and abort_parked(tx, cache, pk, run, me):
-        return _woken(tx, watch, pk, _stored(tx, run_id)[1]), True
+        return _woken(tx, watch, pk, stored_run(tx, run_id)[1]), True
     return _abort(tx, watch, pk, run), False
 
 
