@@ -34,7 +34,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -492,12 +492,16 @@ class Measurement:
     #: run length -> median microseconds per step; empty when not installed.
     per_step_us: dict[int, float]
     note: str = ""
+    #: run length -> the samples, in the order taken (sample i of every row in one round).
+    samples: dict[int, list[float]] = field(default_factory=dict)
 
 
-async def measure(adapters: list[Adapter], steps: int, settings: Settings) -> list[float]:
-    """Median microseconds per step of each adapter over ``settings.samples`` samples of
-    whole runs, the adapters taking turns sample by sample (so that a busy moment of the
-    machine slows them alike, and their ratios hold)."""
+async def measure(
+    adapters: list[Adapter], steps: int, settings: Settings
+) -> list[list[float]]:
+    """Microseconds per step of each adapter in ``settings.samples`` samples of whole runs,
+    the adapters taking turns sample by sample (so that a busy moment of the machine slows
+    them alike, and their ratios hold)."""
     runs_per_sample = []
     for adapter in adapters:
         for _ in range(max(3, settings.warmup_steps // steps)):
@@ -520,7 +524,7 @@ async def measure(adapters: list[Adapter], steps: int, settings: Settings) -> li
                 await adapter.run(steps)
             elapsed_ns = time.perf_counter_ns() - start_ns
             samples.append(elapsed_ns / 1000 / (runs * steps))
-    return [statistics.median(samples) for samples in timings]
+    return timings
 
 
 async def measure_frameworks(
@@ -539,14 +543,16 @@ async def measure_frameworks(
         versions[framework.name] = version
         adapters.append(framework.build(Script(max(RUN_LENGTHS))))
     measured = [f for f in frameworks if f.name in versions]
-    per_step: dict[str, dict[int, float]] = {f.name: {} for f in measured}
+    samples: dict[str, dict[int, list[float]]] = {f.name: {} for f in measured}
     for steps in RUN_LENGTHS:
-        for framework, value in zip(
+        for framework, taken in zip(
             measured, await measure(adapters, steps, settings), strict=True
         ):
-            per_step[framework.name][steps] = value
+            samples[framework.name][steps] = taken
     return [
-        Measurement(f.name, versions[f.name], per_step[f.name])
+        Measurement(f.name, versions[f.name],
+                    {n: statistics.median(taken) for n, taken in samples[f.name].items()},
+                    samples=samples[f.name])
         if f.name in versions
         else Measurement(f.name, None, {}, "not installed")
         for f in frameworks
@@ -606,9 +612,16 @@ def render(measurements: list[Measurement], settings: Settings) -> str:
 def render_permissions(measurements: list[Measurement]) -> list[str]:
     """What the permissions plugin costs an allowed call: the ratios of its three rows,
     measured in the same run; nothing when one of them was not measured."""
-    rows = {m.framework: m.per_step_us for m in measurements}
+    rows = {m.framework: m.samples for m in measurements}
     if not all(rows.get(name) for name in (NO_PERMISSIONS, NO_RULES, ALLOW_20)):
         return []
+
+    def ratio(numerator: str, denominator: str, steps: int) -> float:
+        # The median of the rounds' ratios: each round takes the rows' samples one after
+        # the other, so a slow spell of the machine weighs on both sides of a ratio.
+        return statistics.median(
+            a / b for a, b in zip(rows[numerator][steps], rows[denominator][steps], strict=True))
+
     pairs = (
         ("enabled, no rules / disabled", NO_RULES, NO_PERMISSIONS),
         ("20 allow rules / no rules", ALLOW_20, NO_RULES),
@@ -620,12 +633,12 @@ def render_permissions(measurements: list[Measurement]) -> list[str]:
         "|" + "|".join(["---"] + ["---:"] * len(RUN_LENGTHS)) + "|",
     ]
     for label, numerator, denominator in pairs:
-        ratios = [rows[numerator][n] / rows[denominator][n] for n in RUN_LENGTHS]
+        ratios = [ratio(numerator, denominator, n) for n in RUN_LENGTHS]
         lines.append("| " + " | ".join([label, *(f"{r:.2f}x" for r in ratios)]) + " |")
     # Each of the plugin's two costs is held to the target on its own: being there, and
     # matching rules.
     worst = max(
-        rows[numerator][n] / rows[denominator][n]
+        ratio(numerator, denominator, n)
         for _, numerator, denominator in pairs[:2]
         for n in RUN_LENGTHS
     )
@@ -639,8 +652,8 @@ def render_permissions(measurements: list[Measurement]) -> list[str]:
         "among",
         "other tools and with a pattern on the subject; the one that matches is looked at "
         "last, and",
-        "takes a regular expression). Ratios of their µs per step (a run of 1 step calls "
-        "no tool):",
+        "takes a regular expression). Ratios of their µs per step, each the median of the",
+        "ratios of the samples taken one after the other (a run of 1 step calls no tool):",
         "",
         *lines,
         "",

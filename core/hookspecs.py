@@ -17,12 +17,13 @@ can gain arguments later without breaking plugins that do not take them. The run
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    from .agent import Agent
     from .providers import ProviderSpec
     from .runtime import Runtime
     from .session import Session
@@ -168,6 +169,32 @@ def wingspan_tool_call(
     :returns: an awaitable resolving to a :class:`~wingspan.ToolOutcome`.
 
     Stops at first non-None result.
+    """
+
+
+@hookspec
+def wingspan_tool_call_applies(
+    agent: Agent, session: Session, run_id: str
+) -> bool | Callable[[Tool, Mapping[str, Any]], bool] | None:
+    """Which calls of a run this plugin's :func:`wingspan_tool_call` wrapper wraps: asked once
+    a run, before its first tool call.
+
+    - ``False``: none; the run's calls are left to the other wrappers, and a run no wrapper
+      applies to calls its tools directly. A policy with nothing to decide (the
+      ``permissions`` plugin without rules) steps aside.
+    - a **guard**, ``guard(tool, input) -> bool``, synchronous: asked before each call of the
+      run (its input validated); false leaves that call to the other wrappers. A policy
+      that allows most calls lets them run at the cost of its guard (the ``permissions``
+      plugin's is its rules' decision), not at that of a wrapped call: no
+      :class:`~wingspan.ToolContext` and no wrapper are made for them.
+    - ``True`` or ``None`` (or not implementing it): every call.
+
+    A check or a guard that raises counts as true (its wrapper wraps the call, and sees
+    what is wrong), so that a failure skips no policy; a check's failure is logged.
+
+    :param agent: the agent of the run.
+    :param session: the session running it.
+    :param run_id: the run's id.
     """
 
 

@@ -64,19 +64,21 @@ class PluginManager(pluggy.PluginManager):
     def __init__(self, project_name: str) -> None:
         super().__init__(project_name)
         self._ordered: dict[str, tuple[pluggy.HookImpl, ...]] = {}
+        #: The callers of a hook less some plugins (:func:`tool_call_chain`), likewise.
+        self.chains: dict[tuple[str, ...], Any] = {}
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
         try:
             return super().register(plugin, name)
         finally:
             # A new dict, not clear(): an ordering computed meanwhile lands in the old one.
-            self._ordered = {}
+            self._ordered, self.chains = {}, {}
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any | None:
         try:
             return super().unregister(plugin, name)
         finally:
-            self._ordered = {}
+            self._ordered, self.chains = {}, {}
 
     def plugin_hookimpls(self, hook_name: str) -> tuple[pluggy.HookImpl, ...]:
         """:func:`hookimpls`, cached."""
@@ -350,3 +352,142 @@ def _distribution_of(module: ModuleType) -> tuple[str | None, str | None]:
         return names[0], importlib.metadata.version(names[0])
     except importlib.metadata.PackageNotFoundError:
         return names[0], None
+
+
+
+class ToolCalls:
+    """How the calls of one run are wrapped: the ``wingspan_tool_call`` wrappers that apply
+    to the run, less, for each call, those whose plugin's guard leaves it out
+    (:func:`~wingspan.hookspecs.wingspan_tool_call_applies`)."""
+
+    __slots__ = ("_aside", "_callers", "_guards", "_pm", "_single", "every")
+
+    def __init__(self, pm: pluggy.PluginManager, aside: Sequence[str],
+                 guards: Sequence[tuple[str, Any]]) -> None:
+        self._pm, self._aside, self._guards = pm, tuple(aside), tuple(guards)
+        #: The callers of calls some guard leaves out, by the plugins left out.
+        self._callers: dict[tuple[str, ...], Any] = {}
+        #: The caller of a call no guard leaves out.
+        self.every = tool_call_chain(pm, self._aside)
+        #: With one guard (the usual case): it, and the caller of a call it leaves out.
+        self._single = None
+        if len(self._guards) == 1:
+            name, guard = self._guards[0]
+            self._single = guard, tool_call_chain(pm, (*self._aside, name))
+
+    def caller(self, tool: Any, input: Any) -> Any:
+        """What calls ``tool`` with ``input`` through its wrappers; ``None`` when no wrapper
+        wraps the call (then the kernel calls the tool itself)."""
+        if self._single is not None:
+            guard, without = self._single
+            try:
+                return self.every if guard(tool, input) else without
+            except Exception:  # the wrapper wraps the call, and sees what is wrong
+                return self.every
+        left_out: tuple[str, ...] = ()
+        for name, guard in self._guards:
+            try:
+                if guard(tool, input):
+                    continue
+            except Exception:
+                continue
+            left_out += (name,)
+        if not left_out:
+            return self.every
+        try:
+            return self._callers[left_out]
+        except KeyError:
+            caller = self._callers[left_out] = tool_call_chain(self._pm, self._aside + left_out)
+            return caller
+
+class ToolCallChain:
+    """``wingspan_tool_call`` called as pluggy calls it, for the new-style wrappers of one run
+    and the kernel's innermost call (:func:`tool_call_chain`).
+
+    pluggy's general caller checks its arguments, copies the implementations and builds each
+    one's arguments on every call; this one does that once a run. A tool call with one
+    wrapper costs a third of what it costs through pluggy (bench/loop_overhead.py).
+    """
+
+    __slots__ = ("innermost", "wrappers")
+
+    def __init__(self, wrappers: Sequence[Any], innermost: Any) -> None:
+        #: The wrappers' functions, outermost (called first) first.
+        self.wrappers = tuple(wrappers)
+        self.innermost = innermost
+
+    def __call__(self, invocation: Any, context: Any) -> Any:
+        started = []
+        result = inner = None
+        failure: BaseException | None = None
+        try:
+            for wrapper in self.wrappers:
+                generator = wrapper(invocation, context)
+                try:
+                    next(generator)
+                except StopIteration:
+                    raise RuntimeError(f"the wingspan_tool_call wrapper {wrapper.__qualname__} "
+                                       f"did not yield") from None
+                started.append(generator)
+            result = inner = self.innermost(invocation, context)
+        except BaseException as exc:  # given to the wrappers started, innermost first
+            failure = exc
+        for generator in reversed(started):
+            try:
+                if failure is not None:
+                    generator.throw(failure)
+                else:
+                    generator.send(result)
+            except StopIteration as stop:
+                result, failure = stop.value, None
+                continue
+            except BaseException as exc:
+                failure = exc
+                continue
+            failure = RuntimeError(f"the wingspan_tool_call wrapper {generator.__qualname__} "
+                                   f"yielded twice")
+            break
+        if failure is not None:
+            _close(inner)  # the tool's call will not run: not a coroutine never awaited
+            raise failure
+        return result
+
+
+def _close(call: Any) -> None:
+    close = getattr(call, "close", None)
+    if close is not None:
+        close()
+
+
+def tool_call_chain(pm: pluggy.PluginManager, aside: Sequence[str]) -> Any:
+    """The ``wingspan_tool_call`` of a run without the plugins named in ``aside``: a
+    :class:`ToolCallChain` when each implementation left is a new-style wrapper taking
+    ``(invocation, context)`` or the kernel's, ``None`` when only the kernel's is left, and
+    pluggy's caller (a subset of it) otherwise (kept until a plugin is registered)."""
+    if not isinstance(pm, PluginManager):
+        return _tool_call_chain(pm, aside)
+    key = ("wingspan_tool_call", *sorted(aside))
+    chains = pm.chains
+    try:
+        return chains[key]
+    except KeyError:
+        chain = chains[key] = _tool_call_chain(pm, aside)
+        return chain
+
+
+def _tool_call_chain(pm: pluggy.PluginManager, aside: Sequence[str]) -> Any:
+    caller = pm.hook.wingspan_tool_call
+    impls = [impl for impl in reversed(caller.get_hookimpls()) if impl.plugin_name not in aside]
+    if len(impls) == 1:  # the kernel's own
+        return None
+    if impls[-1].plugin_name == KERNEL and all(
+            impl.wrapper and impl.argnames == ("invocation", "context") and not impl.kwargnames
+            for impl in impls[:-1]):
+        return ToolCallChain([impl.function for impl in impls[:-1]], impls[-1].function)
+    if not aside:
+        return caller
+    try:
+        return pm.subset_hook_caller("wingspan_tool_call",
+                                     [pm.get_plugin(name) for name in aside])
+    except TypeError:  # an unhashable plugin object (pluggy keeps them in a set): all of them
+        return caller

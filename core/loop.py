@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from .errors import ConfigError, WingspanError
@@ -35,6 +35,7 @@ from .types import (
 
 if TYPE_CHECKING:
     from .agent import Agent
+    from .loader import ToolCalls
     from .runtime import Runtime
     from .session import Session
 
@@ -143,27 +144,32 @@ class RunState:
 
 class ToolRunner:
     """A run's tool calls: the agent's tools, with the plugins' ``wingspan_tool_call``
-    wrappers when there are some (looked up once a run), each call with its context.
+    wrappers that apply to the run (looked up once a run), each call with its context.
 
     A wrapper may send events on the run's streams while its call runs
     (:attr:`ToolContext.emit`): the tool step yields them between the results."""
 
-    __slots__ = ("agent", "answerable", "approve", "emitted", "hook", "run_data", "run_id",
-                 "session", "settings", "tool_map")
+    __slots__ = ("agent", "answerable", "approve", "calls", "emitted", "looked_up", "run_data",
+                 "run_id", "runtime", "session", "settings", "tool_map")
 
     def __init__(self, session: Session, run_id: str, agent: Agent, runtime: Runtime, *,
                  approve: Any = None, answerable: bool = False) -> None:
         self.session, self.run_id, self.agent = session, run_id, agent
         self.tool_map: Mapping[str, Any] = agent.tool_map
         self.settings = runtime.settings.tools
-        self.hook = runtime.hooks.wingspan_tool_call if runtime.has_tool_call_hook else None
+        self.runtime = runtime
+        #: The wrappers of the run's calls (those applying to it), ``None`` without any:
+        #: looked up at the first tool step (a run may have none).
+        self.calls: ToolCalls | None = None
+        self.looked_up = False
         self.approve, self.answerable = approve, answerable
         self.run_data: dict[str, Any] = {}
         #: Where the events a wrapper emits go until the tool step yields them (a queue's
         #: ``put_nowait``, a list's ``append``); ``None`` between tool steps.
         self.emitted: Callable[[Any], None] | None = None
 
-    def context(self, tool_use_id: str) -> ToolContext:
+    def context(self, tool_use_id: str, *, wrapped: bool = True) -> ToolContext:
+        """The context of a call; ``emit`` only for a call wrappers wrap."""
         return ToolContext(
             work_dir=self.session.work_dir,
             session_id=self.session.id,
@@ -172,7 +178,7 @@ class ToolRunner:
             settings=self.settings,
             agent=self.agent,
             store=self.session.store,
-            emit=self._emit if self.hook is not None else None,
+            emit=self._emit if wrapped else None,
             approve=self.approve,
             answerable=self.answerable,
             run_data=self.run_data,
@@ -189,10 +195,14 @@ class ToolRunner:
         the events wrappers emit meanwhile), keeping each outcome in ``state.outcomes``;
         closed early, it cancels the calls still running and waits for them."""
         uses, invalid, outcomes = state.pending, state.invalid, state.outcomes
+        if not self.looked_up:
+            self.looked_up = True
+            if self.tool_map:  # an agent without tools calls none (they are unknown tools)
+                self.calls = self.runtime.tool_calls(self.agent, self.session, self.run_id)
         emitted: list[Any] = []
         if len(uses) == 1:  # the common case, without a task when nothing can emit
             use = uses[0]
-            if self.hook is None:
+            if self.calls is None:
                 outcomes[0] = outcome = await self.call(use, invalid)
                 yield result_event(use, outcome)
                 return
@@ -205,13 +215,19 @@ class ToolRunner:
             try:
                 tool, known = self.check(use, invalid)
                 if known is None:
-                    awaitable = self.wrapped(use, tool)
-                    code = getattr(awaitable, "cr_code", None)
-                    if not emitted and (code is _RAISING or (
-                            code is _RUN_TOOL and not getattr(tool, "takes_context", True))):
+                    caller = self.calls.caller(tool, use.input)
+                    if caller is None:  # no wrapper wraps the call, nor can the tool emit
+                        awaitable, quiet = self.direct(use, tool), True
+                    else:
+                        awaitable = self.wrapped(use, tool, caller)
+                        code = getattr(awaitable, "cr_code", None)
+                        quiet = code is _RAISING or (
+                            code is _RUN_TOOL and not getattr(tool, "takes_context", True))
+                        awaitable = self.finish(use, awaitable)
+                    if quiet and not emitted:
                         # Only an emit kept past the synchronous part (by a callback,
                         # another task) could come now: yielded after the call, not lost.
-                        known = await self.finish(use, awaitable)
+                        known = await awaitable
             finally:
                 self.emitted = None
             if known is not None:
@@ -220,7 +236,7 @@ class ToolRunner:
                 outcomes[0] = known
                 yield result_event(use, known)
                 return
-            calls = [functools.partial(self.finish, use, awaitable)]
+            calls = [lambda: awaitable]  # what the synchronous part gave, awaited in a task
         else:
             calls = [functools.partial(self.call, use, invalid) for use in uses]
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -283,17 +299,23 @@ class ToolRunner:
             return None, ToolOutcome(content=problem, is_error=True)
         return tool, None
 
-    def wrapped(self, use: ToolUseBlock, tool: Any) -> Any:
+    def wrapped(self, use: ToolUseBlock, tool: Any, caller: Any) -> Any:
         """The wrappers' synchronous part: the awaitable they give, or, when one raised,
         an awaitable raising it (:meth:`finish` turns both into an outcome)."""
-        assert self.hook is not None
         try:
-            return self.hook(
+            return caller(
                 invocation=ToolInvocation(tool=tool, tool_use_id=use.id, input=use.input),
                 context=self.context(use.id),
             )
         except Exception as exc:
             return _raising(exc)
+
+    def direct(self, use: ToolUseBlock, tool: Any) -> Awaitable[ToolOutcome]:
+        """The kernel's own call of a tool no wrapper wraps (its failures are outcomes)."""
+        # A tool that says it takes no context does not get one built for each call.
+        context = (self.context(use.id, wrapped=False) if getattr(tool, "takes_context", True)
+                   else None)
+        return run_tool(tool, dict(use.input), context)  # type: ignore[arg-type]
 
     async def finish(self, use: ToolUseBlock, awaitable: Any) -> ToolOutcome:
         """The outcome of what the wrappers gave; what a plugin gets wrong is an
@@ -319,11 +341,10 @@ class ToolRunner:
         tool, outcome = self.check(use, invalid_inputs)
         if outcome is not None:
             return outcome
-        if self.hook is None:
-            # A tool that says it takes no context does not get one built for each call.
-            context = self.context(use.id) if getattr(tool, "takes_context", True) else None
-            return await run_tool(tool, dict(use.input), context)  # type: ignore[arg-type]
-        return await self.finish(use, self.wrapped(use, tool))
+        caller = None if self.calls is None else self.calls.caller(tool, use.input)
+        if caller is None:
+            return await self.direct(use, tool)
+        return await self.finish(use, self.wrapped(use, tool, caller))
 
 
 #: The code of the kernel's innermost ``wingspan_tool_call`` coroutines.

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import fnmatch
 import functools
-import json
 import re
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -35,6 +34,7 @@ from .types import (
     ResolvedBy,
     Rule,
 )
+from .wire import json_encoder
 
 if TYPE_CHECKING:
     from .store import Store
@@ -49,6 +49,7 @@ __all__ = [
     "decide",
     "ended_with_run",
     "escape",
+    "guard_of",
     "parse_answer",
     "parse_rules",
     "subject_of",
@@ -201,15 +202,71 @@ def decide(
     return default
 
 
+def guard_of(
+    rules: tuple[Rule, ...], default: PermissionAction, context: ToolContext | None
+) -> Callable[[Tool, Mapping[str, Any]], bool]:
+    """Whether a call of a tool with an input is one the rules do not allow (it is asked
+    about or refused), as :func:`decide` says, by a function made once a tool: the
+    ``permissions`` plugin's guard (:func:`~wingspan.hookspecs.wingspan_tool_call_applies`),
+    the whole cost of an allowed call. ``context`` is what the tools' subjects see.
+
+    :raises ToolError: when a tool's subject cannot be computed (as :func:`subject_of`).
+    """
+    by_tool: dict[str, Callable[[Mapping[str, Any]], bool]] = {}
+
+    def guard(tool: Tool, input: Mapping[str, Any]) -> bool:
+        check = by_tool.get(tool.name)
+        if check is None:
+            check = by_tool[tool.name] = _guard_for(_plan(rules, tool.name), default, tool,
+                                                    context)
+        return check(input)
+
+    return guard
+
+
+def _guard_for(plan: _Plan, default: PermissionAction, tool: Tool,
+               context: ToolContext | None) -> Callable[[Mapping[str, Any]], bool]:
+    """:func:`guard_of` for one tool: the groups of ``plan`` that can change the action."""
+    groups = list(plan)
+    if groups and groups[-1][0] is not None and groups[-1][1] == default:
+        groups.pop()  # matching or not, the action is the default
+    final = default
+    for position, (pattern, action) in enumerate(groups):
+        if pattern is None:  # it decides every call that gets to it
+            groups, final = groups[:position], action
+            break
+    refused = final != "allow"
+    if not groups:
+        return lambda input: refused
+    if getattr(tool, "subject", None) is None:
+        subject: Callable[[Mapping[str, Any]], str] = _compact
+    else:
+        subject = functools.partial(subject_of, tool, context=context)
+    if len(groups) == 1:  # the usual shape: an allow list, or a deny list
+        ((pattern, action),) = groups
+        matches = typing.cast(_AnyOf, pattern).matches
+        refused_if_matched = action != "allow"
+        return lambda input: refused_if_matched if matches(subject(input)) else refused
+    checks = [(typing.cast(_AnyOf, pattern).matches, action != "allow")
+              for pattern, action in groups]
+
+    def check(input: Mapping[str, Any]) -> bool:
+        computed = subject(input)
+        for matches, refused_if_matched in checks:
+            if matches(computed):
+                return refused_if_matched
+        return refused
+
+    return check
+
+
 def escape(subject: str) -> str:
     """A glob matching exactly ``subject`` (its ``*``, ``?`` and ``[`` taken literally)."""
     return re.sub(r"([*?\[])", r"[\1]", subject)
 
 
-#: The subject of a tool that names none: its input as compact JSON, keys sorted (an encoder
-#: made once: ``json.dumps`` with options makes one each call).
-_compact = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                            default=str).encode
+#: The subject of a tool that names none: its input as compact JSON, keys sorted.
+_compact = json_encoder(sort_keys=True, default=str)
 
 
 def subject_of(tool: Tool, input: Mapping[str, Any], context: ToolContext | None) -> str:

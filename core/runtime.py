@@ -17,7 +17,14 @@ import cattrs
 import pluggy
 
 from .errors import ConfigError, NotFoundError, PluginError, PluginLoadError
-from .loader import PluginInfo, hookimpls, load_plugins, make_plugin_manager, report_failure
+from .loader import (
+    PluginInfo,
+    ToolCalls,
+    hookimpls,
+    load_plugins,
+    make_plugin_manager,
+    report_failure,
+)
 from .log import plugin_logger
 from .providers import Provider, ProviderSpec
 from .runs import Runs
@@ -125,6 +132,36 @@ class Runtime:
         """Whether some plugin wraps tool calls (:func:`wingspan_tool_call`); the kernel's
         own innermost implementation does not count."""
         return bool(hookimpls(self.plugin_manager, "wingspan_tool_call"))
+
+    def tool_calls(self, agent: Any, session: Session, run_id: str) -> ToolCalls | None:
+        """How the tool calls of a run of ``agent`` in ``session`` are wrapped (read once a
+        run): by the ``wingspan_tool_call`` wrappers whose plugin does not step aside
+        (:func:`wingspan_tool_call_applies`), each call by those whose guard wants it;
+        ``None`` when no wrapper is left, so that the kernel calls the tools directly."""
+        pm = self.plugin_manager
+        if not hookimpls(pm, "wingspan_tool_call"):
+            return None
+        aside: list[str] = []
+        guards: list[tuple[str, Callable[[Tool, Any], bool]]] = []
+        arguments = {"agent": agent, "session": session, "run_id": run_id}
+        for impl in hookimpls(pm, "wingspan_tool_call_applies"):
+            try:
+                applies = impl.function(*[arguments[arg] for arg in impl.argnames])
+            except Exception as exc:  # its wrapper runs: a check that failed skips nothing
+                plugin_logger.error(
+                    "plugin %r failed in wingspan_tool_call_applies(): %s: %s; its "
+                    "wingspan_tool_call wrapper wraps every call of the run",
+                    impl.plugin_name, type(exc).__name__, exc, exc_info=exc,
+                    extra={"plugin": impl.plugin_name},
+                )
+                continue
+            if applies is False:
+                aside.append(impl.plugin_name)
+            elif callable(applies):
+                guards.append((impl.plugin_name, applies))
+        if all(impl.plugin_name in aside for impl in hookimpls(pm, "wingspan_tool_call")):
+            return None
+        return ToolCalls(pm, aside, guards)
 
     @classmethod
     def from_settings(

@@ -139,7 +139,7 @@ class ToolContext:
     :ivar agent: the agent running the call (its ``permissions``, its id).
     :ivar store: the session's store, ``None`` for a session kept in memory only.
     :ivar emit: sends an event on the run's streams (and its event log) while the call runs,
-        e.g. a :class:`~wingspan.PermissionRequested`.
+        e.g. a :class:`~wingspan.PermissionRequested`; ``None`` for a call no wrapper wraps.
     :ivar approve: the run's approval callback (``session.run(..., approve=...)``), if any.
     :ivar answerable: whether a request can be answered outside ``approve``: the run was
         started in the store (:meth:`wingspan.Session.start`), where any process sharing it

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import typing
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +40,7 @@ from wingspan.permissions import (
     Answer,
     decide,
     grant_for,
+    guard_of,
     parse_answer,
     parse_rules,
     resolved,
@@ -116,6 +117,24 @@ class Permissions:
     def __init__(self, runtime: wingspan.Runtime) -> None:
         self.runtime = runtime
         self.policy = Policy()
+
+    @wingspan.hookimpl
+    def wingspan_tool_call_applies(
+        self, agent: wingspan.Agent, session: wingspan.Session, run_id: str
+    ) -> bool | Callable[[wingspan.Tool, Mapping[str, Any]], bool]:
+        """The calls of the run that may be refused or asked about: those the rules do not
+        allow (grants only answer what would be asked). Without rules, all of them or
+        none, as the default says; with rules, a guard deciding each call, so that an
+        allowed call runs without the wrapper."""
+        policy = self.policy.update(self.runtime.settings.extra.get("permissions"))
+        rules, default = policy.rules_for(agent.permissions), policy.default
+        if not rules:
+            return default != "allow"
+        # What the subjects of the built-in tools read of a call's context is the run's.
+        context = ToolContext(work_dir=session.work_dir, session_id=session.id, run_id=run_id,
+                              tool_use_id="", settings=self.runtime.settings.tools,
+                              agent=agent, store=session.store)
+        return guard_of(rules, default, context)
 
     @wingspan.hookimpl(wrapper=True)
     def wingspan_tool_call(

@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import wingspan
 from wingspan import (
@@ -42,6 +44,7 @@ from wingspan.permissions import (
     decide,
     escape,
     grant_for,
+    guard_of,
     parse_answer,
     parse_rules,
     subject_of,
@@ -298,7 +301,7 @@ async def test_the_default_ask_asks_about_every_call_no_rule_matches() -> None:
     assert not any(call.is_error for call in result.tool_calls)
 
 
-async def test_new_permission_settings_apply_to_the_next_call() -> None:
+async def test_new_permission_settings_apply_to_the_next_run() -> None:
     s = setup([GIT], settings={"default": "allow"})
     assert outputs(await run(s.session())) == [("ran git status", False)]
     s.runtime.settings.extra["permissions"] = {"default": "deny"}  # what a reload does
@@ -952,3 +955,75 @@ def test_an_allow_always_answer_on_an_empty_subject_grants_nothing() -> None:
         tool="sh", match="x*", action="allow")
     with pytest.raises(ConfigError, match="pattern must be a non-empty glob"):
         parse_answer(Answer(decision="allow_always", pattern=""))
+
+
+# --- what an allowed call costs: the guard ---------------------------------------------------
+
+GLOBS = ["*", "git *", "git push*", "*.env", "*secret*", "ls", "a*b", "[gl]*", '{"tag":*',
+         '*"text":"x"*', "*[!a]", "?s"]
+RULES = st.lists(st.builds(
+    Rule, tool=st.sampled_from(["*", "sh", "s?", "note", "[sn]*", "other"]),
+    match=st.sampled_from(GLOBS), action=st.sampled_from(["allow", "ask", "deny"])),
+    max_size=8).map(tuple)
+WORDS = st.sampled_from(["git", "push", "ls", "a", "b", ".env", "secret", "x", " ", "*"])
+TEXTS = st.lists(WORDS, max_size=4).map("".join)
+
+
+@settings(max_examples=400)
+@given(rules=RULES, default=st.sampled_from(["allow", "ask", "deny"]), data=st.data())
+def test_the_guard_wraps_exactly_the_calls_the_rules_do_not_allow(
+    rules: tuple[Rule, ...], default: Any, data: st.DataObject
+) -> None:
+    guard = guard_of(rules, default, None)
+    for _ in range(4):  # several calls of each tool: the guard is made once a tool
+        tool, input = data.draw(st.one_of(
+            st.builds(lambda c: (Shell(), {"command": c}), TEXTS),
+            st.builds(lambda t, g: (Notes(), {"text": t, "tag": g}), TEXTS, TEXTS)))
+        action = decide(rules, tool.name, subject_of(tool, input, None), default)
+        assert guard(tool, input) is (action != "allow"), (tool.name, input, action)
+
+
+def test_a_guard_of_a_subject_that_cannot_be_computed_raises_as_subject_of_does() -> None:
+    class Broken(Shell):
+        def subject(self, input: Mapping[str, Any], context: ToolContext | None) -> str:
+            raise KeyError("command")
+
+    guard = guard_of((Rule(tool="sh", match="git *", action="allow"),), "ask", None)
+    with pytest.raises(wingspan.ToolError, match="could not be computed"):
+        guard(Broken(), {"command": "git status"})
+
+
+@pytest.mark.parametrize(("settings", "permissions", "wrapped"), [
+    ({}, (), "no wrapper"),
+    ({"default": "allow"}, (), "no wrapper"),
+    ({"default": "ask"}, (), "every call"),
+    ({"default": "deny"}, (), "every call"),
+    ({}, [{"tool": "sh", "match": "rm *", "action": "deny"}], "guarded"),
+    ({"rules": [{"tool": "sh", "action": "ask"}]},
+     [{"tool": "sh", "match": "ls", "action": "allow"}], "guarded"),
+])
+def test_the_plugin_wraps_only_the_calls_it_may_refuse_or_ask_about(
+    settings: Mapping[str, Any], permissions: Any, wrapped: str
+) -> None:
+    s = setup(settings=settings, permissions=permissions)
+    session = s.session()
+    calls = s.runtime.tool_calls(s.agent, session, "run")
+    if wrapped == "no wrapper":
+        assert calls is None  # the tools are called directly: no context, no wrapper
+        return
+    assert calls is not None and calls.every is not None
+    shell = calls.caller(s.shell, {"command": "ls"})
+    assert (shell is None) is (wrapped == "guarded")  # an allowed call runs unwrapped
+    assert calls.caller(s.shell, {"command": "rm -rf x"}) is calls.every
+
+
+async def test_a_guarded_run_asks_and_refuses_as_before_and_runs_the_allowed_calls() -> None:
+    s = setup([sh("ls")], [sh("rm -rf /")], [sh("git push")], settings={"rules": [
+        {"tool": "sh", "action": "allow"},
+        {"tool": "sh", "match": "rm *", "action": "deny"},
+        {"tool": "sh", "match": "git push*", "action": "ask"}]})
+    approve = Person({"git push": "allow"})
+    result = await run(s.session(), approve=approve)
+    assert approve.subjects == ["git push"]
+    assert s.shell.ran == ["ls", "git push"]
+    assert [call.is_error for call in result.tool_calls] == [False, True, False]

@@ -118,10 +118,16 @@ async def test_wrapper_coroutine_emits_while_waiting() -> None:
     assert seen[-1].tool_calls[0].output == "hi"
 
 
+class Passing:
+    @wingspan.hookimpl(wrapper=True)
+    def wingspan_tool_call(self, invocation: Any, context: Any) -> Generator[None, Any, Any]:
+        return (yield)
+
+
 async def test_a_tool_with_context_emits_while_it_runs() -> None:
     global gate
     gate = asyncio.Event()
-    runtime = make_runtime()
+    runtime = make_runtime(plugins=[("passing", Passing())])  # a wrapper wraps the call
     session = Session(agent=agent([[{"name": "chatty", "input": {"text": "hi"}}], "done"],
                                   [chatty]), runtime=runtime)
     seen = []

@@ -737,3 +737,29 @@ def test_a_mapping_comes_from_an_object_only(value: Any, field: str, reason: str
     tally = wire.structure({"by_model": {"m": {"input_tokens": 1, "output_tokens": 2}}}, _Tally,
                            wire.make_converter())
     assert tally.by_model == {"m": t.Usage(input_tokens=1, output_tokens=2)}
+
+
+# --- compact JSON -----------------------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300)
+@given(value=JSON_VALUES, sort_keys=st.booleans())
+def test_json_encoder_writes_what_json_dumps_writes(value: Any, sort_keys: bool) -> None:
+    # Its C encoder is built once; the text is json.dumps's, NaN and lone surrogates included.
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys)
+    assert wire.json_encoder(sort_keys=sort_keys)(value) == expected
+
+
+def test_json_encoder_uses_its_default_and_refuses_what_it_cannot_write() -> None:
+    encode = wire.json_encoder(sort_keys=True, default=str)
+    assert encode({"b": datetime(2026, 1, 2), "a": [1]}) == '{"a":[1],"b":"2026-01-02 00:00:00"}'
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        wire.compact_json({"x": object()})
+    with pytest.raises(TypeError, match="keys must be str"):
+        wire.compact_json({(1, 2): 3})
