@@ -202,9 +202,15 @@ class ToolRunner:
         emitted: list[Any] = []
         if len(uses) == 1:  # the common case, without a task when nothing can emit
             use = uses[0]
-            if self.calls is None:
-                outcomes[0] = outcome = await self.call(use, invalid)
-                yield result_event(use, outcome)
+            tool, known = self.check(use, invalid)
+            caller = None
+            if known is None and self.calls is not None:
+                caller = self.calls.caller(tool, use.input)
+            if caller is None:  # nothing to wrap, nothing can emit: the kernel's own call
+                if known is None:
+                    known = await self.direct(use, tool)
+                outcomes[0] = known
+                yield result_event(use, known)
                 return
             # The wrappers' synchronous part runs here. What it gives runs in a task only if
             # something may emit while it runs, for this step to yield what it emits then:
@@ -213,21 +219,14 @@ class ToolRunner:
             # raises what a wrapper raised.
             self.emitted = emitted.append
             try:
-                tool, known = self.check(use, invalid)
-                if known is None:
-                    caller = self.calls.caller(tool, use.input)
-                    if caller is None:  # no wrapper wraps the call, nor can the tool emit
-                        awaitable, quiet = self.direct(use, tool), True
-                    else:
-                        awaitable = self.wrapped(use, tool, caller)
-                        code = getattr(awaitable, "cr_code", None)
-                        quiet = code is _RAISING or (
-                            code is _RUN_TOOL and not getattr(tool, "takes_context", True))
-                        awaitable = self.finish(use, awaitable)
-                    if quiet and not emitted:
-                        # Only an emit kept past the synchronous part (by a callback,
-                        # another task) could come now: yielded after the call, not lost.
-                        known = await awaitable
+                awaitable = self.wrapped(use, tool, caller)
+                code = getattr(awaitable, "cr_code", None)
+                awaitable = self.finish(use, awaitable)
+                if not emitted and (code is _RAISING or (
+                        code is _RUN_TOOL and not getattr(tool, "takes_context", True))):
+                    # Only an emit kept past the synchronous part (by a callback, another
+                    # task) could come now: yielded after the call, not lost.
+                    known = await awaitable
             finally:
                 self.emitted = None
             if known is not None:
