@@ -64,7 +64,8 @@ class PluginManager(pluggy.PluginManager):
     def __init__(self, project_name: str) -> None:
         super().__init__(project_name)
         self._ordered: dict[str, tuple[pluggy.HookImpl, ...]] = {}
-        #: The callers of a hook less some plugins (:func:`tool_call_chain`), likewise.
+        #: The callers of ``wingspan_tool_call`` less some plugins, by their sorted names
+        #: (:func:`tool_call_chain`), likewise.
         self.chains: dict[tuple[str, ...], Any] = {}
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
@@ -354,7 +355,6 @@ def _distribution_of(module: ModuleType) -> tuple[str | None, str | None]:
         return names[0], None
 
 
-
 class ToolCalls:
     """How the calls of one run are wrapped: the ``wingspan_tool_call`` wrappers that apply
     to the run, less, for each call, those whose plugin's guard leaves it out
@@ -399,6 +399,7 @@ class ToolCalls:
         except KeyError:
             caller = self._callers[left_out] = tool_call_chain(self._pm, self._aside + left_out)
             return caller
+
 
 class ToolCallChain:
     """``wingspan_tool_call`` called as pluggy calls it, for the new-style wrappers of one run
@@ -466,7 +467,7 @@ def tool_call_chain(pm: pluggy.PluginManager, aside: Sequence[str]) -> Any:
     pluggy's caller (a subset of it) otherwise (kept until a plugin is registered)."""
     if not isinstance(pm, PluginManager):
         return _tool_call_chain(pm, aside)
-    key = ("wingspan_tool_call", *sorted(aside))
+    key = tuple(sorted(aside))
     chains = pm.chains
     try:
         return chains[key]

@@ -139,7 +139,8 @@ class Runtime:
         (:func:`wingspan_tool_call_applies`), each call by those whose guard wants it;
         ``None`` when no wrapper is left, so that the kernel calls the tools directly."""
         pm = self.plugin_manager
-        if not hookimpls(pm, "wingspan_tool_call"):
+        wrappers = hookimpls(pm, "wingspan_tool_call")
+        if not wrappers:
             return None
         aside: list[str] = []
         guards: list[tuple[str, Callable[[Tool, Any], bool]]] = []
@@ -159,7 +160,7 @@ class Runtime:
                 aside.append(impl.plugin_name)
             elif callable(applies):
                 guards.append((impl.plugin_name, applies))
-        if all(impl.plugin_name in aside for impl in hookimpls(pm, "wingspan_tool_call")):
+        if all(impl.plugin_name in aside for impl in wrappers):
             return None
         return ToolCalls(pm, aside, guards)
 
