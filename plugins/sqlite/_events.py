@@ -43,6 +43,21 @@ FINISHED = "status IN ('completed', 'failed', 'aborted', 'interrupted')"
 PRUNED_TYPES = "('text_delta', 'input_json_delta', 'ping')"
 #: The most runs whose deltas one write transaction prunes (others wait for the lock).
 PRUNE_BATCH = 50
+#: The runs whose stored record an append leaves alone: their ``last_seq`` is read from
+#: the log (:data:`RUN_BODY`).
+EXECUTING = "status IN ('running', 'waiting')"
+#: A run's record as read from ``runs``: that of a running or waiting run with the seq of
+#: its latest event as its ``last_seq``, found from the end of its session's log (where an
+#: executing run's events are). Appending a step's events rewrote the record for it
+#: before: a statement and three more pages written each commit (the row and the two
+#: indexes read out of its body).
+RUN_BODY = (
+    f"CASE WHEN runs.{EXECUTING} THEN coalesce(("
+    "SELECT json_set(runs.body, '$.last_seq', e.seq) FROM events e "
+    "WHERE e.session_pk = runs.session_pk "
+    "AND e.seq > coalesce(json_extract(runs.body, '$.last_seq'), 0) AND e.run_id = runs.id "
+    "ORDER BY e.seq DESC LIMIT 1), runs.body) ELSE runs.body END"
+)
 
 
 def log(tx: Tx, pk: int, run_id: str, events: Sequence[LogEvent]) -> int:
@@ -139,9 +154,9 @@ def append_events(
         raise NotFoundError(f"session {session_id!r} not found")
     pk, last = row
     _insert(tx, pk, last - len(rows), run_id, rows)
-    conn.execute(
+    conn.execute(  # an executing run's last_seq is read from the log (RUN_BODY)
         "UPDATE runs SET body = json_set(body, '$.last_seq', ?), deltas_pruned = 0 "
-        "WHERE id = ? AND session_pk = ?",
+        f"WHERE id = ? AND session_pk = ? AND NOT {EXECUTING}",
         (last, run_id, pk),
     )
     tx.effects.append(lambda: watch.appended(session_id, pk, last))

@@ -31,7 +31,7 @@ from wingspan import (
     wire,
 )
 
-from ._events import QUEUED, end_run, interrupt
+from ._events import QUEUED, RUN_BODY, end_run, interrupt
 from ._jobs import HistoryCache, append, returning, session_pk
 from ._worker import Tx
 
@@ -278,7 +278,8 @@ def adopt(tx: Tx, cache: HistoryCache, me: Claimant, run_id: str) -> str | None:
     conn.execute(
         "UPDATE leases SET owner = ?, host = ?, pid = ?, started = ?, expires_at = ? "
         "WHERE session_pk = ?", (me.owner, *me.columns, time.time() + me.ttl, pk))
-    body: str = conn.execute("SELECT body FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+    body: str = conn.execute(f"SELECT {RUN_BODY} FROM runs WHERE id = ?",
+                             (run_id,)).fetchone()[0]
     return body
 
 

@@ -25,7 +25,7 @@ from wingspan import (
     wire,
 )
 
-from ._events import UNFINISHED, end_run, log, write_run
+from ._events import RUN_BODY, UNFINISHED, end_run, log, write_run
 from ._jobs import MESSAGE_COUNT, HistoryCache, append, session_pk
 from ._leases import Claimant, abort_parked, join_queue, take_if_free
 from ._worker import Tx
@@ -36,12 +36,24 @@ if TYPE_CHECKING:
 ABORTED_QUEUED = ErrorInfo(code="aborted", message="the run was aborted before it started")
 
 
-def stored_run(tx: Tx, run_id: str) -> tuple[int, RunRecord]:
-    """``(session pk, record)`` of a run."""
-    row = tx.conn.execute("SELECT session_pk, body FROM runs WHERE id = ?", (run_id,)).fetchone()
+def get(tx: Tx, run_id: str) -> str:
+    """The body of a run's record (:data:`~._events.RUN_BODY`)."""
+    return stored_body(tx, run_id)[1]
+
+
+def stored_body(tx: Tx, run_id: str) -> tuple[int, str]:
+    """``(session pk, body)`` of a run's record (:data:`~._events.RUN_BODY`)."""
+    row = tx.conn.execute(f"SELECT session_pk, {RUN_BODY} FROM runs WHERE id = ?",
+                          (run_id,)).fetchone()
     if row is None:
         raise NotFoundError(f"run {run_id!r} not found")
-    return row[0], wire.loads(row[1], RunRecord)
+    return row[0], row[1]
+
+
+def stored_run(tx: Tx, run_id: str) -> tuple[int, RunRecord]:
+    """``(session pk, record)`` of a run."""
+    pk, body = stored_body(tx, run_id)
+    return pk, wire.loads(body, RunRecord)
 
 
 def _woken(tx: Tx, watch: LogWatch, pk: int, run: RunRecord) -> RunRecord:
@@ -64,7 +76,7 @@ def admit(
     pk = session_pk(tx, run.session_id)
     if run.idempotency_key is not None:
         row = conn.execute(
-            "SELECT body FROM runs WHERE session_pk = ? AND idempotency_key = ?",
+            f"SELECT {RUN_BODY} FROM runs WHERE session_pk = ? AND idempotency_key = ?",
             (pk, run.idempotency_key),
         ).fetchone()
         if row is not None:
@@ -76,7 +88,8 @@ def admit(
                 )
             return first, False, False, False
     unfinished = conn.execute(
-        f"SELECT id, body FROM runs WHERE session_pk = ? AND {UNFINISHED} ORDER BY id", (pk,)
+        f"SELECT id, {RUN_BODY} FROM runs WHERE session_pk = ? AND {UNFINISHED} ORDER BY id",
+        (pk,),
     ).fetchall()
     if unfinished and if_busy == "reject":
         raise ConflictError(f"session {run.session_id} is busy with run {unfinished[0][0]}")
@@ -183,7 +196,7 @@ def page(
     if cursor is not None:
         where, args = "session_pk = ? AND id < ?", (pk, cursor, limit + 1)
     rows = tx.conn.execute(
-        f"SELECT id, body FROM runs WHERE {where} ORDER BY id DESC LIMIT ?", args
+        f"SELECT id, {RUN_BODY} FROM runs WHERE {where} ORDER BY id DESC LIMIT ?", args
     ).fetchall()
     shown = rows[:limit]
     return [body for _, body in shown], shown[-1][0] if len(rows) > limit else None

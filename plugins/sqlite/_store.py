@@ -49,7 +49,7 @@ from ._options import Options
 from ._schema import begin_immediate, connect, create_file, migrate, store_error, truncate_wal
 from ._secrets import Cipher, check_format, no_key_error
 from ._watch import LogWatch
-from ._worker import Tx, Worker, notify
+from ._worker import Checkpointer, Tx, Worker, notify
 
 T = TypeVar("T")
 IF_BUSY = typing.get_args(IfBusy)
@@ -99,6 +99,10 @@ class SqliteStore:
         self._waiters_lock = threading.Lock()
         self._log = LogWatch(lambda known, ids: self._read(eventlog.last_seqs, known, ids))
         self._closed = False
+        self._checkpoints = Checkpointer(
+            f"wingspan-sqlite-checkpoints {path}",
+            lambda: connect(path, options, read_only=True),
+        )
         self._writer = Worker(
             f"wingspan-sqlite-writer {path}",
             self._open_writer,
@@ -107,7 +111,7 @@ class SqliteStore:
             before_write=self._write_unreleased,
             idle=self._renew,
             idle_interval=options.lease_ttl / 3,
-            wal=path.with_name(path.name + "-wal"),
+            checkpoints=self._checkpoints,
             timeout=options.timeout,
         )
         # A commit that syncs to disk (synchronous=full) takes milliseconds: never inline.
@@ -129,6 +133,7 @@ class SqliteStore:
         except BaseException:
             await self._writer.stop()
             raise
+        self._checkpoints.start()
         # Claims left by processes of this host that ended (a server killed with SIGKILL)
         # are recovered now rather than when they lapse. Best effort: a claim recovers
         # them one session at a time too, and a store on a full disk must still open.
@@ -366,7 +371,7 @@ class SqliteStore:
         await self._write(jobs.save_run, run.id, run.session_id, run.status, wire.dumps(run))
 
     async def get_run(self, run_id: str) -> RunRecord:
-        return wire.loads(await self._read(jobs.select_body, "runs", "run", run_id), RunRecord)
+        return wire.loads(await self._read(runs.get, run_id), RunRecord)
 
     # --- runs: admission, lifecycle and listing ---------------------------------------------
 
@@ -539,6 +544,7 @@ class SqliteStore:
             self._wake(session_id)
         await self._reader.stop()
         await self._writer.stop()
+        await self._checkpoints.stop()
 
 
 def _finish_and_release(
@@ -571,7 +577,8 @@ def _append_both(
 _SHORT: dict[Callable[..., Any], Callable[..., Any]] = {
     job: job for job in (
         jobs.insert, jobs.append, jobs.select_body, jobs.select_session, jobs.save_run,
-        jobs.reserve_key, runs.admit, runs.start, eventlog.append_events, eventlog.last_seq,
+        jobs.reserve_key, runs.admit, runs.start, runs.get, eventlog.append_events,
+        eventlog.last_seq,
         leases.claim, leases.release, leases.claim_state, _finish_and_release, _append_both,
         permissions.add, permissions.resolve, permissions.get, permissions.grants,
     )

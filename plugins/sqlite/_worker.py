@@ -9,7 +9,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeAlias
 
 import wingspan
@@ -41,11 +40,11 @@ Job: TypeAlias = tuple[
 ]
 #: Put in place of a job when the queue stayed empty for the idle interval.
 IDLE: Any = object()
-#: Put in the queue to have the writer checkpoint the write-ahead log.
+#: Put in the queue to have the writer checkpoint what the :class:`Checkpointer` left.
 CHECKPOINT: Any = object()
-#: Commits between two checkpoints of the write-ahead log by the writer's thread (SQLite
-#: checkpoints after 1000 pages by itself, but in whichever commit passes them: it could be
-#: one on the event loop).
+#: Commits between two checkpoints of the write-ahead log by the :class:`Checkpointer`
+#: (SQLite checkpoints after 1000 pages by itself, but in whichever commit passes them: it
+#: could be one on the event loop).
 CHECKPOINT_EVERY = 500
 
 
@@ -59,8 +58,8 @@ class Worker:
 
     :meth:`run_inline` runs a short job on the caller's thread instead, when nothing is
     queued, the connection is free and (for a writer) the write lock is free at once: a
-    thread hop costs several times such a job. A writer given ``wal`` (the path of the
-    write-ahead log) checkpoints it itself, in its thread, so that no inline commit does.
+    thread hop costs several times such a job. A writer given ``checkpoints`` leaves the
+    write-ahead log's checkpoints to it, so that no commit of its own does one.
     """
 
     def __init__(
@@ -73,7 +72,7 @@ class Worker:
         before_write: Callable[[sqlite3.Connection], None] | None = None,
         idle: Callable[[sqlite3.Connection], None] | None = None,
         idle_interval: float = 3600.0,
-        wal: Path | None = None,
+        checkpoints: Checkpointer | None = None,
         timeout: float = 5.0,
     ) -> None:
         self._open = open_connection
@@ -83,7 +82,7 @@ class Worker:
         self._idle = idle
         self._idle_interval = idle_interval
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._wal = wal
+        self._checkpoints = checkpoints
         #: Seconds a write waits for another connection's write lock.
         self._timeout = timeout
         #: Held while the connection is in use, by the thread or by :meth:`run_inline`.
@@ -130,8 +129,8 @@ class Worker:
             try:
                 if self._writer:
                     connection.execute("PRAGMA busy_timeout = 0")  # see begin_immediate
-                    if self._wal is not None:
-                        connection.execute("PRAGMA wal_autocheckpoint = 0")  # see _checkpoint
+                    if self._checkpoints is not None:
+                        connection.execute("PRAGMA wal_autocheckpoint = 0")
                 self._connection = connection
                 notify(loop, [(self._started, None, None)])
                 self._serve(connection)
@@ -153,8 +152,8 @@ class Worker:
             if job is None:
                 return
             if job is CHECKPOINT:
-                with self._lock:
-                    self._checkpoint(connection)
+                with self._lock, contextlib.suppress(sqlite3.Error):
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             elif job is not IDLE and not self._writer:
                 with self._lock:
                     self._run(connection, job)
@@ -172,8 +171,7 @@ class Worker:
                     batch.append(more)
                 with self._lock:
                     self._commit(connection, batch)
-                    if self._committed():
-                        self._checkpoint(connection)
+                    self._committed()
                 self._deliver()
             if self._idle is not None and time.monotonic() >= next_idle:
                 next_idle = time.monotonic() + self._idle_interval
@@ -229,22 +227,16 @@ class Worker:
                 truncate_wal(connection)
         for effect in tx.effects:
             effect()
-        if self._committed():
-            self._jobs.put(CHECKPOINT)  # in the thread, not here
+        self._committed()
         return True, value
 
-    def _committed(self) -> bool:
-        """Count a commit (the lock held); :returns: whether the log is due a checkpoint
-        now (once per :data:`CHECKPOINT_EVERY` commits)."""
+    def _committed(self) -> None:
+        """Count a commit (the lock held), and ask for a checkpoint of the log once per
+        :data:`CHECKPOINT_EVERY` commits."""
         self._commits += 1
-        return self._wal is not None and self._commits == CHECKPOINT_EVERY
-
-    def _checkpoint(self, connection: sqlite3.Connection) -> None:
-        """Copy the write-ahead log into the database (best effort: a reader in the way
-        leaves the rest for the next time)."""
-        self._commits = 0
-        with contextlib.suppress(sqlite3.Error):
-            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        if self._checkpoints is not None and self._commits >= CHECKPOINT_EVERY:
+            self._commits = 0
+            self._checkpoints.due(lambda: self._jobs.put(CHECKPOINT))
 
     def _run(self, connection: sqlite3.Connection, job: Job) -> None:
         fn, args, loop, future = job
@@ -327,6 +319,51 @@ class Worker:
         outbox, self._outbox = self._outbox, []
         for loop, results in outbox:
             notify(loop, results)
+
+
+class Checkpointer:
+    """A thread with a connection of its own that copies the write-ahead log into the
+    database file when asked (:meth:`due`), best effort: a reader in the way leaves the
+    rest for the next time.
+
+    A checkpoint syncs the database file to disk: tens of milliseconds. Done on the
+    writer's connection, it kept that connection as long, and every write of the event
+    loop waited behind it (a sixth of the time of a 100-step run). A ``PASSIVE``
+    checkpoint runs beside a writer when it is on another connection; but SQLite starts
+    the log over only when a write begins with every frame copied, which never happens
+    while writes go on beside the checkpoint. So the writer is then asked to copy the
+    frames committed meanwhile (a few, quickly): its next write starts the log over.
+    """
+
+    def __init__(self, name: str, open_connection: Callable[[], sqlite3.Connection]) -> None:
+        self._open = open_connection
+        #: What to call once each checkpoint is done; ``None``: stop.
+        self._asked: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def due(self, then: Callable[[], None]) -> None:
+        """Checkpoint the log, then call ``then`` (in the checkpointer's thread)."""
+        self._asked.put(then)
+
+    async def stop(self) -> None:
+        self._asked.put(None)
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join)
+
+    def _main(self) -> None:
+        connection: sqlite3.Connection | None = None
+        try:
+            while (then := self._asked.get()) is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    connection = connection or self._open()  # opened when first needed
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                then()
+        finally:
+            if connection is not None:
+                connection.close()
 
 
 Result: TypeAlias = tuple[asyncio.Future[Any], Any, Any]

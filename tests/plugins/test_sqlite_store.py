@@ -12,6 +12,7 @@ import os
 import sqlite3
 import stat
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -668,10 +669,46 @@ async def test_a_write_lock_held_elsewhere_is_waited_for_in_the_thread(
     assert "Connection.execute" in watch.calls
 
 
-async def test_the_write_ahead_log_is_checkpointed_by_the_writer(tmp_path: Path) -> None:
-    """No commit on the event loop checkpoints (the writer connection's autocheckpoint is
-    off); the writer's thread does, every so many commits, so the log does not grow
-    without bound."""
+class SlowCheckpoints(sqlite3.Connection):
+    """A connection whose checkpoints take half a second (a slow disk's sync)."""
+
+    started = threading.Event()
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if "wal_checkpoint" in sql:
+            SlowCheckpoints.started.set()
+            time.sleep(0.5)
+        return super().execute(sql, *args)
+
+
+async def test_a_checkpoint_never_holds_up_a_write(tmp_path: Path) -> None:
+    """A checkpoint syncs the database file (tens of ms, more on a slow disk): while one
+    runs, the run's appends still commit on the event loop at once, as the writer's
+    connection is not the checkpoint's."""
+    from wingspan.plugins.sqlite._worker import CHECKPOINT_EVERY
+
+    path = tmp_path / "store.db"
+    store = await open_sqlite(f"sqlite://{path}")
+    store._checkpoints._open = lambda: sqlite3.connect(  # type: ignore[attr-defined]
+        path, isolation_level=None, check_same_thread=False, factory=SlowCheckpoints)
+    try:
+        await store.create_session(SessionRecord(id="s"))
+        for i in range(CHECKPOINT_EVERY):
+            await store.append_messages("s", [text("user", f"{i}")])
+        assert await asyncio.to_thread(SlowCheckpoints.started.wait, 5)
+        started = time.monotonic()
+        with LoopWatch() as watch:
+            count = await store.append_messages("s", [text("user", "during")])
+        assert time.monotonic() - started < 0.25
+        assert count == CHECKPOINT_EVERY + 1
+        assert "Connection.execute" in watch.calls  # inline, not queued behind it
+    finally:
+        await store.close()
+
+
+async def test_the_write_ahead_log_is_checkpointed_beside_the_writer(tmp_path: Path) -> None:
+    """No commit checkpoints (the writer connection's autocheckpoint is off): a thread of
+    the store's own does, every so many commits, so the log does not grow without bound."""
     from wingspan.plugins.sqlite._worker import CHECKPOINT_EVERY
 
     store = await open_sqlite(f"sqlite://{tmp_path}/store.db")
