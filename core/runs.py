@@ -11,9 +11,11 @@ another process (which notices within :data:`ABORT_POLL` seconds).
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
+import types
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator, Sequence
 from typing import Any
 
 import attrs
@@ -86,13 +88,68 @@ def run_error(exc: BaseException) -> ErrorInfo:
 async def shielded(coro: Any) -> Any:
     """Finish ``coro`` even if the surrounding task is cancelled again meanwhile, so that
     clean-up (the history's repair, the run's record) is never half done; when it is,
-    ``CancelledError`` is raised once ``coro`` has succeeded (else its own error)."""
-    task = asyncio.ensure_future(coro)
+    ``CancelledError`` is raised once ``coro`` has succeeded (else its own error).
+
+    A coroutine starts at once, here: one that finishes without waiting (a store write
+    committed on the event loop, the usual case) costs no task and no turns of the loop;
+    only the rest of one that waits goes to a task (a cancellation can reach the caller
+    only while it waits, so the first stretch needs no shield).
+    """
+    if type(coro) is not types.CoroutineType:  # a future, say
+        task = asyncio.ensure_future(coro)
+    else:
+        try:
+            waiting = coro.send(None)
+        except StopIteration as finished:
+            return finished.value
+        task = asyncio.ensure_future(_Resumed(coro, waiting))
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         await task
         raise
+
+
+class _Resumed(collections.abc.Coroutine[Any, Any, Any]):
+    """A coroutine started elsewhere, for a task to go on with: the task's first step
+    gives it what the coroutine yielded when it stopped (the future it waits for, or
+    ``None`` for a bare turn of the loop); every later step, and a cancellation even
+    before the first, goes to the coroutine itself."""
+
+    __slots__ = ("_coro", "_waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waiting: Any) -> None:
+        self._coro = coro
+        self._waiting: Any = [waiting]  # a list: what it yielded may be None
+
+    def send(self, value: Any) -> Any:
+        if self._waiting:
+            return self._waiting.pop()
+        return self._coro.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        self._waiting = []
+        return self._coro.throw(*args)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    @property
+    def __name__(self) -> str:  # a task's repr names the coroutine
+        return getattr(self._coro, "__name__", type(self._coro).__name__)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        thrown: BaseException | None = None
+        while True:
+            try:
+                yielded = self.send(None) if thrown is None else self.throw(thrown)
+            except StopIteration as finished:
+                return finished.value
+            thrown = None
+            try:
+                yield yielded
+            except BaseException as exc:
+                thrown = exc
 
 
 class RunControl:
