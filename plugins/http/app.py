@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 from quart import Quart, current_app, request
 
-from wingspan import Runtime, Store, ValidationError, WingspanError, utc_now, wire
+from wingspan import (
+    Agent,
+    AgentRecord,
+    Runtime,
+    Store,
+    ValidationError,
+    WingspanError,
+    utc_now,
+    wire,
+)
 
 from .config import ServerConfig
 from .errors import ApiError, install_error_handlers, unsupported_media_type
@@ -42,6 +51,12 @@ class ServerState:
     owns_store: bool = True
     #: When a credential was last changed through this server (the store keeps no time).
     credentials_updated_at: datetime | None = None
+    #: The agents built for messages, by id: each with the record (as the server's limits
+    #: left it) and the options the server added (its key, its endpoint) it was built from,
+    #: used again while both are the same. A provider keeps its connections open between
+    #: calls: built anew for each message, it opened new ones each time (a TLS handshake
+    #: before each model call of a remote API).
+    agents: dict[str, tuple[AgentRecord, dict[str, Any], Agent]] = attrs.field(factory=dict)
 
     @property
     def converter(self) -> cattrs.Converter:

@@ -37,6 +37,10 @@ REDACTED = "[redacted]"
 SECRET_HEADER_PARTS = ("auth", "key", "token", "secret", "cookie", "password", "session")
 
 
+#: Agents a server keeps built (:attr:`ServerState.agents`).
+AGENTS_KEPT = 256
+
+
 def _is_secret_header(name: str) -> bool:
     lowered = name.lower()
     return any(part in lowered for part in SECRET_HEADER_PARTS)
@@ -219,7 +223,8 @@ async def delete_agent(agent_id: str) -> Any:
 
 async def build_agent(server: ServerState, record: AgentRecord) -> Agent:
     """A runnable agent for ``record``, its provider given a key only where that key may go
-    (see :func:`credential_options`), its steps within the server's limit.
+    (see :func:`credential_options`), its steps within the server's limit; built once and
+    used again while the record and those options stay the same (:attr:`ServerState.agents`).
 
     :raises ApiError: 400 naming why the provider cannot be built.
     """
@@ -253,12 +258,20 @@ async def build_agent(server: ServerState, record: AgentRecord) -> Agent:
     limit = server.config.max_steps_limit
     if record.max_steps > limit:
         record = attrs.evolve(record, max_steps=limit)
+    built = server.agents.get(record.id)
+    if built is not None and built[0] == record and built[1] == provider_options:
+        return built[2]
     try:
-        return Agent.from_record(record, server.runtime, provider_options=provider_options)
+        agent = Agent.from_record(record, server.runtime, provider_options=provider_options)
     except NotFoundError as exc:
         raise ApiError(400, f"agent {record.id}: {exc}") from None
     except WingspanError as exc:
         raise ApiError(400, f"the provider of agent {record.id} cannot be built: {exc}") from None
+    server.agents.pop(record.id, None)
+    server.agents[record.id] = (record, provider_options, agent)
+    if len(server.agents) > AGENTS_KEPT:
+        del server.agents[next(iter(server.agents))]  # the one built longest ago
+    return agent
 
 
 async def credential_options(
