@@ -87,14 +87,17 @@ async def test_a_failed_future_awaited_inside_raises_inside() -> None:
     assert await caller == "handled missing"
 
 
-async def test_cancelling_the_rest_of_the_write_reaches_the_coroutine() -> None:
-    """What goes on in a task is cancelled as a task is (the loop shutting down cancels
-    every task): the coroutine sees the ``CancelledError`` where it waits."""
+async def cancel_the_rest(*, first_wait: bool) -> list[str]:
+    """Shield a write, then cancel the task that goes on with it once the write waits (as
+    the loop shutting down cancels every task) — before that task's first step, or, with
+    ``first_wait``, after it (the write waited once already): what the write saw."""
     seen: list[str] = []
-    started = asyncio.Event()
+    waiting = asyncio.Event()
 
     async def write() -> None:
-        started.set()
+        if first_wait:
+            await asyncio.sleep(0)
+        waiting.set()
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
@@ -102,37 +105,22 @@ async def test_cancelling_the_rest_of_the_write_reaches_the_coroutine() -> None:
             raise
 
     caller = asyncio.ensure_future(shielded(write()))
-    await started.wait()
-    (rest,) = [t for t in asyncio.all_tasks() if t is not caller and not t.done()
-               and t is not asyncio.current_task()]
-    rest.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
-    assert seen == ["cancelled"]
-
-
-async def test_cancelling_the_rest_once_it_runs_reaches_the_coroutine_too() -> None:
-    seen: list[str] = []
-    resumed = asyncio.Event()
-
-    async def write() -> None:
-        await asyncio.sleep(0)
-        resumed.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-
-    caller = asyncio.ensure_future(shielded(write()))
-    await resumed.wait()
+    await waiting.wait()
     (rest,) = [t for t in asyncio.all_tasks() if t is not caller and not t.done()
                and t is not asyncio.current_task()]
     assert "write" in repr(rest)
     rest.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
-    assert seen == ["cancelled"]
+    return seen
+
+
+async def test_cancelling_the_rest_of_the_write_reaches_the_coroutine() -> None:
+    assert await cancel_the_rest(first_wait=False) == ["cancelled"]
+
+
+async def test_cancelling_the_rest_once_it_runs_reaches_the_coroutine_too() -> None:
+    assert await cancel_the_rest(first_wait=True) == ["cancelled"]
 
 
 async def test_the_rest_can_be_awaited_as_a_coroutine() -> None:
