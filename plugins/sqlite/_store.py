@@ -543,8 +543,10 @@ class SqliteStore:
         for session_id in sessions:
             self._wake(session_id)
         await self._reader.stop()
-        await self._writer.stop()
+        # Before the writer: a checkpoint in progress still hands the writer its rest, and
+        # the writer's connection, closed last, checkpoints the log and removes it.
         await self._checkpoints.stop()
+        await self._writer.stop()
 
 
 def _finish_and_release(

@@ -152,8 +152,8 @@ class Worker:
             if job is None:
                 return
             if job is CHECKPOINT:
-                with self._lock, contextlib.suppress(sqlite3.Error):
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                with self._lock:
+                    checkpoint(connection)
             elif job is not IDLE and not self._writer:
                 with self._lock:
                     self._run(connection, job)
@@ -321,10 +321,16 @@ class Worker:
             notify(loop, results)
 
 
+def checkpoint(connection: sqlite3.Connection) -> None:
+    """Copy the write-ahead log into the database, best effort: a reader in the way leaves
+    the rest for the next time."""
+    with contextlib.suppress(sqlite3.Error):
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 class Checkpointer:
     """A thread with a connection of its own that copies the write-ahead log into the
-    database file when asked (:meth:`due`), best effort: a reader in the way leaves the
-    rest for the next time.
+    database file when asked (:meth:`due`), best effort (:func:`checkpoint`).
 
     A checkpoint syncs the database file to disk: tens of milliseconds. Done on the
     writer's connection, it kept that connection as long, and every write of the event
@@ -359,7 +365,8 @@ class Checkpointer:
             while (then := self._asked.get()) is not None:
                 with contextlib.suppress(sqlite3.Error):
                     connection = connection or self._open()  # opened when first needed
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if connection is not None:
+                    checkpoint(connection)
                 then()
         finally:
             if connection is not None:
