@@ -16,6 +16,18 @@ are plain ``sqlite3`` commits of one row each, on the event loop's thread, in a 
 database with ``synchronous=NORMAL`` — no sequence numbers, no event log, no claims, no
 record of the run.
 
+Two more rows bound what a SQLite store of wingspan's design can reach:
+
+- ``kernel's share`` — ``memory://`` with ``append_events`` keeping nothing: what the loop
+  does for any store (the events built and handed over, the run admitted, started and
+  finished), without the store's own work for the steps;
+- ``kernel's share + wingspan's SQL`` — that, plus the statements the SQLite store runs for
+  a step, in plain ``sqlite3`` on a database with its schema: two commits a step, each
+  numbering the events in the session's row, inserting the message (numbered by the highest
+  seq) and the events, and looking at the run's record; the first with the step's six
+  events, the second with the tool result's one. No Python beyond the ``sqlite3`` calls: what
+  is left of ``sqlite://`` over this row is the store's Python.
+
 Run from the repository root::
 
     .venv/bin/python bench/stored_loop.py
@@ -33,6 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -66,6 +79,10 @@ def build(store: wingspan.Store | None, script: Script) -> Run:
 
 
 FLOOR = "no store + 2 plain sqlite3 commits a step (floor)"
+KERNEL = "memory://, appends keeping nothing (kernel's share)"
+SCHEMA = "kernel's share + wingspan's SQL in plain sqlite3"
+#: The events of a step's two commits (the turn's, then the tool result's): see the docstring.
+STEP_EVENTS = (6, 1)
 
 
 def build_floor(path: Path) -> tuple[Run, sqlite3.Connection]:
@@ -89,6 +106,64 @@ def build_floor(path: Path) -> tuple[Run, sqlite3.Connection]:
     return run, connection
 
 
+class KernelShare:
+    """``memory://`` whose ``append_events`` keeps nothing (see the docstring)."""
+
+    def __init__(self, store: wingspan.Store) -> None:
+        self._store = store
+        self._seq = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def append_events(self, session_id: str, run_id: str, events: object,
+                            messages: object = ()) -> int:
+        self._seq += 1
+        return self._seq
+
+
+async def build_schema_floor(path: Path, kernel: Run) -> tuple[Run, sqlite3.Connection]:
+    """``kernel`` followed by the SQLite store's statements for each step (see above)."""
+    store = await wingspan.open_store(f"sqlite:///{path}")  # makes the schema
+    await store.create_session(wingspan.SessionRecord(id="floor"))
+    await store.close()
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = NORMAL")
+    connection.execute("PRAGMA foreign_keys = ON")
+    turn = json.dumps({"role": "assistant", "content": [{
+        "type": "tool_use", "id": "toolu_0001_00", "name": "add", "input": {"a": 1, "b": 2}}]})
+    event = json.dumps({"type": "content_block_stop", "index": 0})
+
+    def commit(events: int) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute(
+            "INSERT INTO messages (session_pk, seq, body) SELECT pk, coalesce((SELECT "
+            "max(seq) + 1 FROM messages WHERE session_pk = sessions.pk), 0), ? FROM sessions "
+            "WHERE id = ? RETURNING session_pk, seq", (turn, "floor")).fetchall()
+        pk, last = connection.execute(
+            "UPDATE sessions SET last_seq = last_seq + ? WHERE id = ? RETURNING pk, last_seq",
+            (events, "floor")).fetchone()
+        connection.executemany(
+            "INSERT INTO events (session_pk, seq, run_id, type, body) VALUES (?, ?, ?, ?, ?)",
+            [(pk, last - events + n, "run", "content_block_stop", event)
+             for n in range(1, events + 1)])
+        connection.execute(
+            "UPDATE runs SET body = json_set(body, '$.last_seq', ?), deltas_pruned = 0 "
+            "WHERE id = ? AND session_pk = ? AND NOT status IN ('running', 'waiting')",
+            (last, "run", pk))
+        connection.execute("COMMIT")
+
+    async def run(steps: int) -> wingspan.Result:
+        result = await kernel(steps)
+        for _ in range(steps):
+            for events in STEP_EVENTS:
+                commit(events)
+        return result
+
+    return run, connection
+
+
 async def sample(run: Run, steps: int, runs: int) -> float:
     gc.collect()
     start = time.perf_counter_ns()
@@ -101,11 +176,18 @@ async def measure(samples: int, sample_seconds: float) -> dict[str, dict[int, fl
     with tempfile.TemporaryDirectory() as directory:
         sqlite = await wingspan.open_store(f"sqlite:///{directory}/bench.db")
         memory = await wingspan.open_store("memory://")
+        kept_nothing = await wingspan.open_store("memory://")
+        kernel = build(typing.cast(wingspan.Store, KernelShare(kept_nothing)),
+                       Script(max(RUN_LENGTHS)))
         floor, floor_connection = build_floor(Path(directory) / "floor.db")
+        schema, schema_connection = await build_schema_floor(Path(directory) / "schema.db",
+                                                             kernel)
         try:
             rows = {
                 "no store": build(None, Script(max(RUN_LENGTHS))),
                 FLOOR: floor,
+                KERNEL: kernel,
+                SCHEMA: schema,
                 "memory://": build(memory, Script(max(RUN_LENGTHS))),
                 "sqlite://": build(sqlite, Script(max(RUN_LENGTHS))),
             }
@@ -127,8 +209,10 @@ async def measure(samples: int, sample_seconds: float) -> dict[str, dict[int, fl
             return figures
         finally:
             floor_connection.close()
+            schema_connection.close()
             await sqlite.close()
             await memory.close()
+            await kept_nothing.close()
 
 
 def render(figures: dict[str, dict[int, float]], samples: int) -> str:
@@ -154,6 +238,13 @@ def render(figures: dict[str, dict[int, float]], samples: int) -> str:
         f"{sqlite[steps] / figures[FLOOR][steps]:.2f}x the floor; the floor itself is "
         f"{figures[FLOOR][steps] / base[steps]:.2f}x the loop without a store"
         for steps in RUN_LENGTHS
+    ]
+    longest = max(RUN_LENGTHS)
+    verdicts += [
+        f"- {longest} steps: the kernel's share is {figures[KERNEL][longest] / base[longest]:.2f}x "
+        f"the loop without a store; with wingspan's SQL for each step "
+        f"{figures[SCHEMA][longest] / base[longest]:.2f}x (this schema's least, with no Python "
+        f"of the store's); sqlite:// is {sqlite[longest] / figures[SCHEMA][longest]:.2f}x that",
     ]
     return "\n".join([
         "# The SDK loop with a store",
