@@ -85,21 +85,30 @@ SCHEMA = "kernel's share + wingspan's SQL in plain sqlite3"
 STEP_EVENTS = (6, 1)
 
 
-def build_floor(path: Path) -> tuple[Run, sqlite3.Connection]:
-    """The loop without a store, then two commits a step of one row each (see above)."""
-    plain = build(None, Script(max(RUN_LENGTHS)))
+#: A step's turn as stored.
+TURN = json.dumps({"role": "assistant", "content": [{
+    "type": "tool_use", "id": "toolu_0001_00", "name": "add", "input": {"a": 1, "b": 2}}]})
+
+
+def plain_connection(path: Path) -> sqlite3.Connection:
+    """A connection with the SQLite store's settings (WAL, ``synchronous=NORMAL``)."""
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")
+    return connection
+
+
+def build_floor(path: Path) -> tuple[Run, sqlite3.Connection]:
+    """The loop without a store, then two commits a step of one row each (see above)."""
+    plain = build(None, Script(max(RUN_LENGTHS)))
+    connection = plain_connection(path)
     connection.execute("CREATE TABLE turns (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-    turn = json.dumps({"role": "assistant", "content": [{
-        "type": "tool_use", "id": "toolu_0001_00", "name": "add", "input": {"a": 1, "b": 2}}]})
 
     async def run(steps: int) -> wingspan.Result:
         result = await plain(steps)
         for _ in range(2 * steps):
             connection.execute("BEGIN IMMEDIATE")
-            connection.execute("INSERT INTO turns (body) VALUES (?)", (turn,))
+            connection.execute("INSERT INTO turns (body) VALUES (?)", (TURN,))
             connection.execute("COMMIT")
         return result
 
@@ -127,12 +136,8 @@ async def build_schema_floor(path: Path, kernel: Run) -> tuple[Run, sqlite3.Conn
     store = await wingspan.open_store(f"sqlite:///{path}")  # makes the schema
     await store.create_session(wingspan.SessionRecord(id="floor"))
     await store.close()
-    connection = sqlite3.connect(path, isolation_level=None)
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = NORMAL")
+    connection = plain_connection(path)
     connection.execute("PRAGMA foreign_keys = ON")
-    turn = json.dumps({"role": "assistant", "content": [{
-        "type": "tool_use", "id": "toolu_0001_00", "name": "add", "input": {"a": 1, "b": 2}}]})
     event = json.dumps({"type": "content_block_stop", "index": 0})
 
     def commit(events: int) -> None:
@@ -140,7 +145,7 @@ async def build_schema_floor(path: Path, kernel: Run) -> tuple[Run, sqlite3.Conn
         connection.execute(
             "INSERT INTO messages (session_pk, seq, body) SELECT pk, coalesce((SELECT "
             "max(seq) + 1 FROM messages WHERE session_pk = sessions.pk), 0), ? FROM sessions "
-            "WHERE id = ? RETURNING session_pk, seq", (turn, "floor")).fetchall()
+            "WHERE id = ? RETURNING session_pk, seq", (TURN, "floor")).fetchall()
         pk, last = connection.execute(
             "UPDATE sessions SET last_seq = last_seq + ? WHERE id = ? RETURNING pk, last_seq",
             (events, "floor")).fetchone()
