@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
 import re
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["Runtime", "Settings", "default_runtime"]
 
 T = TypeVar("T")
+#: The store URL schemes of contrib plugins: a URL of one enables its plugin to open it, as
+#: naming the plugin in ``WINGSPAN_PLUGINS`` would (``wingspan serve --store postgresql://...``).
+CONTRIB_STORES = {"postgresql": "postgres", "postgres": "postgres"}
 
 
 def _names(value: str | None) -> tuple[str, ...]:
@@ -343,11 +347,11 @@ class Runtime:
         :raises PluginError: naming the plugin, when its ``open`` gives no store.
         """
         scheme = urlsplit(url).scheme if "://" in url else ""
-        spec = self.stores.get(scheme)
+        spec = self.stores.get(scheme) or self._contrib_store(scheme)
         if spec is None:
             known = ", ".join(f"{s}://" for s in sorted(self.stores)) or "none"
             raise ConfigError(f"no store plugin handles {url!r}; the store URLs known are: {known}")
-        plugin = self.store_plugins.get(scheme)
+        plugin = self.store_plugins.get(scheme) or CONTRIB_STORES.get(scheme)
         what = f"the open() of store scheme {scheme!r}"
         opening: object = spec.open(url, self.settings.stores)  # what it is, not what it says
         if not inspect.isawaitable(opening):
@@ -362,6 +366,17 @@ class Runtime:
                 else "StoreSpec.open must return one, or raise ConfigError",
             )
         return store
+
+    def _contrib_store(self, scheme: str) -> StoreSpec | None:
+        """The store of the contrib plugin claiming ``scheme`` (:data:`CONTRIB_STORES`),
+        which a URL of that scheme enables (unless the plugin is disabled); ``None`` for
+        any other scheme."""
+        name = CONTRIB_STORES.get(scheme)
+        if name is None or self.plugin_manager.is_blocked(name):
+            return None
+        module = importlib.import_module(f"wingspan.contrib.{name}")
+        specs: list[StoreSpec] = module.wingspan_stores()
+        return next((spec for spec in specs if spec.scheme == scheme), None)
 
     @staticmethod
     def _not_built(

@@ -1,0 +1,596 @@
+"""The store object: each call one transaction on a pooled connection; a connection of its
+own for ``LISTEN`` and for the advisory lock that says this instance is alive."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import typing
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import asyncpg
+import attrs
+
+import wingspan
+from wingspan import (
+    FINISHED_STATUSES,
+    Admission,
+    AgentRecord,
+    ConfigError,
+    Credential,
+    IfBusy,
+    LogEvent,
+    LoggedEvent,
+    Message,
+    Page,
+    PermissionDecision,
+    PermissionRequest,
+    ResolvedBy,
+    Rule,
+    RunRecord,
+    SessionRecord,
+    StoreError,
+    wire,
+)
+from wingspan.plugins.sqlite._secrets import Cipher, check_format, no_key_error
+
+from . import Options, redact
+from . import _events as eventlog
+from . import _jobs as jobs
+from . import _leases as leases
+from . import _permissions as permissions
+from . import _runs as runs
+from ._schema import migrate
+from ._tx import CLAIMS, EVENTS, Tx
+
+T = TypeVar("T")
+IF_BUSY = typing.get_args(IfBusy)
+log = logging.getLogger("wingspan.contrib.postgres")
+
+#: Seconds between two looks at the database by a waiter no notice woke (a notice lost while
+#: the listening connection was down): a safety net, not the way waiters learn of changes.
+SAFETY_POLL = 2.0
+#: Longest wait between two looks at a claim held by another instance: its holder may die
+#: without a word (its lock is then gone, which only a look sees).
+CLAIM_POLL = 0.5
+
+
+def _messages(messages: Sequence[Any], what: str) -> tuple[Message, ...]:
+    for message in messages:
+        if not isinstance(message, Message):
+            raise TypeError(f"{what} takes Messages, got {type(message).__name__}")
+    return tuple(messages)
+
+
+def _log_events(events: Sequence[Any], what: str) -> tuple[LogEvent, ...]:
+    for event in events:
+        if not isinstance(event, LogEvent):
+            raise TypeError(f"{what} takes LogEvents, got {type(event).__name__}")
+    return tuple(events)
+
+
+def _cutoff(before: datetime) -> str:
+    """``before`` as stored timestamps are written (to the millisecond), rounded up: a
+    stored time is earlier than it exactly when it is earlier than ``before``."""
+    if not isinstance(before, datetime) or before.tzinfo is None:
+        raise ConfigError(f"before must be a timezone-aware datetime, got {before!r}")
+    if before.microsecond % 1000:
+        before += timedelta(microseconds=1000 - before.microsecond % 1000)
+    return wire.format_timestamp(before)
+
+
+class PostgresStore:
+    """A :class:`wingspan.Store` in a PostgreSQL schema. Open it with
+    ``wingspan.open_store("postgresql://...")`` (with the ``postgres`` extra installed)."""
+
+    def __init__(self, dsn: str, options: Options, cipher: Cipher | None = None) -> None:
+        self.dsn = dsn
+        self.options = options
+        self.where = f"{redact(dsn)} (schema {options.schema})"
+        self._cipher = cipher
+        self._me = leases.Claimant(owner=uuid.uuid4().hex, ttl=options.lease_ttl)
+        self._unreleased = leases.Unreleased()
+        self._channel = f"wingspan {options.schema}"
+        self._write_lock = f"wingspan-writes {options.schema}"
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._event_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._claim_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.where!r}{' closed' if self._closed else ''}>"
+
+    # --- the connections ----------------------------------------------------------------------
+
+    def _connect_args(self) -> dict[str, Any]:
+        return {
+            "timeout": self.options.timeout,
+            "command_timeout": self.options.timeout,
+            "server_settings": {"search_path": self.options.schema,
+                                "application_name": "wingspan"},
+        }
+
+    async def _start(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=self.options.pool_min, max_size=self.options.pool_max,
+                **self._connect_args())
+            async with self._pool.acquire() as conn:
+                await migrate(conn, self.options.schema, self.where)
+            await self._listen()
+        except BaseException as exc:
+            await self._close_connections()
+            if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                                TimeoutError)):
+                raise self._error(exc) from None
+            raise
+        if self._cipher is not None:
+            # Keys stored before a secret key was configured are sealed now.
+            await self._write(jobs.seal_plain_credentials, self._cipher.seal)
+        # The claims of instances that died (a server killed with SIGKILL) are recovered now
+        # rather than when someone next claims their sessions.
+        with contextlib.suppress(wingspan.WingspanError):
+            await self._write(leases.sweep, self._me)
+        self._renewer = asyncio.ensure_future(self._renew_forever())
+
+    async def _listen(self) -> None:
+        """Open the connection that holds this instance's advisory lock (its claims are
+        recovered by others as soon as that lock is gone) and listens to the channel."""
+        listener = await asyncpg.connect(self.dsn, **self._connect_args())
+        try:
+            await listener.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))",
+                                   self._me.owner)
+            await listener.add_listener(self._channel, self._on_notice)
+        except BaseException:
+            await listener.close()
+            raise
+        self._listener = listener
+
+    def _on_notice(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        owner, _, notice = payload.partition(" ")
+        if owner != self._me.owner:  # this instance's own were applied at its commit
+            self._apply([notice])
+
+    def _apply(self, notices: Sequence[str]) -> None:
+        """Wake the waiters the notices concern."""
+        for notice in notices:
+            kind, _, rest = notice.partition(" ")
+            subject = rest.partition(" ")[2]
+            if kind == EVENTS:
+                self._wake(self._event_waiters, subject)
+            elif kind == CLAIMS:
+                self._wake(self._claim_waiters, subject)
+
+    @staticmethod
+    def _wake(waiters: dict[str, set[asyncio.Future[None]]], key: str) -> None:
+        for future in waiters.pop(key, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def _error(self, exc: BaseException) -> StoreError:
+        if isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError,
+                            asyncpg.exceptions.ConnectionDoesNotExistError,
+                            asyncpg.exceptions.CannotConnectNowError,
+                            asyncpg.exceptions.TooManyConnectionsError)):
+            return StoreError(f"cannot reach the PostgreSQL database {self.where}: "
+                              f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, asyncpg.exceptions.InvalidAuthorizationSpecificationError):
+            return StoreError(f"the PostgreSQL server refused the connection to {self.where}: "
+                              f"{exc}")
+        return StoreError(f"the PostgreSQL database {self.where} failed: {exc}")
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._closed or self._pool is None:
+            raise StoreError(f"the PostgreSQL store {self.where} is closed")
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise self._error(exc) from None
+
+    async def _write(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run the job ``fn(tx, *args)`` in a transaction holding the schema's write lock,
+        its notices sent with it; wake this instance's waiters once it commits."""
+        async with self._connection() as conn:
+            tx = Tx(conn)
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                                   self._write_lock)
+                value = await fn(tx, *args)
+                if tx.notices:
+                    await conn.execute(
+                        "SELECT pg_notify($1, $2 || ' ' || notice) "
+                        "FROM unnest($3::text[]) AS notice",
+                        self._channel, self._me.owner, tx.notices)
+        for effect in tx.effects:
+            effect()
+        self._apply(tx.notices)
+        return value
+
+    async def _read(self, fn: Callable[..., Awaitable[T]], *args: Any,
+                    snapshot: bool = False) -> T:
+        """Run the reading job ``fn(tx, *args)``; with ``snapshot``, all its statements see
+        one state of the database."""
+        async with self._connection() as conn:
+            if not snapshot:
+                return await fn(Tx(conn), *args)
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await fn(Tx(conn), *args)
+
+    # --- agents -------------------------------------------------------------------------------
+
+    async def create_agent(self, agent: AgentRecord) -> AgentRecord:
+        await self._write(jobs.insert, "agents", "agent", agent.id, wire.dumps(agent))
+        return agent
+
+    async def get_agent(self, agent_id: str) -> AgentRecord:
+        body = await self._read(jobs.select_body, "agents", "agent", agent_id)
+        return wire.loads(body, AgentRecord)
+
+    async def update_agent(self, agent: AgentRecord) -> AgentRecord:
+        await self._write(jobs.update_body, "agents", "agent", agent.id, wire.dumps(agent))
+        return agent
+
+    async def delete_agent(self, agent_id: str) -> None:
+        await self._write(jobs.delete, "agents", "agent", agent_id)
+
+    async def list_agents(self, *, limit: int = 50, cursor: str | None = None) -> Page[AgentRecord]:
+        jobs.check_limit(limit)
+        rows, next_cursor = await self._read(jobs.page, "agents", "body", limit, cursor)
+        return Page(items=tuple(wire.loads(body, AgentRecord) for (body,) in rows),
+                    next_cursor=next_cursor)
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    async def create_session(self, session: SessionRecord) -> SessionRecord:
+        body = wire.dumps(attrs.evolve(session, message_count=0, last_seq=0))
+        await self._write(jobs.insert, "sessions", "session", session.id, body)
+        return attrs.evolve(session, message_count=0, last_seq=0)
+
+    async def get_session(self, session_id: str) -> SessionRecord:
+        return await self._read(jobs.select_session, session_id)
+
+    async def update_session(self, session: SessionRecord) -> SessionRecord:
+        body = wire.dumps(attrs.evolve(session, message_count=0, last_seq=0))
+        count, last_seq = await self._write(jobs.update_session, session.id, body)
+        return attrs.evolve(session, message_count=count, last_seq=last_seq)
+
+    async def delete_session(self, session_id: str) -> None:
+        """Delete a session with its messages, runs and events; waits on its claim or its
+        events raise :class:`~wingspan.NotFoundError`."""
+        await self._write(jobs.delete_session, session_id)
+
+    async def list_sessions(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[SessionRecord]:
+        jobs.check_limit(limit)
+        rows, next_cursor = await self._read(
+            jobs.page, "sessions", jobs.SESSION_COLUMNS, limit, cursor)
+        return Page(items=tuple(jobs.session(*row) for row in rows), next_cursor=next_cursor)
+
+    # --- history ------------------------------------------------------------------------------
+
+    async def append_messages(self, session_id: str, messages: Sequence[Message]) -> int:
+        checked = _messages(messages, "append_messages")
+        return await self._write(jobs.append, session_id, checked)
+
+    async def load_messages(self, session_id: str) -> list[Message]:
+        return await self._read(jobs.load, session_id, snapshot=True)
+
+    # --- runs and their serialisation ---------------------------------------------------------
+
+    async def claim_session(
+        self, session_id: str, holder: str, *, wait: bool = True, timeout: float | None = None
+    ) -> bool:
+        granted, ticket = await self._write(
+            leases.claim, self._unreleased, session_id, holder, self._me, wait)
+        if granted or not wait:
+            return granted
+        assert ticket is not None
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while True:
+                # Be ready for a wake-up before looking, so that none is missed.
+                woken: asyncio.Future[None] = loop.create_future()
+                self._claim_waiters.setdefault(session_id, set()).add(woken)
+                try:
+                    state, expires_at, now = await self._read(
+                        _claim_state, session_id, ticket, self._me)
+                    if state == "granted":
+                        return True
+                    # "act": a lapsed lease or a dead holder to recover, or we lost our
+                    # place. A release of ours that failed is retried before any write.
+                    if state == "act" or self._unreleased.on(session_id):
+                        granted, ticket = await self._write(
+                            leases.poll_claim, session_id, ticket, holder, self._me)
+                        if granted:
+                            return True
+                        if state == "act":
+                            continue
+                    # A release anywhere wakes us (NOTIFY); a holder that dies says nothing,
+                    # so look again after a while, and when its lease would lapse.
+                    delay = min(CLAIM_POLL, max(0.0, expires_at - now) + 0.001)
+                    if deadline is not None:
+                        delay = min(delay, deadline - loop.time())
+                        if delay <= 0:
+                            raise TimeoutError
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken, delay)
+                    if self._closed:
+                        raise StoreError(f"the PostgreSQL store {self.where} was closed "
+                                         "while waiting for a claim")
+                finally:
+                    self._claim_waiters.get(session_id, set()).discard(woken)
+        except TimeoutError:
+            return await asyncio.shield(
+                self._write(leases.abandon, session_id, ticket, False, self._me))
+        except BaseException:
+            if not self._closed:
+                # Granted meanwhile? Then hand it on; else leave the queue.
+                with contextlib.suppress(StoreError):
+                    await asyncio.shield(
+                        self._write(leases.abandon, session_id, ticket, True, self._me))
+            raise
+
+    async def release_session(self, session_id: str, holder: str) -> None:
+        try:
+            await self._write(leases.release, session_id, holder, self._me)
+        except StoreError as exc:
+            if self._closed:
+                raise
+            # The database cannot be reached now. The claim must not outlive its run: it is
+            # no longer renewed, and it is released by the renewer as soon as it can write.
+            self._unreleased.add(session_id, holder, str(exc))
+
+    async def _renew_forever(self) -> None:
+        """Keep this instance's claims alive, write the releases that failed, recover the
+        claims of instances that died, and listen again if the listening connection broke."""
+        while not self._closed:
+            await asyncio.sleep(self.options.lease_ttl / 3)
+            try:
+                if self._listener is None or self._listener.is_closed():
+                    await self._listen()
+                    log.warning("listening again on %s after its connection was lost",
+                                self.where)
+                    for waiters in (self._event_waiters, self._claim_waiters):
+                        for key in list(waiters):
+                            self._wake(waiters, key)
+                if self._unreleased:
+                    await self._write(leases.release_unreleased, self._unreleased, self._me)
+                await self._write(leases.renew, self._me, self._unreleased.snapshot().keys())
+                await self._write(leases.sweep, self._me)
+            except (wingspan.WingspanError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                    OSError, TimeoutError) as exc:
+                log.warning("renewing the claims of %s failed: %s", self.where, exc)
+
+    async def save_run(self, run: RunRecord) -> None:
+        await self._write(jobs.save_run, run)
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        return await self._read(jobs.get_run, run_id)
+
+    # --- runs: admission, lifecycle and listing -----------------------------------------------
+
+    async def admit_run(
+        self, run: RunRecord, *, if_busy: IfBusy = "queue",
+        start: Sequence[Message] | None = None, history_length: int | None = None,
+    ) -> Admission:
+        if run.status != "queued":
+            raise ConfigError(f"admit_run takes a queued run, got run {run.id} {run.status}")
+        if if_busy not in IF_BUSY:
+            raise ConfigError(
+                f"if_busy must be one of {', '.join(IF_BUSY)}, got {if_busy!r}", option="if_busy"
+            )
+        checked = None if start is None else _messages(start, "admit_run")
+        stored, created, claimed, started = await self._write(
+            runs.admit, self._me, run, if_busy, checked, history_length)
+        return Admission(run=stored, created=created, claimed=claimed, started=started)
+
+    async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
+        return await self._write(runs.start, run_id, _messages(messages, "start_run"))
+
+    async def finish_run(
+        self, run: RunRecord, events: Sequence[LogEvent] = (),
+        messages: Sequence[Message] = (),
+    ) -> RunRecord:
+        if run.status not in FINISHED_STATUSES:
+            raise ConfigError(
+                f"finish_run takes a finished run ({', '.join(sorted(FINISHED_STATUSES))}), "
+                f"got run {run.id} {run.status}"
+            )
+        return await self._write(
+            _finish_and_release, run, _log_events(events, "finish_run"),
+            _messages(messages, "finish_run"), self._me)
+
+    async def abort_run(self, run_id: str) -> RunRecord:
+        run, _ = await self._write(runs.abort, self._me, run_id)
+        return run
+
+    async def adopt_run(self, run_id: str) -> RunRecord | None:
+        return await self._write(leases.adopt, self._me, run_id)
+
+    async def list_runs(
+        self, session_id: str, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[RunRecord]:
+        jobs.check_limit(limit)
+        records, next_cursor = await self._read(runs.page, session_id, limit, cursor,
+                                                snapshot=True)
+        return Page(items=tuple(records), next_cursor=next_cursor)
+
+    # --- permission requests and grants -------------------------------------------------------
+
+    async def add_permission_request(self, request: PermissionRequest) -> PermissionRequest:
+        if request.status != "pending":
+            raise ConfigError(f"add_permission_request takes a pending request, got "
+                              f"{request.status!r}")
+        return await self._write(permissions.add, request)
+
+    async def resolve_permission_request(
+        self, request_id: str, *, decision: PermissionDecision, by: ResolvedBy,
+        message: str | None = None, grant: Rule | None = None,
+    ) -> PermissionRequest:
+        return await self._write(permissions.resolve, request_id, decision, by, message, grant)
+
+    async def get_permission_request(self, request_id: str) -> PermissionRequest:
+        return await self._read(permissions.get, request_id)
+
+    async def list_permission_requests(
+        self, session_id: str, *, pending_only: bool = True
+    ) -> list[PermissionRequest]:
+        return await self._read(permissions.of_session, session_id, pending_only, snapshot=True)
+
+    async def list_grants(self, session_id: str) -> list[Rule]:
+        return await self._read(permissions.grants, session_id, snapshot=True)
+
+    # --- the event log ------------------------------------------------------------------------
+
+    async def append_events(
+        self, session_id: str, run_id: str, events: Sequence[LogEvent],
+        messages: Sequence[Message] = (),
+    ) -> int:
+        checked = _log_events(events, "append_events")
+        return await self._write(_append_both, session_id, run_id, checked,
+                                 _messages(messages, "append_events"))
+
+    async def read_events(
+        self, session_id: str, *, after: int = 0, limit: int = 1000, run_id: str | None = None
+    ) -> list[LoggedEvent]:
+        if type(limit) is not int or limit < 1:
+            raise ConfigError(f"limit must be an integer of 1 or more, got {limit!r}")
+        return await self._read(eventlog.read_events, session_id, after, limit, run_id,
+                                snapshot=True)
+
+    async def wait_events(self, session_id: str, *, after: int, timeout: float) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            # Be ready for a wake-up before looking, so that none is missed.
+            woken: asyncio.Future[None] = loop.create_future()
+            self._event_waiters.setdefault(session_id, set()).add(woken)
+            try:
+                _, last = await self._read(eventlog.last_seq, session_id)
+                left = deadline - loop.time()
+                if last > after or left <= 0:
+                    return last
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, min(left, SAFETY_POLL))
+                if self._closed:
+                    raise StoreError(
+                        f"the PostgreSQL store {self.where} was closed while waiting for events")
+            finally:
+                self._event_waiters.get(session_id, set()).discard(woken)
+
+    async def prune_events(self, *, before: datetime) -> int:
+        """Drop the deltas and pings of the runs that finished before ``before``, some runs
+        per transaction (so that other writers get their turn)."""
+        cutoff = _cutoff(before)
+        dropped, more = 0, True
+        while more:
+            count, more = await self._write(eventlog.prune, cutoff)
+            dropped += count
+        return dropped
+
+    # --- idempotency keys ---------------------------------------------------------------------
+
+    async def reserve_key(self, scope: str, key: str, request_hash: str, new_id: str) -> str:
+        return await self._write(jobs.reserve_key, scope, key, request_hash, new_id)
+
+    async def prune_keys(self, *, before: datetime) -> int:
+        return await self._write(jobs.prune_keys, _cutoff(before))
+
+    # --- credentials --------------------------------------------------------------------------
+
+    async def set_credential(self, provider: str, credential: Credential) -> None:
+        kind, base_url, key = credential.type, credential.base_url, credential.key
+        if self._cipher is None:
+            await self._write(jobs.set_credential, provider, kind, base_url, key, None)
+        else:
+            sealed = self._cipher.seal(provider, kind, base_url, key)
+            await self._write(jobs.set_credential, provider, kind, base_url, None, sealed)
+
+    async def get_credential(self, provider: str) -> Credential | None:
+        row = await self._read(jobs.get_credential, provider)
+        if row is None:
+            return None
+        kind, base_url, key, sealed = row
+        if key is None:
+            assert sealed is not None  # the table's CHECK
+            if self._cipher is None:
+                check_format(provider, sealed)
+                raise no_key_error(provider)
+            key = self._cipher.unseal(provider, kind, base_url, sealed)
+        return Credential(type=kind, key=key, base_url=base_url)
+
+    async def delete_credential(self, provider: str) -> bool:
+        return await self._write(jobs.delete_credential, provider)
+
+    async def list_credentials(self) -> dict[str, str]:
+        return await self._read(jobs.list_credentials)
+
+    # --- closing ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Give up this instance's claims and places in their queues (their runs are recorded
+        interrupted), then close: waits on claims and events raise
+        :class:`~wingspan.StoreError`."""
+        if self._closed:
+            return
+        with contextlib.suppress(StoreError):
+            await asyncio.shield(self._write(leases.give_up, self._me))
+        self._closed = True
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(BaseException):
+                await self._renewer
+        for waiters in (self._event_waiters, self._claim_waiters):
+            for key in list(waiters):
+                self._wake(waiters, key)
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        listener, self._listener = self._listener, None
+        pool, self._pool = self._pool, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=self.options.timeout)
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), self.options.timeout)
+
+
+async def _claim_state(
+    tx: Tx, session_id: str, ticket: int, me: leases.Claimant
+) -> tuple[str, float, float]:
+    """:func:`leases.claim_state` and the database's clock, to judge its lapse time by."""
+    state, expires_at = await leases.claim_state(tx, session_id, ticket, me)
+    return state, expires_at, await tx.now()
+
+
+async def _finish_and_release(
+    tx: Tx, run: RunRecord, events: tuple[LogEvent, ...], messages: tuple[Message, ...],
+    me: leases.Claimant,
+) -> RunRecord:
+    """:meth:`PostgresStore.finish_run`'s job: the run ended (its last turn stored with its
+    end), and its claim given up, in one transaction."""
+    finished = await runs.finish(tx, run, events, messages)
+    await leases.release(tx, finished.session_id, run.id, me)
+    return finished
+
+
+async def _append_both(
+    tx: Tx, session_id: str, run_id: str, events: tuple[LogEvent, ...],
+    messages: tuple[Message, ...],
+) -> int:
+    """:meth:`PostgresStore.append_events`' job: the messages and the events in one
+    transaction."""
+    if messages:
+        await jobs.append(tx, session_id, messages)
+    return await eventlog.append_events(tx, session_id, run_id, events)

@@ -1,0 +1,175 @@
+"""The PostgreSQL store (``wingspan.contrib.postgres``) against a real server: the store contract
+suite, claims and the event log, migrations, URLs and errors.
+
+The server is ``$WINGSPAN_TEST_POSTGRES_URL`` (``.ci/run`` sets it and fails when the server
+cannot be reached); without it these tests are skipped. Every store is opened in a schema of
+its own, so parallel workers never meet, and the schemas are dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import settings
+
+import wingspan
+from wingspan import ConfigError, SessionRecord, StoreError
+from wingspan.testing import ClaimContract, make_runtime, store_state_machine
+
+from ..conftest import postgres_url
+
+URL = postgres_url()
+
+import asyncpg  # noqa: E402 (only with a server to test against)
+
+from wingspan.contrib.postgres import Options, parse_url  # noqa: E402
+from wingspan.contrib.postgres._schema import MIGRATIONS, VERSION_TABLE, quote  # noqa: E402
+
+#: The schemas this module's stores were opened in, dropped at its end.
+_schemas: list[str] = []
+
+
+def new_schema() -> str:
+    schema = f"wingspan_test_{wingspan.new_id().lower()}"
+    _schemas.append(schema)
+    return schema
+
+
+def schema_url(schema: str, **options: Any) -> str:
+    query = "&".join(f"{k}={v}" for k, v in {"schema": schema, **options}.items())
+    return f"{URL}{'&' if '?' in URL else '?'}{query}"
+
+
+async def open_postgres(schema: str | None = None, **stores: Any) -> wingspan.Store:
+    """Open a store in ``schema`` (a new one by default) through an isolated runtime with
+    the contrib plugin enabled by name."""
+    runtime = make_runtime(names=["postgres"], stores=stores)
+    return await runtime.open_store(schema_url(schema or new_schema()))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def drop_schemas() -> Iterator[None]:
+    yield
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(URL)
+        try:
+            for schema in _schemas:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+    _schemas.clear()
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[wingspan.Store]:
+    opened = await open_postgres()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+# --- the contract suites ----------------------------------------------------------------------
+
+
+async def _open_fresh() -> wingspan.Store:
+    return await open_postgres()
+
+
+TestPostgresStoreContract = store_state_machine(_open_fresh).TestCase
+TestPostgresStoreContract.settings = settings(max_examples=30, stateful_step_count=40)
+
+
+_SECRET_KEY = base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+async def _open_fresh_encrypted() -> wingspan.Store:
+    return await open_postgres(secret_key=_SECRET_KEY)
+
+
+# The same contract with credentials encrypted at rest.
+TestEncryptedPostgresStoreContract = store_state_machine(_open_fresh_encrypted).TestCase
+TestEncryptedPostgresStoreContract.settings = settings(max_examples=10, stateful_step_count=40)
+
+
+class TestPostgresStoreClaims(ClaimContract):
+    open_store = staticmethod(_open_fresh)
+
+
+# --- URLs and options ---------------------------------------------------------------------------
+
+
+def test_the_stores_own_options_are_taken_out_of_the_url() -> None:
+    dsn, options = parse_url("postgresql://u@h:5433/db?schema=s1&sslmode=disable&pool_max=3")
+    assert dsn == "postgresql://u@h:5433/db?sslmode=disable"
+    assert options == Options(schema="s1", pool_max=3)
+    _, defaults = parse_url("postgres://h/db", {"postgres": {"lease_ttl": 5}})
+    assert defaults == Options(lease_ttl=5.0)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("postgresql://h", "names no database"),
+    ("postgresql://h/db?pool_max=0", "pool_max must be a whole number"),
+    ("postgresql://h/db?pool_max=2.5", "pool_max must be a whole number"),
+    ("postgresql://h/db?timeout=soon", "timeout must be a positive number"),
+    ("postgresql://h/db?pool_min=5&pool_max=2", "pool_min (5) is more than pool_max (2)"),
+    ("postgresql://h/db?shcema=x", "unknown PostgreSQL store URL parameter 'shcema'"),
+    ("postgresql://h/db", None),
+])
+def test_a_bad_url_is_refused_naming_the_problem(url: str, message: str | None) -> None:
+    if message is None:
+        parse_url(url)  # the pattern's control case
+        return
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_url(url)
+
+
+async def test_a_password_never_shows_in_errors() -> None:
+    url = "postgresql://someone:hunter2@127.0.0.1:1/db?timeout=2"
+    with pytest.raises(StoreError) as caught:
+        await make_runtime(names=["postgres"]).open_store(url)
+    assert "cannot reach the PostgreSQL database" in str(caught.value)
+    assert "hunter2" not in str(caught.value) and "someone:***@" in str(caught.value)
+
+
+# --- the schema ---------------------------------------------------------------------------------
+
+
+async def test_instances_starting_at_once_migrate_the_schema_once() -> None:
+    schema = new_schema()
+    stores = await asyncio.gather(*(open_postgres(schema) for _ in range(4)))
+    try:
+        conn = await asyncpg.connect(URL)
+        try:
+            version = await conn.fetchval(
+                f"SELECT version FROM {quote(schema)}.{VERSION_TABLE}")
+            rows = await conn.fetchval(f"SELECT count(*) FROM {quote(schema)}.{VERSION_TABLE}")
+        finally:
+            await conn.close()
+        assert (version, rows) == (len(MIGRATIONS), 1)
+        await stores[0].create_session(SessionRecord(id="s"))
+        assert (await stores[3].get_session("s")).id == "s"
+    finally:
+        for opened in stores:
+            await opened.close()
+
+
+async def test_a_schema_newer_than_this_wingspan_is_refused() -> None:
+    schema = new_schema()
+    await (await open_postgres(schema)).close()
+    conn = await asyncpg.connect(URL)
+    try:
+        await conn.execute(f"UPDATE {quote(schema)}.{VERSION_TABLE} SET version = version + 1")
+    finally:
+        await conn.close()
+    with pytest.raises(StoreError, match=f"at version {len(MIGRATIONS) + 1}, newer than this "
+                                         "wingspan knows"):
+        await open_postgres(schema)
