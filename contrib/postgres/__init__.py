@@ -154,7 +154,7 @@ async def open_postgres_store(url: str, settings: Mapping[str, Any]) -> Postgres
         raise ConfigError(
             f"the PostgreSQL store needs the postgres extra, and asyncpg is missing: {EXTRA}"
         ) from None
-    from wingspan.plugins.sqlite._secrets import Cipher, load_key
+    from wingspan.plugins._stores.secrets import Cipher, load_key
 
     from ._store import PostgresStore
 

@@ -15,7 +15,6 @@ import attrs
 
 import wingspan
 from wingspan import (
-    ConfigError,
     ConflictError,
     Message,
     NotFoundError,
@@ -27,18 +26,12 @@ from wingspan import (
 
 from ._tx import Tx
 
-MAX_PAGE = 500
 #: The message count of the session row ``sessions.pk`` (the next sequence number).
 MESSAGE_COUNT = "(SELECT coalesce(max(seq) + 1, 0) FROM messages WHERE session_pk = sessions.pk)"
 #: What :func:`session` makes a record of.
 SESSION_COLUMNS = f"body, {MESSAGE_COUNT}, last_seq"
 #: Tables whose records are looked up by ``id`` (never from user input).
 TABLES = frozenset({"agents", "sessions"})
-
-
-def check_limit(limit: int) -> None:
-    if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
-        raise ConfigError(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}")
 
 
 def session(body: str, count: int, last_seq: int) -> SessionRecord:

@@ -19,13 +19,13 @@ look again (:meth:`Tx.claims`).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Collection, Iterable
 
 import attrs
 
 import wingspan
 from wingspan import ErrorEvent, ErrorInfo, NotFoundError, PermissionRequest, RunRecord, wire
+from wingspan.plugins._stores.claims import Unreleased
 
 from ._events import QUEUED, end_run, interrupt
 from ._jobs import RUN_COLUMNS, append, get_run, last_message, run_record, session_pk
@@ -95,36 +95,6 @@ async def _gone(tx: Tx, me: Claimant, owners: Iterable[str]) -> set[str]:
         sorted(judged),
     )
     return {row[0] for row in rows}
-
-
-class Unreleased:
-    """Claims this store gave up without managing to write so (the database unreachable, a
-    write lock held too long by another instance): it no longer renews them, and the first
-    write transaction that succeeds releases them (:func:`release_unreleased`)."""
-
-    def __init__(self) -> None:
-        self._claims: dict[tuple[str, str], str] = {}  # (session id, holder) -> why
-        self._lock = threading.Lock()
-
-    def __bool__(self) -> bool:
-        return bool(self._claims)
-
-    def add(self, session_id: str, holder: str, why: str) -> None:
-        with self._lock:
-            self._claims[session_id, holder] = why
-
-    def snapshot(self) -> dict[tuple[str, str], str]:
-        with self._lock:
-            return dict(self._claims)
-
-    def on(self, session_id: str) -> bool:
-        with self._lock:
-            return any(session == session_id for session, _ in self._claims)
-
-    def discard(self, claims: Iterable[tuple[str, str]]) -> None:
-        with self._lock:
-            for claim in claims:
-                self._claims.pop(claim, None)
 
 
 async def _insert_lease(

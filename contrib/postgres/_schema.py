@@ -67,9 +67,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             expires_at double precision NOT NULL)""",
         "CREATE INDEX waiters_by_session ON lease_waiters (session_pk, ticket)",
         "CREATE INDEX waiters_by_owner ON lease_waiters (owner)",
-        # A credential's key is plain (``key``) or sealed (``sealed``, see the SQLite store's
-        # ``_secrets``), never both. The key and the endpoint are kept as UTF-8 bytes: a
-        # text column cannot hold every string (not NUL).
+        # A credential's key is plain (``key``) or sealed (``sealed``, see
+        # ``plugins/_stores/secrets.py``), never both. The key and the endpoint are kept as
+        # UTF-8 bytes: a text column cannot hold every string (not NUL).
         """CREATE TABLE credentials (
             provider text PRIMARY KEY,
             type text NOT NULL,

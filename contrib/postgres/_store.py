@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import typing
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -17,7 +16,6 @@ import attrs
 
 import wingspan
 from wingspan import (
-    FINISHED_STATUSES,
     Admission,
     AgentRecord,
     ConfigError,
@@ -36,7 +34,9 @@ from wingspan import (
     StoreError,
     wire,
 )
-from wingspan.plugins.sqlite._secrets import Cipher, check_format, no_key_error
+from wingspan.plugins._stores import checks
+from wingspan.plugins._stores.claims import Unreleased
+from wingspan.plugins._stores.secrets import Cipher, key_columns, stored_credential
 
 from . import Options, redact
 from . import _events as eventlog
@@ -48,7 +48,6 @@ from ._schema import migrate
 from ._tx import CLAIMS, EVENTS, Tx
 
 T = TypeVar("T")
-IF_BUSY = typing.get_args(IfBusy)
 log = logging.getLogger("wingspan.contrib.postgres")
 
 #: Seconds between two looks at the database by a waiter no notice woke (a notice lost while
@@ -57,30 +56,6 @@ SAFETY_POLL = 2.0
 #: Longest wait between two looks at a claim held by another instance: its holder may die
 #: without a word (its lock is then gone, which only a look sees).
 CLAIM_POLL = 0.5
-
-
-def _messages(messages: Sequence[Any], what: str) -> tuple[Message, ...]:
-    for message in messages:
-        if not isinstance(message, Message):
-            raise TypeError(f"{what} takes Messages, got {type(message).__name__}")
-    return tuple(messages)
-
-
-def _log_events(events: Sequence[Any], what: str) -> tuple[LogEvent, ...]:
-    for event in events:
-        if not isinstance(event, LogEvent):
-            raise TypeError(f"{what} takes LogEvents, got {type(event).__name__}")
-    return tuple(events)
-
-
-def _cutoff(before: datetime) -> str:
-    """``before`` as stored timestamps are written (to the millisecond), rounded up: a
-    stored time is earlier than it exactly when it is earlier than ``before``."""
-    if not isinstance(before, datetime) or before.tzinfo is None:
-        raise ConfigError(f"before must be a timezone-aware datetime, got {before!r}")
-    if before.microsecond % 1000:
-        before += timedelta(microseconds=1000 - before.microsecond % 1000)
-    return wire.format_timestamp(before)
 
 
 class PostgresStore:
@@ -93,7 +68,7 @@ class PostgresStore:
         self.where = f"{redact(dsn)} (schema {options.schema})"
         self._cipher = cipher
         self._me = leases.Claimant(owner=uuid.uuid4().hex, ttl=options.lease_ttl)
-        self._unreleased = leases.Unreleased()
+        self._unreleased = Unreleased()
         self._channel = f"wingspan {options.schema}"
         self._write_lock = f"wingspan-writes {options.schema}"
         self._pool: asyncpg.Pool | None = None
@@ -242,7 +217,7 @@ class PostgresStore:
         await self._write(jobs.delete, "agents", "agent", agent_id)
 
     async def list_agents(self, *, limit: int = 50, cursor: str | None = None) -> Page[AgentRecord]:
-        jobs.check_limit(limit)
+        checks.limit(limit)
         rows, next_cursor = await self._read(jobs.page, "agents", "body", limit, cursor)
         return Page(items=tuple(wire.loads(body, AgentRecord) for (body,) in rows),
                     next_cursor=next_cursor)
@@ -270,7 +245,7 @@ class PostgresStore:
     async def list_sessions(
         self, *, limit: int = 50, cursor: str | None = None
     ) -> Page[SessionRecord]:
-        jobs.check_limit(limit)
+        checks.limit(limit)
         rows, next_cursor = await self._read(
             jobs.page, "sessions", jobs.SESSION_COLUMNS, limit, cursor)
         return Page(items=tuple(jobs.session(*row) for row in rows), next_cursor=next_cursor)
@@ -278,7 +253,7 @@ class PostgresStore:
     # --- history ------------------------------------------------------------------------------
 
     async def append_messages(self, session_id: str, messages: Sequence[Message]) -> int:
-        checked = _messages(messages, "append_messages")
+        checked = checks.messages(messages, "append_messages")
         return await self._write(jobs.append, session_id, checked)
 
     async def load_messages(self, session_id: str) -> list[Message]:
@@ -383,32 +358,23 @@ class PostgresStore:
         self, run: RunRecord, *, if_busy: IfBusy = "queue",
         start: Sequence[Message] | None = None, history_length: int | None = None,
     ) -> Admission:
-        if run.status != "queued":
-            raise ConfigError(f"admit_run takes a queued run, got run {run.id} {run.status}")
-        if if_busy not in IF_BUSY:
-            raise ConfigError(
-                f"if_busy must be one of {', '.join(IF_BUSY)}, got {if_busy!r}", option="if_busy"
-            )
-        checked = None if start is None else _messages(start, "admit_run")
+        checks.admission(run, if_busy)
+        checked = None if start is None else checks.messages(start, "admit_run")
         stored, created, claimed, started = await self._write(
             runs.admit, self._me, run, if_busy, checked, history_length)
         return Admission(run=stored, created=created, claimed=claimed, started=started)
 
     async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
-        return await self._write(runs.start, run_id, _messages(messages, "start_run"))
+        return await self._write(runs.start, run_id, checks.messages(messages, "start_run"))
 
     async def finish_run(
         self, run: RunRecord, events: Sequence[LogEvent] = (),
         messages: Sequence[Message] = (),
     ) -> RunRecord:
-        if run.status not in FINISHED_STATUSES:
-            raise ConfigError(
-                f"finish_run takes a finished run ({', '.join(sorted(FINISHED_STATUSES))}), "
-                f"got run {run.id} {run.status}"
-            )
+        checks.finished(run)
         return await self._write(
-            _finish_and_release, run, _log_events(events, "finish_run"),
-            _messages(messages, "finish_run"), self._me)
+            _finish_and_release, run, checks.events(events, "finish_run"),
+            checks.messages(messages, "finish_run"), self._me)
 
     async def abort_run(self, run_id: str) -> RunRecord:
         run, _ = await self._write(runs.abort, self._me, run_id)
@@ -420,7 +386,7 @@ class PostgresStore:
     async def list_runs(
         self, session_id: str, *, limit: int = 50, cursor: str | None = None
     ) -> Page[RunRecord]:
-        jobs.check_limit(limit)
+        checks.limit(limit)
         records, next_cursor = await self._read(runs.page, session_id, limit, cursor,
                                                 snapshot=True)
         return Page(items=tuple(records), next_cursor=next_cursor)
@@ -428,9 +394,7 @@ class PostgresStore:
     # --- permission requests and grants -------------------------------------------------------
 
     async def add_permission_request(self, request: PermissionRequest) -> PermissionRequest:
-        if request.status != "pending":
-            raise ConfigError(f"add_permission_request takes a pending request, got "
-                              f"{request.status!r}")
+        checks.pending(request)
         return await self._write(permissions.add, request)
 
     async def resolve_permission_request(
@@ -456,9 +420,9 @@ class PostgresStore:
         self, session_id: str, run_id: str, events: Sequence[LogEvent],
         messages: Sequence[Message] = (),
     ) -> int:
-        checked = _log_events(events, "append_events")
+        checked = checks.events(events, "append_events")
         return await self._write(_append_both, session_id, run_id, checked,
-                                 _messages(messages, "append_events"))
+                                 checks.messages(messages, "append_events"))
 
     async def read_events(
         self, session_id: str, *, after: int = 0, limit: int = 1000, run_id: str | None = None
@@ -491,7 +455,7 @@ class PostgresStore:
     async def prune_events(self, *, before: datetime) -> int:
         """Drop the deltas and pings of the runs that finished before ``before``, some runs
         per transaction (so that other writers get their turn)."""
-        cutoff = _cutoff(before)
+        cutoff = checks.cutoff(before)
         dropped, more = 0, True
         while more:
             count, more = await self._write(eventlog.prune, cutoff)
@@ -504,30 +468,18 @@ class PostgresStore:
         return await self._write(jobs.reserve_key, scope, key, request_hash, new_id)
 
     async def prune_keys(self, *, before: datetime) -> int:
-        return await self._write(jobs.prune_keys, _cutoff(before))
+        return await self._write(jobs.prune_keys, checks.cutoff(before))
 
     # --- credentials --------------------------------------------------------------------------
 
     async def set_credential(self, provider: str, credential: Credential) -> None:
-        kind, base_url, key = credential.type, credential.base_url, credential.key
-        if self._cipher is None:
-            await self._write(jobs.set_credential, provider, kind, base_url, key, None)
-        else:
-            sealed = self._cipher.seal(provider, kind, base_url, key)
-            await self._write(jobs.set_credential, provider, kind, base_url, None, sealed)
+        key, sealed = key_columns(self._cipher, provider, credential)
+        await self._write(jobs.set_credential, provider, credential.type, credential.base_url,
+                          key, sealed)
 
     async def get_credential(self, provider: str) -> Credential | None:
-        row = await self._read(jobs.get_credential, provider)
-        if row is None:
-            return None
-        kind, base_url, key, sealed = row
-        if key is None:
-            assert sealed is not None  # the table's CHECK
-            if self._cipher is None:
-                check_format(provider, sealed)
-                raise no_key_error(provider)
-            key = self._cipher.unseal(provider, kind, base_url, sealed)
-        return Credential(type=kind, key=key, base_url=base_url)
+        return stored_credential(self._cipher, provider,
+                                 await self._read(jobs.get_credential, provider))
 
     async def delete_credential(self, provider: str) -> bool:
         return await self._write(jobs.delete_credential, provider)

@@ -34,8 +34,8 @@ import attrs
 import wingspan
 from wingspan import ConfigError, StoreSpec
 
+from .._stores.secrets import SECRET_KEY_ENV, SECRET_KEY_SETTING, Cipher, load_key
 from ._options import Options
-from ._secrets import SECRET_KEY_ENV, SECRET_KEY_SETTING, Cipher, load_key
 
 if TYPE_CHECKING:
     from ._store import SqliteStore

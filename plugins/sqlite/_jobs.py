@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import wingspan
 from wingspan import (
-    ConfigError,
     ConflictError,
     Message,
     NotFoundError,
@@ -31,7 +30,6 @@ from wingspan import (
 
 from ._worker import Tx
 
-MAX_PAGE = 500
 _CHUNK = 64  # messages converted between two chances for the event loop to run
 T = TypeVar("T")
 #: The message count of the session row ``sessions.pk`` (the next sequence number).
@@ -105,11 +103,6 @@ def yielding(items: Sequence[T]) -> Iterator[T]:
         if start:
             time.sleep(0)
         yield from items[start : start + _CHUNK]
-
-
-def check_limit(limit: int) -> None:
-    if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
-        raise ConfigError(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}")
 
 
 def session(body: str, count: int, last_seq: int) -> SessionRecord:

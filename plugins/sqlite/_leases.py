@@ -13,9 +13,8 @@ can never get its turn, and is recorded interrupted.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 
 import attrs
 
@@ -31,6 +30,7 @@ from wingspan import (
     wire,
 )
 
+from .._stores.claims import Unreleased
 from ._events import QUEUED, RUN_BODY, end_run, interrupt
 from ._jobs import HistoryCache, append, returning, session_pk
 from ._worker import Tx
@@ -83,36 +83,6 @@ class Claimant:
         if pid == process.pid and started == process.started:
             return False  # another store of this very process
         return ProcessIdentity(host=host, pid=pid, started=started).is_gone()
-
-
-class Unreleased:
-    """Claims this store gave up without managing to write so (a full disk, a write lock
-    held too long by another process): it no longer renews them, and the first write
-    transaction that succeeds releases them (:func:`release_unreleased`)."""
-
-    def __init__(self) -> None:
-        self._claims: dict[tuple[str, str], str] = {}  # (session id, holder) -> why
-        self._lock = threading.Lock()
-
-    def __bool__(self) -> bool:
-        return bool(self._claims)
-
-    def add(self, session_id: str, holder: str, why: str) -> None:
-        with self._lock:
-            self._claims[session_id, holder] = why
-
-    def snapshot(self) -> dict[tuple[str, str], str]:
-        with self._lock:
-            return dict(self._claims)
-
-    def on(self, session_id: str) -> bool:
-        with self._lock:
-            return any(session == session_id for session, _ in self._claims)
-
-    def discard(self, claims: Iterable[tuple[str, str]]) -> None:
-        with self._lock:
-            for claim in claims:
-                self._claims.pop(claim, None)
 
 
 def _insert_lease(

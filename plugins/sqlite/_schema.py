@@ -64,8 +64,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (
         # A credential may name the endpoint its key goes to, and its key may be sealed
-        # (encrypted, see ``_secrets``): ``key`` holds a plain key, ``sealed`` a sealed one,
-        # never both. SQLite cannot alter a column, so the table is copied.
+        # (encrypted, see ``plugins/_stores/secrets.py``): ``key`` holds a plain key,
+        # ``sealed`` a sealed one, never both. SQLite cannot alter a column, so the table is
+        # copied.
         """CREATE TABLE credentials_2 (
             provider TEXT PRIMARY KEY,
             type TEXT NOT NULL,

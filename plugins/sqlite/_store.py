@@ -10,7 +10,7 @@ import time
 import typing
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +18,6 @@ import attrs
 
 import wingspan
 from wingspan import (
-    FINISHED_STATUSES,
     Admission,
     AgentRecord,
     ConfigError,
@@ -40,6 +39,9 @@ from wingspan import (
     wire,
 )
 
+from .._stores import checks
+from .._stores.claims import Unreleased
+from .._stores.secrets import Cipher, key_columns, stored_credential
 from . import _events as eventlog
 from . import _jobs as jobs
 from . import _leases as leases
@@ -47,36 +49,10 @@ from . import _permissions as permissions
 from . import _runs as runs
 from ._options import Options
 from ._schema import begin_immediate, connect, create_file, migrate, store_error, truncate_wal
-from ._secrets import Cipher, check_format, no_key_error
 from ._watch import LogWatch
 from ._worker import Checkpointer, Tx, Worker, notify
 
 T = TypeVar("T")
-IF_BUSY = typing.get_args(IfBusy)
-
-
-def _messages(messages: Sequence[Any], what: str) -> tuple[Message, ...]:
-    for message in messages:
-        if not isinstance(message, Message):
-            raise TypeError(f"{what} takes Messages, got {type(message).__name__}")
-    return tuple(messages)
-
-
-def _log_events(events: Sequence[Any], what: str) -> tuple[LogEvent, ...]:
-    for event in events:
-        if not isinstance(event, LogEvent):
-            raise TypeError(f"{what} takes LogEvents, got {type(event).__name__}")
-    return tuple(events)
-
-
-def _cutoff(before: datetime) -> str:
-    """``before`` as stored timestamps are written (to the millisecond), rounded up: a
-    stored time is earlier than it exactly when it is earlier than ``before``."""
-    if not isinstance(before, datetime) or before.tzinfo is None:
-        raise ConfigError(f"before must be a timezone-aware datetime, got {before!r}")
-    if before.microsecond % 1000:
-        before += timedelta(microseconds=1000 - before.microsecond % 1000)
-    return wire.format_timestamp(before)
 
 
 class SqliteStore:
@@ -93,7 +69,7 @@ class SqliteStore:
             ttl=options.lease_ttl,
             process=ProcessIdentity.current(),
         )
-        self._unreleased = leases.Unreleased()
+        self._unreleased = Unreleased()
         self._cache = jobs.HistoryCache(options.cache_messages)
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._waiters_lock = threading.Lock()
@@ -202,7 +178,7 @@ class SqliteStore:
         await self._write(jobs.delete, "agents", "agent", agent_id)
 
     async def list_agents(self, *, limit: int = 50, cursor: str | None = None) -> Page[AgentRecord]:
-        jobs.check_limit(limit)
+        checks.limit(limit)
         rows, next_cursor = await self._read(jobs.page, "agents", "body", limit, cursor)
         return Page(
             items=tuple(wire.loads(b, AgentRecord) for (b,) in rows), next_cursor=next_cursor
@@ -238,7 +214,7 @@ class SqliteStore:
     async def list_sessions(
         self, *, limit: int = 50, cursor: str | None = None
     ) -> Page[SessionRecord]:
-        jobs.check_limit(limit)
+        checks.limit(limit)
         rows, next_cursor = await self._read(
             jobs.page, "sessions", jobs.SESSION_COLUMNS, limit, cursor
         )
@@ -247,7 +223,7 @@ class SqliteStore:
     # --- history ----------------------------------------------------------------------------
 
     async def append_messages(self, session_id: str, messages: Sequence[Message]) -> int:
-        checked = _messages(messages, "append_messages")
+        checked = checks.messages(messages, "append_messages")
         return await self._write(jobs.append, self._cache, session_id, checked)
 
     async def load_messages(self, session_id: str) -> list[Message]:
@@ -379,33 +355,24 @@ class SqliteStore:
         self, run: RunRecord, *, if_busy: IfBusy = "queue",
         start: Sequence[Message] | None = None, history_length: int | None = None,
     ) -> Admission:
-        if run.status != "queued":
-            raise ConfigError(f"admit_run takes a queued run, got run {run.id} {run.status}")
-        if if_busy not in IF_BUSY:
-            raise ConfigError(
-                f"if_busy must be one of {', '.join(IF_BUSY)}, got {if_busy!r}", option="if_busy"
-            )
-        checked = None if start is None else _messages(start, "admit_run")
+        checks.admission(run, if_busy)
+        checked = None if start is None else checks.messages(start, "admit_run")
         stored, created, claimed, started = await self._write(
             runs.admit, self._log, self._cache, self._me, run, if_busy, checked, history_length)
         return Admission(run=stored, created=created, claimed=claimed, started=started)
 
     async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
-        checked = _messages(messages, "start_run")
+        checked = checks.messages(messages, "start_run")
         return await self._write(runs.start, self._log, self._cache, run_id, checked)
 
     async def finish_run(
         self, run: RunRecord, events: Sequence[LogEvent] = (),
         messages: Sequence[Message] = (),
     ) -> RunRecord:
-        if run.status not in FINISHED_STATUSES:
-            raise ConfigError(
-                f"finish_run takes a finished run ({', '.join(sorted(FINISHED_STATUSES))}), "
-                f"got run {run.id} {run.status}"
-            )
+        checks.finished(run)
         finished, released = await self._write(
-            _finish_and_release, self._log, self._cache, run, _log_events(events, "finish_run"),
-            _messages(messages, "finish_run"), self._me)
+            _finish_and_release, self._log, self._cache, run, checks.events(events, "finish_run"),
+            checks.messages(messages, "finish_run"), self._me)
         if released:
             self._wake(finished.session_id)
         return finished
@@ -423,16 +390,14 @@ class SqliteStore:
     async def list_runs(
         self, session_id: str, *, limit: int = 50, cursor: str | None = None
     ) -> Page[RunRecord]:
-        jobs.check_limit(limit)
+        checks.limit(limit)
         bodies, next_cursor = await self._read(runs.page, session_id, limit, cursor)
         return Page(items=tuple(wire.loads(b, RunRecord) for b in bodies), next_cursor=next_cursor)
 
     # --- permission requests and grants -----------------------------------------------------
 
     async def add_permission_request(self, request: PermissionRequest) -> PermissionRequest:
-        if request.status != "pending":
-            raise ConfigError(f"add_permission_request takes a pending request, got "
-                              f"{request.status!r}")
+        checks.pending(request)
         return await self._write(permissions.add, request)
 
     async def resolve_permission_request(
@@ -460,12 +425,12 @@ class SqliteStore:
         self, session_id: str, run_id: str, events: Sequence[LogEvent],
         messages: Sequence[Message] = (),
     ) -> int:
-        checked = _log_events(events, "append_events")
+        checked = checks.events(events, "append_events")
         if not messages:
             return await self._write(eventlog.append_events, self._log, session_id, run_id,
                                      checked)
         return await self._write(_append_both, self._log, self._cache, session_id, run_id,
-                                 checked, _messages(messages, "append_events"))
+                                 checked, checks.messages(messages, "append_events"))
 
     async def read_events(
         self, session_id: str, *, after: int = 0, limit: int = 1000, run_id: str | None = None
@@ -482,7 +447,7 @@ class SqliteStore:
     async def prune_events(self, *, before: datetime) -> int:
         """Drop the deltas and pings of the runs that finished before ``before``, some runs
         per transaction (so that other writers get their turn)."""
-        cutoff = _cutoff(before)
+        cutoff = checks.cutoff(before)
         dropped, more = 0, True
         while more:
             count, more = await self._write(eventlog.prune, cutoff)
@@ -495,30 +460,18 @@ class SqliteStore:
         return await self._write(jobs.reserve_key, scope, key, request_hash, new_id)
 
     async def prune_keys(self, *, before: datetime) -> int:
-        return await self._write(jobs.prune_keys, _cutoff(before))
+        return await self._write(jobs.prune_keys, checks.cutoff(before))
 
     # --- credentials ------------------------------------------------------------------------
 
     async def set_credential(self, provider: str, credential: Credential) -> None:
-        kind, base_url, key = credential.type, credential.base_url, credential.key
-        if self._cipher is None:
-            await self._write(jobs.set_credential, provider, kind, base_url, key, None)
-        else:
-            sealed = self._cipher.seal(provider, kind, base_url, key)
-            await self._write(jobs.set_credential, provider, kind, base_url, None, sealed)
+        key, sealed = key_columns(self._cipher, provider, credential)
+        await self._write(jobs.set_credential, provider, credential.type, credential.base_url,
+                          key, sealed)
 
     async def get_credential(self, provider: str) -> Credential | None:
-        row = await self._read(jobs.get_credential, provider)
-        if row is None:
-            return None
-        kind, base_url, key, sealed = row
-        if key is None:
-            assert sealed is not None  # the table's CHECK
-            if self._cipher is None:
-                check_format(provider, sealed)
-                raise no_key_error(provider)
-            key = self._cipher.unseal(provider, kind, base_url, sealed)
-        return Credential(type=kind, key=key, base_url=base_url)
+        return stored_credential(self._cipher, provider,
+                                 await self._read(jobs.get_credential, provider))
 
     async def delete_credential(self, provider: str) -> bool:
         return await self._write(jobs.delete_credential, provider)

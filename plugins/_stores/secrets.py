@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from wingspan import ConfigError, StoreError
+from wingspan import ConfigError, Credential, StoreError
 
 #: The environment variable holding the secret key when the store settings have none.
 SECRET_KEY_ENV = "WINGSPAN_SECRET_KEY"
@@ -131,3 +131,33 @@ def no_key_error(provider: str) -> StoreError:
         f"the stored credential of provider {provider!r} is encrypted and no secret key is "
         f"configured; {_SET_THE_KEY}"
     )
+
+
+def key_columns(
+    cipher: Cipher | None, provider: str, credential: Credential
+) -> tuple[str | None, bytes | None]:
+    """The ``(key, sealed)`` columns of ``credential``: its key sealed with ``cipher`` when
+    there is one, else as it is."""
+    if cipher is None:
+        return credential.key, None
+    return None, cipher.seal(provider, credential.type, credential.base_url, credential.key)
+
+
+def stored_credential(
+    cipher: Cipher | None, provider: str,
+    row: tuple[str, str | None, str | None, bytes | None] | None,
+) -> Credential | None:
+    """The credential of a stored ``(type, base_url, key, sealed)`` row, its key unsealed.
+
+    :raises StoreError: when it is sealed and no key, or another one, is configured.
+    """
+    if row is None:
+        return None
+    kind, base_url, key, sealed = row
+    if key is None:
+        assert sealed is not None  # the tables' CHECK
+        if cipher is None:
+            check_format(provider, sealed)
+            raise no_key_error(provider)
+        key = cipher.unseal(provider, kind, base_url, sealed)
+    return Credential(type=kind, key=key, base_url=base_url)
