@@ -1,9 +1,10 @@
 """Several ``wingspan serve`` instances on one PostgreSQL database: messages through any of them,
-runs followed, resumed and aborted from others, and a killed instance's session recovered.
+runs followed and aborted from others, and a killed instance's session recovered at once.
 
 Real server processes (``wingspan serve --store postgresql://...``) on loopback ports, each
-test on a schema of its own; skipped without ``$WINGSPAN_TEST_POSTGRES_URL`` (see
-``tests/plugins/test_postgres_store.py``).
+test on a schema of its own; skipped without ``$WINGSPAN_TEST_POSTGRES_URL``. The tests of
+two processes that hold for every shared store (a stream resumed on another, a run followed
+and aborted from another, a killed one's followers) are in ``test_runs.py``, run on both.
 """
 
 from __future__ import annotations
@@ -19,31 +20,17 @@ from typing import Any
 import httpx
 import pytest
 
-import wingspan
-
-from ...conftest import postgres_url
+from ...conftest import postgres_schema, postgres_url
 from .conftest import WAIT, Server, bounded, parse_sse, start_server
-from .test_runs import LONG, _agent_and_session, _frames_until, _wait_for_tool
+from .test_runs import _agent_and_session, _wait_for_tool
 
-URL = postgres_url()
-
-import asyncpg  # noqa: E402 (only with a server to test against)
+postgres_url()  # skips this module without a server
 
 
 @pytest.fixture
 def store_url() -> Iterator[str]:
-    """A store URL on a schema of its own, dropped after the test."""
-    schema = f"wingspan_test_{wingspan.new_id().lower()}"
-    yield f"{URL}{'&' if '?' in URL else '?'}schema={schema}"
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(URL)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture
@@ -89,28 +76,6 @@ def test_messages_sent_at_once_through_every_instance_run_one_at_a_time_in_order
     # the history holds each run's turn where the run ran
     message_of = {body["run_id"]: message for message, (_, body) in answers.items()}
     assert asked == [message_of[run["id"]] for run in by_admission]
-
-
-def test_a_stream_dropped_on_one_instance_resumes_on_another_exactly_once(
-        instances: list[Server]) -> None:
-    first, second = instances[0], instances[1]
-    agent, sid = _agent_and_session(first.base_url, options={
-        "script": [LONG], "chunk_size": 5})
-    body = {"agent_id": agent, "message": "talk"}
-    with httpx.stream("POST", f"{first.base_url}/sessions/{sid}/message/stream",
-                      json=body, timeout=WAIT) as response:
-        head = parse_sse(_frames_until(response, 5))[:5]
-    with httpx.stream("POST", f"{second.base_url}/sessions/{sid}/message/stream",
-                      json=body, headers={"Last-Event-ID": str(head[-1][0])},
-                      timeout=WAIT) as response:
-        assert response.status_code == 200
-        rest = parse_sse("".join(bounded(response.iter_text())))
-    run_id = rest[-1][2]["run_id"]
-    whole = [f for f in parse_sse(httpx.get(f"{instances[2].base_url}/runs/{run_id}/events",
-                                            timeout=WAIT).text)
-             if not f[1].startswith("run_")]
-    assert head + rest == whole  # every event once, in order
-    assert "".join(d["text"] for _, k, d in whole if k == "text_delta") == LONG
 
 
 def test_a_run_is_followed_live_from_one_instance_and_aborted_from_another(

@@ -1,22 +1,28 @@
 """Durable runs over HTTP: admission, the event log's routes, resuming with Last-Event-ID,
 idempotency keys, ``if_busy`` and aborts — through the test client, and between real server
-processes sharing one SQLite file."""
+processes sharing one store: a SQLite file, and a PostgreSQL schema (when
+``$WINGSPAN_TEST_POSTGRES_URL`` names a server; more instances in
+``test_postgres_instances.py``)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from quart.typing import TestClientProtocol as Client
 
 from wingspan import check_history, utc_now
 
+from ...conftest import POSTGRES_URL_VARIABLE, postgres_schema
 from .conftest import WAIT, bounded, parse_sse, start_server
 from .test_api import create_agent, create_session, error_of, history_of
 from .test_api import slow_agent_and_session as slow_setup
@@ -169,6 +175,21 @@ async def test_abort_a_run_by_id_then_it_is_finished(client: Client) -> None:
 # --- real servers -----------------------------------------------------------------------------
 
 
+#: The stores several processes share: PostgreSQL when there is a server to test against
+#: (without one, the PostgreSQL modules say once that it is not tested).
+SHARED_STORES = ["sqlite", *(["postgres"] if os.environ.get(POSTGRES_URL_VARIABLE) else [])]
+
+
+@pytest.fixture(params=SHARED_STORES)
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[str]]:
+    """The flags of ``wingspan serve`` for a store that several processes share."""
+    if request.param == "sqlite":
+        yield ["--db", str(tmp_path / "w.db")]
+    else:
+        with postgres_schema() as url:
+            yield ["--store", url]
+
+
 def _agent_and_session(base: str, **agent: Any) -> tuple[str, str]:
     created = httpx.post(f"{base}/agents", json={"name": "a", "provider": "test", **agent})
     session = httpx.post(f"{base}/sessions", json={})
@@ -185,9 +206,8 @@ def _frames_until(response: httpx.Response, count: int) -> str:
 
 
 def test_a_dropped_stream_resumes_after_its_last_event_id_exactly_once(
-        tmp_path: Path) -> None:
-    db = str(tmp_path / "w.db")
-    first, second = start_server("--db", db), start_server("--db", db)
+        shared_store: list[str]) -> None:
+    first, second = start_server(*shared_store), start_server(*shared_store)
     try:
         agent, sid = _agent_and_session(first.base_url, options={
             "script": [LONG], "chunk_size": 5})
@@ -216,9 +236,8 @@ def test_a_dropped_stream_resumes_after_its_last_event_id_exactly_once(
         second.stop()
 
 
-def test_a_run_is_followed_and_aborted_from_another_process(tmp_path: Path) -> None:
-    db = str(tmp_path / "w.db")
-    first, second = start_server("--db", db), start_server("--db", db)
+def test_a_run_is_followed_and_aborted_from_another_process(shared_store: list[str]) -> None:
+    first, second = start_server(*shared_store), start_server(*shared_store)
     try:
         agent, sid = _agent_and_session(first.base_url, tools=["slow"], options={
             "script": [[{"name": "slow", "input": {"seconds": 60}}], "never"]})
@@ -253,9 +272,8 @@ def test_a_run_is_followed_and_aborted_from_another_process(tmp_path: Path) -> N
         second.stop()
 
 
-def test_followers_of_a_killed_server_get_an_interrupted_error(tmp_path: Path) -> None:
-    db = str(tmp_path / "w.db")
-    doomed, survivor = start_server("--db", db), start_server("--db", db)
+def test_followers_of_a_killed_server_get_an_interrupted_error(shared_store: list[str]) -> None:
+    doomed, survivor = start_server(*shared_store), start_server(*shared_store)
     try:
         agent, sid = _agent_and_session(doomed.base_url, tools=["slow"], options={
             "script": [[{"name": "slow", "input": {"seconds": 60}}], "never"]})
