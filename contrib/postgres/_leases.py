@@ -464,6 +464,14 @@ async def give_up(tx: Tx, me: Claimant) -> None:
             await end_lease(tx, session_id, pk, holder, CLOSED_RUN, me)
 
 
+async def gone_owners(tx: Tx, me: Claimant) -> list[str]:
+    """The instances that are gone yet hold claims or places in line (a read: the store
+    looks every second, and sweeps only when there are some)."""
+    owners = await tx.conn.fetch(
+        "SELECT owner FROM leases UNION SELECT owner FROM lease_waiters")
+    return sorted(await _gone(tx, me, [owner for (owner,) in owners]))
+
+
 async def sweep(tx: Tx, me: Claimant) -> int:
     """Recover the claims, and drop the tickets (recording their queued runs interrupted),
     of the instances that are gone, whatever their host (when a store opens, and as it
@@ -472,8 +480,7 @@ async def sweep(tx: Tx, me: Claimant) -> int:
     :returns: how many claims were recovered.
     """
     conn = tx.conn
-    owners = await conn.fetch("SELECT owner FROM leases UNION SELECT owner FROM lease_waiters")
-    gone = sorted(await _gone(tx, me, [owner for (owner,) in owners]))
+    gone = await gone_owners(tx, me)
     if not gone:
         return 0
     tickets = await conn.fetch(

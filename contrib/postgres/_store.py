@@ -56,6 +56,9 @@ SAFETY_POLL = 2.0
 #: Longest wait between two looks at a claim held by another instance: its holder may die
 #: without a word (its lock is then gone, which only a look sees).
 CLAIM_POLL = 0.5
+#: Seconds between two looks for instances that died holding claims (one read of the claims'
+#: owners against the locks held; their sessions are recovered when there are some).
+PEER_POLL = 1.0
 
 
 class PostgresStore:
@@ -74,6 +77,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._peers: asyncio.Task[None] | None = None
         self._event_waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._claim_waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._closed = False
@@ -113,6 +117,7 @@ class PostgresStore:
         with contextlib.suppress(wingspan.WingspanError):
             await self._write(leases.sweep, self._me)
         self._renewer = asyncio.ensure_future(self._renew_forever())
+        self._peers = asyncio.ensure_future(self._recover_dead_peers())
 
     async def _listen(self) -> None:
         """Open the connection that holds this instance's advisory lock (its claims are
@@ -326,8 +331,8 @@ class PostgresStore:
             self._unreleased.add(session_id, holder, str(exc))
 
     async def _renew_forever(self) -> None:
-        """Keep this instance's claims alive, write the releases that failed, recover the
-        claims of instances that died, and listen again if the listening connection broke."""
+        """Keep this instance's claims alive, write the releases that failed, and listen
+        again if the listening connection broke."""
         while not self._closed:
             await asyncio.sleep(self.options.lease_ttl / 3)
             try:
@@ -341,10 +346,22 @@ class PostgresStore:
                 if self._unreleased:
                     await self._write(leases.release_unreleased, self._unreleased, self._me)
                 await self._write(leases.renew, self._me, self._unreleased.snapshot().keys())
-                await self._write(leases.sweep, self._me)
             except (wingspan.WingspanError, asyncpg.PostgresError, asyncpg.InterfaceError,
                     OSError, TimeoutError) as exc:
                 log.warning("renewing the claims of %s failed: %s", self.where, exc)
+
+    async def _recover_dead_peers(self) -> None:
+        """Recover, within about :data:`PEER_POLL`, the sessions of instances that died
+        (their connections closed, so their locks are gone), whether anybody waits on those
+        sessions or not."""
+        while not self._closed:
+            await asyncio.sleep(PEER_POLL)
+            try:
+                if await self._read(leases.gone_owners, self._me):
+                    await self._write(leases.sweep, self._me)
+            except (wingspan.WingspanError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                    OSError, TimeoutError) as exc:
+                log.debug("looking for instances that died failed: %s", exc)
 
     async def save_run(self, run: RunRecord) -> None:
         await self._write(jobs.save_run, run)
@@ -498,10 +515,11 @@ class PostgresStore:
         with contextlib.suppress(StoreError):
             await asyncio.shield(self._write(leases.give_up, self._me))
         self._closed = True
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(BaseException):
-                await self._renewer
+        for task in (self._renewer, self._peers):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         for waiters in (self._event_waiters, self._claim_waiters):
             for key in list(waiters):
                 self._wake(waiters, key)
