@@ -299,6 +299,7 @@ async def follow(
     """
     cursor = after
     first = True
+    ended = False  # whether the task was seen done after a read (then one more is made)
     interval = heartbeat if heartbeat is not None else LIVENESS_POLL
     limit = min(batch, FIRST_BATCH)  # the first frames of a replay go out before the rest is read
     while True:
@@ -320,6 +321,11 @@ async def follow(
             continue
         first = False
         if task is not None and task.done():
+            if not ended:
+                # It may have ended after that read began, its last events stored meanwhile
+                # (a store whose commits are not on this thread): read once more.
+                ended = True
+                continue
             yield [LoggedEvent(seq=cursor, run_id=run_id or "", event=_terminal(task))]
             return
         if run_id is not None and await _ended_unlogged(store, session_id, run_id, cursor):

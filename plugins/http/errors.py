@@ -18,6 +18,7 @@ from wingspan import (
     ConflictError,
     NotFoundError,
     ProviderError,
+    StoreError,
     ValidationError,
     WingspanError,
     wire,
@@ -157,6 +158,15 @@ def install_error_handlers(app: Quart, converter: cattrs.Converter) -> None:
     @app.errorhandler(ProviderError)
     async def provider_error(error: ProviderError) -> Response:
         return answer(ApiError(502, str(error)))
+
+    @app.errorhandler(StoreError)
+    async def store_error(error: StoreError) -> Response:
+        # A database that cannot be reached or written now (a PostgreSQL server restarting, a
+        # full disk): the client may try again; what failed is for the operator's log.
+        log.error("the store failed: %s", error)
+        return answer(ApiError(503, "the store cannot serve this request now; try again "
+                               "(the server's log says why)", code="unavailable",
+                               headers={"Retry-After": "1"}))
 
     @app.errorhandler(WingspanError)
     async def wingspan_error(error: WingspanError) -> Response:

@@ -486,3 +486,30 @@ async def test_following_a_run_from_its_start_reads_no_earlier_event(
     assert reads[0] == handle.record.first_seq - 1  # type: ignore[operator]
     assert replay[0].event == RunQueued(run_id=handle.id)
     assert replay[-1].event == RunFinished(run_id=handle.id, status="completed")
+
+
+async def test_a_follower_whose_read_began_before_the_runs_end_reads_its_last_events(
+        runtime: wingspan.Runtime, store: Store) -> None:
+    """A store whose commits are not on the event loop's thread (PostgreSQL's) can answer a
+    read begun before the run's last commit after the run's task is done: the follower then
+    reads once more, and gets the run's own last events, not a stand-in terminal event."""
+    session = Session(agent=agent_for(runtime, ["the answer"]), store=store, runtime=runtime)
+    handle = await session.start("go")
+    assert handle.task is not None
+    original = store.read_events
+    stale = True
+
+    async def read_events(session_id: str, **kwargs: Any) -> list[LoggedEvent]:
+        nonlocal stale
+        if stale:  # the first read saw none of the run's events yet, and answers late
+            stale = False
+            await asyncio.wait_for(asyncio.shield(handle.task), WAIT)  # type: ignore[arg-type]
+            return []
+        return await original(session_id, **kwargs)
+
+    store.read_events = read_events  # type: ignore[method-assign]
+    followed = [entry async for entry in one_by_one(follow(
+        store, session.id, after=0, run_id=handle.id, task=handle.task))]
+    logged = [entry for entry in await original(session.id) if entry.run_id == handle.id]
+    assert followed == logged  # each with its seq, the run's own done and run_finished
+    assert type(followed[-2].event) is Done

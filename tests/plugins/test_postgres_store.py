@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from hypothesis import settings
@@ -173,3 +176,113 @@ async def test_a_schema_newer_than_this_wingspan_is_refused() -> None:
     with pytest.raises(StoreError, match=f"at version {len(MIGRATIONS) + 1}, newer than this "
                                          "wingspan knows"):
         await open_postgres(schema)
+
+
+# --- a database that goes away --------------------------------------------------------------
+
+
+class Proxy:
+    """A TCP proxy to the test server on a loopback port, that can cut every connection
+    through it and refuse new ones, then take them again."""
+
+    def __init__(self) -> None:
+        target = urlsplit(URL)
+        self.target = (target.hostname or "127.0.0.1", target.port or 5432)
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.links: set[asyncio.StreamWriter] = set()
+
+    def url(self, schema: str, **options: Any) -> str:
+        parts = urlsplit(schema_url(schema, **options))
+        netloc = parts.netloc.rpartition("@")
+        host = f"{netloc[0]}@127.0.0.1:{self.port}" if netloc[1] else f"127.0.0.1:{self.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+        for writer in list(self.links):
+            writer.transport.abort()
+        self.links.clear()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.links |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_a_database_that_goes_away_is_a_store_error_and_is_reconnected_to() -> None:
+    proxy = Proxy()
+    await proxy.start()
+    schema = new_schema()
+    opened = await make_runtime().open_store(proxy.url(schema, lease_ttl=0.6, timeout=2))
+    writer = await open_postgres(schema)  # another instance, straight to the server
+    try:
+        await opened.create_session(SessionRecord(id="s"))
+        await proxy.cut()
+        with pytest.raises(StoreError, match="cannot reach the PostgreSQL database"):
+            await opened.get_session("s")
+        await proxy.start()  # the same port: the database is back
+        async with asyncio.timeout(10):
+            while True:
+                with contextlib.suppress(StoreError):
+                    assert (await opened.get_session("s")).id == "s"
+                    break
+                await asyncio.sleep(0.05)
+            # it listens again: an append by the other instance wakes its waiter
+            waiting = asyncio.ensure_future(opened.wait_events("s", after=0, timeout=8))
+            await asyncio.sleep(0.5)
+            run = wingspan.RunRecord(id=wingspan.new_id(), session_id="s", status="queued")
+            await writer.admit_run(run)
+            admitted = time.monotonic()
+            assert await waiting >= 1
+            # woken by the notice, not by the safety poll (every 2 s)
+            assert time.monotonic() - admitted < 1.0
+    finally:
+        await writer.close()
+        await opened.close()
+        await proxy.cut()
+
+
+async def test_a_server_whose_database_goes_away_answers_503_then_serves_again() -> None:
+    from wingspan.plugins.http.app import create_app
+    from wingspan.plugins.http.config import ServerConfig
+
+    proxy = Proxy()
+    await proxy.start()
+    config = ServerConfig(store=proxy.url(new_schema(), lease_ttl=0.6, timeout=2))
+    app = create_app(make_runtime(), config)
+    try:
+        async with app.test_app():
+            client = app.test_client()
+            created = await (await client.post("/sessions", json={})).get_json()
+            await proxy.cut()
+            response = await client.get(f"/sessions/{created['id']}")
+            body = await response.get_json()
+            assert response.status_code == 503, body
+            assert body["code"] == "unavailable" and response.headers["Retry-After"] == "1"
+            assert "PostgreSQL" not in body["error"]  # the details are for the server's log
+            await proxy.start()
+            async with asyncio.timeout(10):
+                while True:  # the pool connects again on the next call that needs it
+                    if (await client.get(f"/sessions/{created['id']}")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
+    finally:
+        await proxy.cut()
