@@ -200,10 +200,16 @@ async def prune(tx: Tx, before: str) -> tuple[int, bool]:
     """
     conn = tx.conn
     runs = await conn.fetch(
-        "SELECT id, session_pk FROM runs "
+        "SELECT id FROM runs "
         f"WHERE NOT deltas_pruned AND finished_at < $1 AND {FINISHED} LIMIT $2",
         before, PRUNE_BATCH + 1)
-    batch = runs[:PRUNE_BATCH]
+    # Marked first: an append to one of these runs meanwhile (which clears the mark, and
+    # holds the run's row until it commits) either committed before, and its events are
+    # seen by the deletes below, or waits for this transaction, and clears the mark after it.
+    batch = await conn.fetch(
+        "UPDATE runs SET deltas_pruned = true WHERE id = ANY($1::text[]) AND NOT deltas_pruned "
+        "RETURNING id, session_pk",
+        [run_id for (run_id,) in runs[:PRUNE_BATCH]])
     by_session: dict[int, list[str]] = {}
     for run_id, pk in batch:
         by_session.setdefault(pk, []).append(run_id)
@@ -213,7 +219,4 @@ async def prune(tx: Tx, before: str) -> tuple[int, bool]:
             f"DELETE FROM events WHERE session_pk = $1 AND type IN {PRUNED_TYPES} "
             "AND run_id = ANY($2::text[]) RETURNING 1",
             pk, run_ids))
-    if batch:
-        await conn.execute("UPDATE runs SET deltas_pruned = true WHERE id = ANY($1::text[])",
-                           [run_id for run_id, _ in batch])
     return dropped, len(runs) > PRUNE_BATCH

@@ -401,15 +401,19 @@ async def release(tx: Tx, session_id: str, holder: str, me: Claimant) -> bool:
     return bool(places)
 
 
-async def release_unreleased(tx: Tx, unreleased: Unreleased, me: Claimant) -> list[str]:
-    """Write the releases that failed. A run still ``running`` ended without its end being
-    recorded: it is marked interrupted, and the history repaired, as for a gone holder.
+async def release_unreleased(
+    tx: Tx, unreleased: Unreleased, me: Claimant, session_id: str
+) -> bool:
+    """Write the releases of ``session_id`` that failed. A run still ``running`` ended
+    without its end being recorded: it is marked interrupted, and the history repaired, as
+    for a gone holder. (One session a transaction: each holds that session's lock.)
 
-    :returns: the sessions released.
+    :returns: whether a claim was released.
     """
-    pending = unreleased.snapshot()
-    released = []
-    for (session_id, holder), why in pending.items():
+    pending = {claim: why for claim, why in unreleased.snapshot().items()
+               if claim[0] == session_id}
+    released = False
+    for (_, holder), why in pending.items():
         pk = await tx.conn.fetchval(
             "SELECT l.session_pk FROM leases l JOIN sessions s ON s.pk = l.session_pk "
             "WHERE s.id = $1 AND l.holder = $2 AND l.owner = $3",
@@ -417,7 +421,7 @@ async def release_unreleased(tx: Tx, unreleased: Unreleased, me: Claimant) -> li
         )
         if pk is not None:
             await end_lease(tx, session_id, pk, holder, UNRECORDED_RUN.format(why=why), me)
-            released.append(session_id)
+            released = True
     tx.effects.append(lambda: unreleased.discard(pending))
     return released
 
@@ -445,59 +449,84 @@ async def renew(tx: Tx, me: Claimant, unreleased: Collection[tuple[str, str]]) -
     )
 
 
-async def give_up(tx: Tx, me: Claimant) -> None:
-    """Drop this store's tickets (their queued runs are recorded interrupted) and end its
-    claims, as it closes."""
+async def own_sessions(tx: Tx, me: Claimant) -> list[str]:
+    """The sessions where this instance holds a claim or a place in line (a read, before
+    :func:`give_up` takes them one by one)."""
+    rows = await tx.conn.fetch(
+        "SELECT s.id FROM sessions s WHERE s.pk IN (SELECT session_pk FROM leases WHERE "
+        "owner = $1 UNION SELECT session_pk FROM lease_waiters WHERE owner = $1) ORDER BY s.pk",
+        me.owner)
+    return [row[0] for row in rows]
+
+
+async def give_up(tx: Tx, me: Claimant, session_id: str) -> None:
+    """Drop this instance's tickets on ``session_id`` (their queued runs are recorded
+    interrupted) and end its claim there, as it closes."""
     conn = tx.conn
+    pk = await conn.fetchval("SELECT pk FROM sessions WHERE id = $1", session_id)
+    if pk is None:
+        return
     tickets = await conn.fetch(
-        "DELETE FROM lease_waiters WHERE owner = $1 RETURNING session_pk, holder", me.owner
-    )
-    for pk, holder in tickets:
+        "DELETE FROM lease_waiters WHERE owner = $1 AND session_pk = $2 "
+        "RETURNING ticket, holder", me.owner, pk)
+    for _, holder in sorted(tickets, key=lambda row: row[0]):
         await interrupt(tx, pk, holder, CLOSED_QUEUED, QUEUED)
-    held = await conn.fetch(
-        "SELECT s.id, s.pk, l.holder FROM leases l JOIN sessions s ON s.pk = l.session_pk "
-        "WHERE l.owner = $1",
-        me.owner,
-    )
-    for session_id, pk, holder in held:
-        if not await park(tx, pk, holder, me):  # a run waiting for an answer outlives us
-            await end_lease(tx, session_id, pk, holder, CLOSED_RUN, me)
+    holder = await conn.fetchval(
+        "SELECT holder FROM leases WHERE owner = $1 AND session_pk = $2", me.owner, pk)
+    if holder is not None and not await park(tx, pk, holder, me):
+        # (a run waiting for an answer outlives us: parked, it is taken up where answered)
+        await end_lease(tx, session_id, pk, holder, CLOSED_RUN, me)
 
 
 async def gone_owners(tx: Tx, me: Claimant) -> list[str]:
-    """The instances that are gone yet hold claims or places in line (a read: the store
-    looks every second, and sweeps only when there are some)."""
+    """The instances that are gone yet hold claims or places in line."""
     owners = await tx.conn.fetch(
         "SELECT owner FROM leases UNION SELECT owner FROM lease_waiters")
     return sorted(await _gone(tx, me, [owner for (owner,) in owners]))
 
 
-async def sweep(tx: Tx, me: Claimant) -> int:
-    """Recover the claims, and drop the tickets (recording their queued runs interrupted),
-    of the instances that are gone, whatever their host (when a store opens, and as it
-    renews: a crashed server's sessions are free before anybody waits on them).
+async def sessions_to_sweep(tx: Tx, me: Claimant) -> list[str]:
+    """The sessions where an instance that is gone holds a claim or a place in line (a
+    read: the store looks every second, and sweeps those sessions one by one)."""
+    gone = await gone_owners(tx, me)
+    if not gone:
+        return []
+    rows = await tx.conn.fetch(
+        "SELECT s.id FROM sessions s WHERE s.pk IN (SELECT session_pk FROM leases WHERE "
+        "owner = ANY($1::text[]) UNION SELECT session_pk FROM lease_waiters WHERE "
+        "owner = ANY($1::text[])) ORDER BY s.pk", gone)
+    return [row[0] for row in rows]
 
-    :returns: how many claims were recovered.
+
+async def sweep(tx: Tx, me: Claimant, session_id: str) -> int:
+    """Recover the claim, and drop the tickets (recording their queued runs interrupted),
+    of the instances that are gone, whatever their host, on ``session_id`` (when a store
+    opens, and every second after: a crashed server's sessions are free before anybody
+    waits on them). A claim that merely lapsed is left to the claimants, who judge it.
+
+    :returns: how many claims were recovered (0 or 1).
     """
     conn = tx.conn
-    gone = await gone_owners(tx, me)
+    pk = await conn.fetchval("SELECT pk FROM sessions WHERE id = $1", session_id)
+    if pk is None:
+        return 0
+    owners = await conn.fetch(
+        "SELECT owner FROM leases WHERE session_pk = $1 UNION "
+        "SELECT owner FROM lease_waiters WHERE session_pk = $1", pk)
+    gone = sorted(await _gone(tx, me, [owner for (owner,) in owners]))
     if not gone:
         return 0
     tickets = await conn.fetch(
-        "DELETE FROM lease_waiters WHERE owner = ANY($1::text[]) "
-        "RETURNING ticket, session_pk, holder",
-        gone,
+        "DELETE FROM lease_waiters WHERE owner = ANY($1::text[]) AND session_pk = $2 "
+        "RETURNING ticket, holder",
+        gone, pk,
     )
-    for _, pk, holder in sorted(tickets, key=lambda row: row[0]):  # in the order queued
+    for _, holder in sorted(tickets, key=lambda row: row[0]):  # in the order queued
         await interrupt(tx, pk, holder, ENDED_QUEUED, QUEUED)
-    held = await conn.fetch(
-        "SELECT s.id, s.pk, l.holder FROM leases l JOIN sessions s ON s.pk = l.session_pk "
-        "WHERE l.owner = ANY($1::text[]) ORDER BY s.pk",
-        gone,
-    )
-    recovered = 0
-    for session_id, pk, holder in held:
-        if not await park(tx, pk, holder, me):
-            await end_lease(tx, session_id, pk, holder, ENDED_RUN, me)
-            recovered += 1
-    return recovered
+    holder = await conn.fetchval(
+        "SELECT holder FROM leases WHERE owner = ANY($1::text[]) AND session_pk = $2",
+        gone, pk)
+    if holder is None or await park(tx, pk, holder, me):
+        return 0
+    await end_lease(tx, session_id, pk, holder, ENDED_RUN, me)
+    return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -56,6 +57,9 @@ SAFETY_POLL = 2.0
 #: Longest wait between two looks at a claim held by another instance: its holder may die
 #: without a word (its lock is then gone, which only a look sees).
 CLAIM_POLL = 0.5
+#: What the prunes of the event log serialise on (one prune at a time; it changes no
+#: session's state that a session's lock guards, only what the log keeps of finished runs).
+PRUNE = "\0prune"
 #: Seconds between two looks for instances that died holding claims (one read of the claims'
 #: owners against the locks held; their sessions are recovered when there are some).
 PEER_POLL = 1.0
@@ -73,7 +77,6 @@ class PostgresStore:
         self._me = leases.Claimant(owner=uuid.uuid4().hex, ttl=options.lease_ttl)
         self._unreleased = Unreleased()
         self._channel = f"wingspan {options.schema}"
-        self._write_lock = f"wingspan-writes {options.schema}"
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -99,9 +102,10 @@ class PostgresStore:
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=self.options.pool_min, max_size=self.options.pool_max,
-                **self._connect_args())
+                reset=_reset, **self._connect_args())
             async with self._pool.acquire() as conn:
                 await migrate(conn, self.options.schema, self.where)
+
             await self._listen()
         except BaseException as exc:
             await self._close_connections()
@@ -111,11 +115,11 @@ class PostgresStore:
             raise
         if self._cipher is not None:
             # Keys stored before a secret key was configured are sealed now.
-            await self._write(jobs.seal_plain_credentials, self._cipher.seal)
+            await self._write(jobs.seal_plain_credentials, self._cipher.seal, lock=None)
         # The claims of instances that died (a server killed with SIGKILL) are recovered now
         # rather than when someone next claims their sessions.
         with contextlib.suppress(wingspan.WingspanError):
-            await self._write(leases.sweep, self._me)
+            await self._sweep()
         self._renewer = asyncio.ensure_future(self._renew_forever())
         self._peers = asyncio.ensure_future(self._recover_dead_peers())
 
@@ -175,20 +179,43 @@ class PostgresStore:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise self._error(exc) from None
 
-    async def _write(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run the job ``fn(tx, *args)`` in a transaction holding the schema's write lock,
-        its notices sent with it; wake this instance's waiters once it commits."""
+    def _lock_key(self, session_id: str) -> int:
+        """The advisory lock of ``session_id``'s writes: 64 bits of a hash of the schema and
+        the id, the same in every instance."""
+        digest = hashlib.blake2b(f"{self.options.schema}\0{session_id}".encode(),
+                                 digest_size=8, person=b"wingspan-writes").digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    async def _write(self, fn: Callable[..., Awaitable[T]], *args: Any,
+                     lock: str | None) -> T:
+        """Run the job ``fn(tx, *args)`` in a transaction, its notices sent with it; wake
+        this instance's waiters once it commits.
+
+        :param lock: the session whose state the job reads and changes: the transaction
+            holds that session's advisory lock from its start, so the writes to one session
+            are serialised across every instance, as the SQLite store's one writer serialises
+            them, while other sessions' go on beside them. ``None`` for a job of single
+            statements that are atomic by themselves (a record's insert, update or delete).
+        """
         async with self._connection() as conn:
             tx = Tx(conn)
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                                   self._write_lock)
+            if lock is None:
+                await conn.execute("BEGIN")
+            else:  # one round trip for both (a simple query: the key is a number)
+                await conn.execute(
+                    f"BEGIN; SELECT pg_advisory_xact_lock({self._lock_key(lock)})")
+            try:
                 value = await fn(tx, *args)
                 if tx.notices:
                     await conn.execute(
                         "SELECT pg_notify($1, $2 || ' ' || notice) "
                         "FROM unnest($3::text[]) AS notice",
                         self._channel, self._me.owner, tx.notices)
+                await conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):  # a broken connection is dropped anyway
+                    await conn.execute("ROLLBACK")
+                raise
         for effect in tx.effects:
             effect()
         self._apply(tx.notices)
@@ -207,7 +234,7 @@ class PostgresStore:
     # --- agents -------------------------------------------------------------------------------
 
     async def create_agent(self, agent: AgentRecord) -> AgentRecord:
-        await self._write(jobs.insert, "agents", "agent", agent.id, wire.dumps(agent))
+        await self._write(jobs.insert, "agents", "agent", agent.id, wire.dumps(agent), lock=None)
         return agent
 
     async def get_agent(self, agent_id: str) -> AgentRecord:
@@ -215,11 +242,12 @@ class PostgresStore:
         return wire.loads(body, AgentRecord)
 
     async def update_agent(self, agent: AgentRecord) -> AgentRecord:
-        await self._write(jobs.update_body, "agents", "agent", agent.id, wire.dumps(agent))
+        await self._write(jobs.update_body, "agents", "agent", agent.id, wire.dumps(agent),
+                          lock=None)
         return agent
 
     async def delete_agent(self, agent_id: str) -> None:
-        await self._write(jobs.delete, "agents", "agent", agent_id)
+        await self._write(jobs.delete, "agents", "agent", agent_id, lock=None)
 
     async def list_agents(self, *, limit: int = 50, cursor: str | None = None) -> Page[AgentRecord]:
         checks.limit(limit)
@@ -231,7 +259,7 @@ class PostgresStore:
 
     async def create_session(self, session: SessionRecord) -> SessionRecord:
         body = wire.dumps(attrs.evolve(session, message_count=0, last_seq=0))
-        await self._write(jobs.insert, "sessions", "session", session.id, body)
+        await self._write(jobs.insert, "sessions", "session", session.id, body, lock=None)
         return attrs.evolve(session, message_count=0, last_seq=0)
 
     async def get_session(self, session_id: str) -> SessionRecord:
@@ -239,13 +267,13 @@ class PostgresStore:
 
     async def update_session(self, session: SessionRecord) -> SessionRecord:
         body = wire.dumps(attrs.evolve(session, message_count=0, last_seq=0))
-        count, last_seq = await self._write(jobs.update_session, session.id, body)
+        count, last_seq = await self._write(jobs.update_session, session.id, body, lock=None)
         return attrs.evolve(session, message_count=count, last_seq=last_seq)
 
     async def delete_session(self, session_id: str) -> None:
         """Delete a session with its messages, runs and events; waits on its claim or its
         events raise :class:`~wingspan.NotFoundError`."""
-        await self._write(jobs.delete_session, session_id)
+        await self._write(jobs.delete_session, session_id, lock=session_id)
 
     async def list_sessions(
         self, *, limit: int = 50, cursor: str | None = None
@@ -259,7 +287,7 @@ class PostgresStore:
 
     async def append_messages(self, session_id: str, messages: Sequence[Message]) -> int:
         checked = checks.messages(messages, "append_messages")
-        return await self._write(jobs.append, session_id, checked)
+        return await self._write(jobs.append, session_id, checked, lock=session_id)
 
     async def load_messages(self, session_id: str) -> list[Message]:
         return await self._read(jobs.load, session_id, snapshot=True)
@@ -270,7 +298,7 @@ class PostgresStore:
         self, session_id: str, holder: str, *, wait: bool = True, timeout: float | None = None
     ) -> bool:
         granted, ticket = await self._write(
-            leases.claim, self._unreleased, session_id, holder, self._me, wait)
+            leases.claim, self._unreleased, session_id, holder, self._me, wait, lock=session_id)
         if granted or not wait:
             return granted
         assert ticket is not None
@@ -290,7 +318,8 @@ class PostgresStore:
                     # place. A release of ours that failed is retried before any write.
                     if state == "act" or self._unreleased.on(session_id):
                         granted, ticket = await self._write(
-                            leases.poll_claim, session_id, ticket, holder, self._me)
+                            leases.poll_claim, session_id, ticket, holder, self._me,
+                            lock=session_id)
                         if granted:
                             return True
                         if state == "act":
@@ -311,18 +340,20 @@ class PostgresStore:
                     self._claim_waiters.get(session_id, set()).discard(woken)
         except TimeoutError:
             return await asyncio.shield(
-                self._write(leases.abandon, session_id, ticket, False, self._me))
+                self._write(leases.abandon, session_id, ticket, False, self._me,
+                            lock=session_id))
         except BaseException:
             if not self._closed:
                 # Granted meanwhile? Then hand it on; else leave the queue.
                 with contextlib.suppress(StoreError):
                     await asyncio.shield(
-                        self._write(leases.abandon, session_id, ticket, True, self._me))
+                        self._write(leases.abandon, session_id, ticket, True, self._me,
+                                    lock=session_id))
             raise
 
     async def release_session(self, session_id: str, holder: str) -> None:
         try:
-            await self._write(leases.release, session_id, holder, self._me)
+            await self._write(leases.release, session_id, holder, self._me, lock=session_id)
         except StoreError as exc:
             if self._closed:
                 raise
@@ -343,9 +374,11 @@ class PostgresStore:
                     for waiters in (self._event_waiters, self._claim_waiters):
                         for key in list(waiters):
                             self._wake(waiters, key)
-                if self._unreleased:
-                    await self._write(leases.release_unreleased, self._unreleased, self._me)
-                await self._write(leases.renew, self._me, self._unreleased.snapshot().keys())
+                for session_id in sorted({claim[0] for claim in self._unreleased.snapshot()}):
+                    await self._write(leases.release_unreleased, self._unreleased, self._me,
+                                      session_id, lock=session_id)
+                await self._write(leases.renew, self._me, self._unreleased.snapshot().keys(),
+                                  lock=None)  # (its own rows' times only)
             except (wingspan.WingspanError, asyncpg.PostgresError, asyncpg.InterfaceError,
                     OSError, TimeoutError) as exc:
                 log.warning("renewing the claims of %s failed: %s", self.where, exc)
@@ -357,14 +390,22 @@ class PostgresStore:
         while not self._closed:
             await asyncio.sleep(PEER_POLL)
             try:
-                if await self._read(leases.gone_owners, self._me):
-                    await self._write(leases.sweep, self._me)
+                await self._sweep()
             except (wingspan.WingspanError, asyncpg.PostgresError, asyncpg.InterfaceError,
                     OSError, TimeoutError) as exc:
                 log.debug("looking for instances that died failed: %s", exc)
 
+    async def _sweep(self) -> None:
+        """Recover the sessions of the instances that are gone, one session a transaction."""
+        for session_id in await self._read(leases.sessions_to_sweep, self._me):
+            await self._write(leases.sweep, self._me, session_id, lock=session_id)
+
+    async def _session_of_run(self, run_id: str) -> str:
+        """The session of a run (which never changes). :raises NotFoundError: no such run."""
+        return (await self._read(jobs.get_run, run_id)).session_id
+
     async def save_run(self, run: RunRecord) -> None:
-        await self._write(jobs.save_run, run)
+        await self._write(jobs.save_run, run, lock=run.session_id)
 
     async def get_run(self, run_id: str) -> RunRecord:
         return await self._read(jobs.get_run, run_id)
@@ -378,11 +419,13 @@ class PostgresStore:
         checks.admission(run, if_busy)
         checked = None if start is None else checks.messages(start, "admit_run")
         stored, created, claimed, started = await self._write(
-            runs.admit, self._me, run, if_busy, checked, history_length)
+            runs.admit, self._me, run, if_busy, checked, history_length, lock=run.session_id)
         return Admission(run=stored, created=created, claimed=claimed, started=started)
 
     async def start_run(self, run_id: str, messages: Sequence[Message] = ()) -> RunRecord:
-        return await self._write(runs.start, run_id, checks.messages(messages, "start_run"))
+        checked = checks.messages(messages, "start_run")
+        return await self._write(runs.start, run_id, checked,
+                                 lock=await self._session_of_run(run_id))
 
     async def finish_run(
         self, run: RunRecord, events: Sequence[LogEvent] = (),
@@ -391,14 +434,17 @@ class PostgresStore:
         checks.finished(run)
         return await self._write(
             _finish_and_release, run, checks.events(events, "finish_run"),
-            checks.messages(messages, "finish_run"), self._me)
+            checks.messages(messages, "finish_run"), self._me,
+            lock=await self._session_of_run(run.id))
 
     async def abort_run(self, run_id: str) -> RunRecord:
-        run, _ = await self._write(runs.abort, self._me, run_id)
+        run, _ = await self._write(runs.abort, self._me, run_id,
+                                   lock=await self._session_of_run(run_id))
         return run
 
     async def adopt_run(self, run_id: str) -> RunRecord | None:
-        return await self._write(leases.adopt, self._me, run_id)
+        return await self._write(leases.adopt, self._me, run_id,
+                                 lock=await self._session_of_run(run_id))
 
     async def list_runs(
         self, session_id: str, *, limit: int = 50, cursor: str | None = None
@@ -412,13 +458,16 @@ class PostgresStore:
 
     async def add_permission_request(self, request: PermissionRequest) -> PermissionRequest:
         checks.pending(request)
-        return await self._write(permissions.add, request)
+        return await self._write(permissions.add, request,
+                                 lock=await self._session_of_run(request.run_id))
 
     async def resolve_permission_request(
         self, request_id: str, *, decision: PermissionDecision, by: ResolvedBy,
         message: str | None = None, grant: Rule | None = None,
     ) -> PermissionRequest:
-        return await self._write(permissions.resolve, request_id, decision, by, message, grant)
+        session_id = (await self._read(permissions.get, request_id)).session_id
+        return await self._write(permissions.resolve, request_id, decision, by, message, grant,
+                                 lock=session_id)
 
     async def get_permission_request(self, request_id: str) -> PermissionRequest:
         return await self._read(permissions.get, request_id)
@@ -439,7 +488,7 @@ class PostgresStore:
     ) -> int:
         checked = checks.events(events, "append_events")
         return await self._write(_append_both, session_id, run_id, checked,
-                                 checks.messages(messages, "append_events"))
+                                 checks.messages(messages, "append_events"), lock=session_id)
 
     async def read_events(
         self, session_id: str, *, after: int = 0, limit: int = 1000, run_id: str | None = None
@@ -475,31 +524,31 @@ class PostgresStore:
         cutoff = checks.cutoff(before)
         dropped, more = 0, True
         while more:
-            count, more = await self._write(eventlog.prune, cutoff)
+            count, more = await self._write(eventlog.prune, cutoff, lock=PRUNE)
             dropped += count
         return dropped
 
     # --- idempotency keys ---------------------------------------------------------------------
 
     async def reserve_key(self, scope: str, key: str, request_hash: str, new_id: str) -> str:
-        return await self._write(jobs.reserve_key, scope, key, request_hash, new_id)
+        return await self._write(jobs.reserve_key, scope, key, request_hash, new_id, lock=None)
 
     async def prune_keys(self, *, before: datetime) -> int:
-        return await self._write(jobs.prune_keys, checks.cutoff(before))
+        return await self._write(jobs.prune_keys, checks.cutoff(before), lock=None)
 
     # --- credentials --------------------------------------------------------------------------
 
     async def set_credential(self, provider: str, credential: Credential) -> None:
         key, sealed = key_columns(self._cipher, provider, credential)
         await self._write(jobs.set_credential, provider, credential.type, credential.base_url,
-                          key, sealed)
+                          key, sealed, lock=None)
 
     async def get_credential(self, provider: str) -> Credential | None:
         return stored_credential(self._cipher, provider,
                                  await self._read(jobs.get_credential, provider))
 
     async def delete_credential(self, provider: str) -> bool:
-        return await self._write(jobs.delete_credential, provider)
+        return await self._write(jobs.delete_credential, provider, lock=None)
 
     async def list_credentials(self) -> dict[str, str]:
         return await self._read(jobs.list_credentials)
@@ -513,7 +562,7 @@ class PostgresStore:
         if self._closed:
             return
         with contextlib.suppress(StoreError):
-            await asyncio.shield(self._write(leases.give_up, self._me))
+            await asyncio.shield(self._give_up())
         self._closed = True
         for task in (self._renewer, self._peers):
             if task is not None:
@@ -525,6 +574,10 @@ class PostgresStore:
                 self._wake(waiters, key)
         await self._close_connections()
 
+    async def _give_up(self) -> None:
+        for session_id in await self._read(leases.own_sessions, self._me):
+            await self._write(leases.give_up, self._me, session_id, lock=session_id)
+
     async def _close_connections(self) -> None:
         listener, self._listener = self._listener, None
         pool, self._pool = self._pool, None
@@ -534,6 +587,16 @@ class PostgresStore:
         if pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), self.options.timeout)
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """What a connection needs before it goes back to the pool: the end of a transaction a
+    cancelled call left open. (asyncpg's default also unlistens, closes cursors, releases
+    session advisory locks and resets settings — five statements a call, and no call here
+    leaves any of them behind: the listening connection and this instance's lock are not
+    the pool's.)"""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 async def _claim_state(

@@ -286,3 +286,42 @@ async def test_a_server_whose_database_goes_away_answers_503_then_serves_again()
                     await asyncio.sleep(0.05)
     finally:
         await proxy.cut()
+
+
+# --- writes at once from several instances ----------------------------------------------------
+
+
+async def test_appends_at_once_from_two_instances_number_every_event_once() -> None:
+    schema = new_schema()
+    first, second = await open_postgres(schema), await open_postgres(schema)
+    try:
+        for session_id in ("s1", "s2"):
+            await first.create_session(SessionRecord(id=session_id))
+        runs = {s: (await first.admit_run(wingspan.RunRecord(
+            id=wingspan.new_id(), session_id=s, status="queued"))).run for s in ("s1", "s2")}
+
+        async def append(number: int) -> int:
+            store = (first, second)[number % 2]
+            session_id = ("s1", "s2")[number // 2 % 2]
+            message = wingspan.Message(role="user", content=(
+                wingspan.TextBlock(text=f"m{number}"),))
+            return await store.append_events(
+                session_id, runs[session_id].id,
+                [wingspan.TextDelta(text=f"e{number}", index=0)] * 3, [message])
+
+        await asyncio.gather(*(append(number) for number in range(80)))
+        for session_id in ("s1", "s2"):
+            logged = await second.read_events(session_id)
+            assert [e.seq for e in logged] == list(range(1, len(logged) + 1))  # no gap, no twin
+            texts = [e.event.text for e in logged if isinstance(e.event, wingspan.TextDelta)]
+            expected = {f"e{n}" for n in range(80) if ("s1", "s2")[n // 2 % 2] == session_id}
+            assert sorted(texts) == sorted(text for text in expected for _ in range(3))
+            history = await first.load_messages(session_id)
+            assert len(history) == 40 == (await second.get_session(session_id)).message_count
+            # each append's message and events went in together, in the same order
+            order = [t for i, t in enumerate(texts) if i % 3 == 0]
+            assert [m.content[0].text for m in history] == [t.replace("e", "m") for t in order]
+            assert (await first.get_run(runs[session_id].id)).last_seq == len(logged)
+    finally:
+        await first.close()
+        await second.close()
