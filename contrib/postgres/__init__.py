@@ -8,8 +8,9 @@ takes it (``sslmode``, ``password`` and the rest), plus the store's own options 
 otherwise), created and migrated at start-up under an advisory lock, so instances starting at
 once take turns.
 
-Writes are transactions that take one advisory lock of the schema, so they are serialised as
-the SQLite store's single writer serialises them, across every instance; each instance keeps
+The writes to a session are transactions holding that session's advisory lock, so they are
+serialised across every instance as the SQLite store's single writer serialises them, while
+other sessions' go on beside them; each instance keeps
 an advisory lock of its own while it lives, so the claims of an instance that dies (or loses
 its connection) are recovered at once by the others; new events, freed claims and changed
 runs are announced with ``NOTIFY`` on the schema's channel.
