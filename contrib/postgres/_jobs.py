@@ -23,6 +23,7 @@ from wingspan import (
     StoreError,
     wire,
 )
+from wingspan.plugins._stores.history import HistoryCache
 
 from ._tx import Tx
 
@@ -140,33 +141,29 @@ async def last_message(tx: Tx, pk: int) -> Message | None:
     return None if body is None else wire.loads(body, Message)
 
 
-def decode_messages(session_id: str, bodies: list[str]) -> list[Message]:
-    """The stored messages, checked as strictly as the converter would (one JSON array
-    parsed, then the direct decoder of the stored shapes; a row at a time if that fails, so
-    that the damaged one is named)."""
-    try:
-        if len(bodies) > 1:
-            try:
-                values = json.loads("[" + ",".join(bodies) + "]")
-            except ValueError:
-                values = None
-            if type(values) is list and len(values) == len(bodies):
-                return wire.structure_messages(values)
-        return [wire.loads(body, Message) for body in bodies]
-    except wingspan.ValidationError as exc:
-        raise StoreError(f"a stored message of session {session_id} is damaged: {exc}") from None
+async def load_rows(
+    tx: Tx, cache: HistoryCache, session_id: str
+) -> tuple[int, list[Message], list[str]]:
+    """What a load reads (in one snapshot): the session's pk, the prefix of its history
+    this instance has decoded already, and the bodies of the messages after it.
 
-
-async def load(tx: Tx, session_id: str) -> list[Message]:
-    pk = await session_pk(tx, session_id)
-    bodies = await tx.conn.fetch(
-        "SELECT seq, body FROM messages WHERE session_pk = $1 ORDER BY seq", pk)
-    if bodies and bodies[-1][0] != len(bodies) - 1:
+    A history only grows, so a cached prefix stays true (a session deleted and created
+    again is another pk, which the cache tells apart).
+    """
+    row = await tx.conn.fetchrow(
+        f"SELECT pk, {MESSAGE_COUNT} FROM sessions WHERE id = $1", session_id)
+    if row is None:
+        raise NotFoundError(f"session {session_id!r} not found")
+    pk, count = int(row[0]), int(row[1])
+    known = cache.get(session_id, pk)
+    start = min(len(known), count)
+    rows = await tx.conn.fetch(
+        "SELECT body FROM messages WHERE session_pk = $1 AND seq >= $2 ORDER BY seq",
+        pk, start)
+    if len(rows) != count - start:
         raise StoreError(
-            f"session {session_id} should hold {bodies[-1][0] + 1} messages, but "
-            f"{len(bodies)} are stored; the database is damaged"
-        )
-    return decode_messages(session_id, [row[1] for row in bodies])
+            f"session {session_id} should hold {count} messages; the database is damaged")
+    return pk, known[:start], [body for (body,) in rows]
 
 
 # --- run records ----------------------------------------------------------------------------

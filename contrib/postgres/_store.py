@@ -37,6 +37,7 @@ from wingspan import (
 )
 from wingspan.plugins._stores import checks
 from wingspan.plugins._stores.claims import Unreleased
+from wingspan.plugins._stores.history import HistoryCache, decode_messages
 from wingspan.plugins._stores.secrets import Cipher, key_columns, stored_credential
 
 from . import Options, redact
@@ -57,6 +58,12 @@ SAFETY_POLL = 2.0
 #: Longest wait between two looks at a claim held by another instance: its holder may die
 #: without a word (its lock is then gone, which only a look sees).
 CLAIM_POLL = 0.5
+#: The most messages a load decodes on the event loop (about 2 µs each); more are decoded
+#: in a thread.
+DECODED_ON_LOOP = 64
+#: Decoded messages kept in memory, so that reloading a recently used history decodes only
+#: its new rows.
+CACHED_MESSAGES = 20_000
 #: What the prunes of the event log serialise on (one prune at a time; it changes no
 #: session's state that a session's lock guards, only what the log keeps of finished runs).
 PRUNE = "\0prune"
@@ -76,6 +83,7 @@ class PostgresStore:
         self._cipher = cipher
         self._me = leases.Claimant(owner=uuid.uuid4().hex, ttl=options.lease_ttl)
         self._unreleased = Unreleased()
+        self._cache = HistoryCache(CACHED_MESSAGES)
         self._channel = f"wingspan {options.schema}"
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
@@ -290,7 +298,19 @@ class PostgresStore:
         return await self._write(jobs.append, session_id, checked, lock=session_id)
 
     async def load_messages(self, session_id: str) -> list[Message]:
-        return await self._read(jobs.load, session_id, snapshot=True)
+        pk, known, bodies = await self._read(jobs.load_rows, self._cache, session_id,
+                                             snapshot=True)
+        try:
+            if len(bodies) <= DECODED_ON_LOOP:
+                new = decode_messages(bodies)
+            else:  # (10,000 messages take tens of milliseconds: not on the event loop)
+                new = await asyncio.to_thread(decode_messages, bodies)
+        except wingspan.ValidationError as exc:
+            raise StoreError(
+                f"a stored message of session {session_id} is damaged: {exc}") from None
+        if new:
+            self._cache.add(session_id, pk, len(known), new)
+        return known + new
 
     # --- runs and their serialisation ---------------------------------------------------------
 

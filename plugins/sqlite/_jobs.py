@@ -8,7 +8,6 @@ runs each job of its batch on its own). Effects on in-memory state wait for the 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import gc
 import json
@@ -28,6 +27,7 @@ from wingspan import (
     wire,
 )
 
+from .._stores.history import HistoryCache, decode_messages
 from ._worker import Tx
 
 _CHUNK = 64  # messages converted between two chances for the event loop to run
@@ -36,56 +36,6 @@ T = TypeVar("T")
 MESSAGE_COUNT = "(SELECT coalesce(max(seq) + 1, 0) FROM messages WHERE session_pk = sessions.pk)"
 #: What :func:`session` makes a record of.
 SESSION_COLUMNS = f"body, {MESSAGE_COUNT}, last_seq"
-
-
-class HistoryCache:
-    """Decoded histories of recently used sessions, so reloading one reads only new rows.
-
-    A history only grows, so a cached prefix stays true; a session id deleted and created
-    again gets a new ``pk``, which invalidates its entry.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._entries: collections.OrderedDict[str, tuple[int, list[Message]]] = (
-            collections.OrderedDict()
-        )
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def get(self, session_id: str, pk: int) -> list[Message]:
-        with self._lock:
-            entry = self._entries.get(session_id)
-            if entry is None or entry[0] != pk:
-                return []
-            self._entries.move_to_end(session_id)
-            return entry[1]
-
-    def add(self, session_id: str, pk: int, start: int, messages: Sequence[Message]) -> None:
-        """Record that ``messages`` are the history of ``session_id`` from ``start`` on."""
-        if not self._limit:
-            return
-        with self._lock:
-            entry = self._entries.get(session_id)
-            if entry is not None and entry[0] == pk and len(entry[1]) == start:
-                entry[1].extend(messages)
-                self._entries.move_to_end(session_id)
-                self._size += len(messages)
-            elif start == 0:
-                self._drop(session_id)
-                self._entries[session_id] = (pk, list(messages))
-                self._size += len(messages)
-            while self._size > self._limit and self._entries:
-                self._drop(next(iter(self._entries)))
-
-    def drop(self, session_id: str) -> None:
-        with self._lock:
-            self._drop(session_id)
-
-    def _drop(self, session_id: str) -> None:
-        entry = self._entries.pop(session_id, None)
-        if entry is not None:
-            self._size -= len(entry[1])
 
 
 def returning(cursor: sqlite3.Cursor) -> Any:
@@ -240,24 +190,6 @@ def _collector_paused() -> Iterator[None]:
                     gc.enable()
 
 
-def _decode_messages(bodies: list[str]) -> list[Message]:
-    """The stored messages, checked as strictly as the converter would
-    (:func:`wingspan.wire.structure_messages`: a direct decoder of the stored shapes).
-
-    The bodies are parsed as one JSON array (one call into the parser instead of one a row,
-    about twice as fast on a long history); if that fails or yields another number of values,
-    each row is parsed on its own, so that the damaged one is named.
-    """
-    if len(bodies) > 1:
-        try:
-            values = json.loads("[" + ",".join(bodies) + "]")
-        except ValueError:
-            values = None
-        if type(values) is list and len(values) == len(bodies):
-            return wire.structure_messages(values)
-    return [wire.loads(body, Message) for body in bodies]
-
-
 #: The most rows :func:`load_recent` decodes (about 2 µs each): more, and the load is left
 #: to the reader's thread.
 RECENT_ROWS = 64
@@ -303,7 +235,7 @@ def _load(
             f"session {session_id} should hold {count} messages; the database is damaged"
         )
     try:
-        new = _decode_messages([body for (body,) in bodies])
+        new = decode_messages([body for (body,) in bodies])
     except wingspan.ValidationError as exc:
         raise StoreError(f"a stored message of session {session_id} is damaged: {exc}") from None
     if new:

@@ -31,8 +31,9 @@ from wingspan import (
 )
 
 from .._stores.claims import Unreleased
+from .._stores.history import HistoryCache
 from ._events import QUEUED, RUN_BODY, end_run, interrupt
-from ._jobs import HistoryCache, append, returning, session_pk
+from ._jobs import append, returning, session_pk
 from ._worker import Tx
 
 INTERRUPTED_RUN = "the process running it stopped before the run finished (its claim expired)"

@@ -41,6 +41,7 @@ from wingspan import (
 
 from .._stores import checks
 from .._stores.claims import Unreleased
+from .._stores.history import HistoryCache
 from .._stores.secrets import Cipher, key_columns, stored_credential
 from . import _events as eventlog
 from . import _jobs as jobs
@@ -70,7 +71,7 @@ class SqliteStore:
             process=ProcessIdentity.current(),
         )
         self._unreleased = Unreleased()
-        self._cache = jobs.HistoryCache(options.cache_messages)
+        self._cache = HistoryCache(options.cache_messages)
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._waiters_lock = threading.Lock()
         self._log = LogWatch(lambda known, ids: self._read(eventlog.last_seqs, known, ids))
@@ -503,7 +504,7 @@ class SqliteStore:
 
 
 def _finish_and_release(
-    tx: Tx, watch: LogWatch, cache: jobs.HistoryCache, run: RunRecord,
+    tx: Tx, watch: LogWatch, cache: HistoryCache, run: RunRecord,
     events: tuple[LogEvent, ...], messages: tuple[Message, ...], me: leases.Claimant,
 ) -> tuple[RunRecord, bool]:
     """:meth:`SqliteStore.finish_run`'s job: the run ended (its last turn stored with its
@@ -514,7 +515,7 @@ def _finish_and_release(
 
 
 def _append_both(
-    tx: Tx, watch: LogWatch, cache: jobs.HistoryCache, session_id: str, run_id: str,
+    tx: Tx, watch: LogWatch, cache: HistoryCache, session_id: str, run_id: str,
     events: tuple[LogEvent, ...], messages: tuple[Message, ...],
 ) -> int:
     """:meth:`SqliteStore.append_events`' job with messages: both in one transaction."""

@@ -325,3 +325,37 @@ async def test_appends_at_once_from_two_instances_number_every_event_once() -> N
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_long_history_is_decoded_off_the_event_loop_and_then_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A history with many rows not decoded yet by this instance is decoded in a thread (10,000
+    messages take tens of milliseconds); reloading it decodes only the rows added since."""
+    import threading
+
+    from wingspan.contrib.postgres import _store
+
+    decoded: list[tuple[bool, int]] = []
+    real = _store.decode_messages
+
+    def watched(bodies: list[str]) -> list[wingspan.Message]:
+        decoded.append((threading.current_thread() is threading.main_thread(), len(bodies)))
+        return real(bodies)
+
+    monkeypatch.setattr(_store, "decode_messages", watched)
+    schema = new_schema()
+    writer, reader = await open_postgres(schema), await open_postgres(schema)
+    try:
+        await writer.create_session(SessionRecord(id="long"))
+        long = [wingspan.Message(role="user", content=(wingspan.TextBlock(text=str(i)),))
+                for i in range(_store.DECODED_ON_LOOP + 1)]
+        await writer.append_messages("long", long)
+        assert await reader.load_messages("long") == long
+        assert decoded == [(False, len(long))]  # in a thread
+        more = wingspan.Message(role="user", content=(wingspan.TextBlock(text="more"),))
+        await writer.append_messages("long", [more])  # by another instance
+        assert await reader.load_messages("long") == [*long, more]
+        assert decoded[1:] == [(True, 1)]  # the new row only, on the loop
+    finally:
+        await writer.close()
+        await reader.close()
