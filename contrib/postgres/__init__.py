@@ -18,6 +18,7 @@ runs are announced with ``NOTIFY`` on the schema's channel.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["Options", "open_postgres_store", "parse_url"]
 
 SCHEMES = ("postgresql", "postgres")
+#: What a schema's name may be: a plain identifier, the same quoted or not, in a
+#: ``search_path`` or a channel's name.
+SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
 #: The connection parameters a URL's query may hold besides the store's options: libpq's, as
 #: asyncpg reads them. Any other name is refused (asyncpg would send it to the server as a
 #: setting, so a misspelt option would fail only at connection, or not at all).
@@ -103,9 +107,10 @@ def parse_url(url: str, settings: Mapping[str, Any] | None = None) -> tuple[str,
             raise ConfigError(f"unknown PostgreSQL store option {name!r}; known: "
                               f"{', '.join(known)}")
         if name == "schema":
-            if not isinstance(value, str) or not value or len(value) > 50 or "\x00" in value:
-                raise ConfigError(f"PostgreSQL store option schema must be a name of 1 to 50 "
-                                  f"characters, got {value!r}")
+            if not isinstance(value, str) or not SCHEMA_NAME.fullmatch(value):
+                raise ConfigError(
+                    "PostgreSQL store option schema must be a name of 1 to 50 letters, digits "
+                    f"and underscores, not starting with a digit; got {value!r}")
             values[name] = value
             continue
         try:

@@ -125,6 +125,8 @@ def test_the_stores_own_options_are_taken_out_of_the_url() -> None:
     ("postgresql://h/db?timeout=soon", "timeout must be a positive number"),
     ("postgresql://h/db?pool_min=5&pool_max=2", "pool_min (5) is more than pool_max (2)"),
     ("postgresql://h/db?shcema=x", "unknown PostgreSQL store URL parameter 'shcema'"),
+    ("postgresql://h/db?schema=a,public", "schema must be a name of 1 to 50 letters"),
+    ("postgresql://h/db?schema=9lives", "schema must be a name of 1 to 50 letters"),
     ("postgresql://h/db", None),
 ])
 def test_a_bad_url_is_refused_naming_the_problem(url: str, message: str | None) -> None:
