@@ -5,7 +5,8 @@ used by the loop), so any process sharing the store can replay and follow them
 (:func:`follow`). :meth:`wingspan.Session.start` admits a run and executes it in a task of
 its own, returning a :class:`RunHandle`; :class:`Runs` keeps the handles of one runtime, so
 a run can be aborted by id: at once when it runs here, through the store when it runs in
-another process (which notices within :data:`ABORT_POLL` seconds).
+another process (which notices within :data:`ABORT_POLL` seconds, or at once with a store
+that tells it: ``wait_run_change``, see :func:`watch_for_abort`).
 """
 
 from __future__ import annotations
@@ -612,12 +613,26 @@ async def record_end(
         return None
 
 
+#: Seconds between two looks at a run's record for a store that tells of its changes
+#: (``wait_run_change``): a safety net, not the way an abort is learnt of.
+CHANGE_POLL = 5.0
+
+
 async def watch_for_abort(store: Store, run_id: str, task: asyncio.Task[Result],
                           control: RunControl) -> None:
     """Until ``task`` ends: cancel it when another process asks the store to abort the run
-    (or the store finished it meanwhile, e.g. aborted while it waited its turn)."""
+    (or the store finished it meanwhile, e.g. aborted while it waited its turn).
+
+    A store that can tell when a run's record changes (the optional
+    ``async wait_run_change(run_id, *, timeout)``, which returns when it may have, or after
+    ``timeout`` seconds) is waited on; any other is looked at every :data:`ABORT_POLL`
+    seconds."""
+    wait_change = getattr(store, "wait_run_change", None)
     while not task.done() and not control.ending:
-        await asyncio.sleep(ABORT_POLL)
+        if wait_change is None:
+            await asyncio.sleep(ABORT_POLL)
+        else:
+            await wait_change(run_id, timeout=CHANGE_POLL)
         try:
             run = await store.get_run(run_id)
         except NotFoundError:

@@ -47,7 +47,7 @@ from . import _leases as leases
 from . import _permissions as permissions
 from . import _runs as runs
 from ._schema import migrate
-from ._tx import CLAIMS, EVENTS, Tx
+from ._tx import CLAIMS, EVENTS, RUN, Tx
 
 T = TypeVar("T")
 log = logging.getLogger("wingspan.contrib.postgres")
@@ -91,6 +91,7 @@ class PostgresStore:
         self._peers: asyncio.Task[None] | None = None
         self._event_waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._claim_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._run_waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -158,6 +159,8 @@ class PostgresStore:
                 self._wake(self._event_waiters, subject)
             elif kind == CLAIMS:
                 self._wake(self._claim_waiters, subject)
+            elif kind == RUN:
+                self._wake(self._run_waiters, subject)
 
     @staticmethod
     def _wake(waiters: dict[str, set[asyncio.Future[None]]], key: str) -> None:
@@ -391,7 +394,8 @@ class PostgresStore:
                     await self._listen()
                     log.warning("listening again on %s after its connection was lost",
                                 self.where)
-                    for waiters in (self._event_waiters, self._claim_waiters):
+                    for waiters in (self._event_waiters, self._claim_waiters,
+                                    self._run_waiters):
                         for key in list(waiters):
                             self._wake(waiters, key)
                 for session_id in sorted({claim[0] for claim in self._unreleased.snapshot()}):
@@ -423,6 +427,18 @@ class PostgresStore:
     async def _session_of_run(self, run_id: str) -> str:
         """The session of a run (which never changes). :raises NotFoundError: no such run."""
         return (await self._read(jobs.get_run, run_id)).session_id
+
+    async def wait_run_change(self, run_id: str, *, timeout: float) -> None:
+        """Return when run ``run_id``'s record may have changed (a write of it by any
+        instance: an abort asked for, say), or after ``timeout`` seconds (what
+        :func:`wingspan.runs.watch_for_abort` waits on instead of polling)."""
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._run_waiters.setdefault(run_id, set()).add(woken)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken, timeout)
+        finally:
+            self._run_waiters.get(run_id, set()).discard(woken)
 
     async def save_run(self, run: RunRecord) -> None:
         await self._write(jobs.save_run, run, lock=run.session_id)
@@ -589,7 +605,7 @@ class PostgresStore:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        for waiters in (self._event_waiters, self._claim_waiters):
+        for waiters in (self._event_waiters, self._claim_waiters, self._run_waiters):
             for key in list(waiters):
                 self._wake(waiters, key)
         await self._close_connections()
