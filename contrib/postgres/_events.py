@@ -65,24 +65,23 @@ async def _append(
     if not events:
         last = await conn.fetchval(f"SELECT last_seq FROM sessions WHERE {column} = $1", key)
         return None if last is None else int(last)
+    # One statement (one round trip): the seqs given, the events inserted, and the run's
+    # last_seq kept — a run that logs an event is looked at by the next prune again. The run
+    # of another session, or one not stored yet (``_runs.admit`` logs first), is left alone.
     row = await conn.fetchrow(
-        f"UPDATE sessions SET last_seq = last_seq + $1 WHERE {column} = $2 "
-        "RETURNING pk, id, last_seq",
-        len(events), key)
+        f"WITH s AS (UPDATE sessions SET last_seq = last_seq + $1 WHERE {column} = $2 "
+        "RETURNING pk, id, last_seq), "
+        "e AS (INSERT INTO events (session_pk, seq, run_id, type, body) "
+        "SELECT s.pk, s.last_seq - $1 + n, $3, kind, body FROM s, "
+        "unnest($4::text[], $5::text[]) WITH ORDINALITY AS e(kind, body, n)), "
+        "r AS (UPDATE runs SET last_seq = s.last_seq, deltas_pruned = false FROM s "
+        "WHERE runs.id = $3 AND runs.session_pk = s.pk) "
+        "SELECT pk, id, last_seq FROM s",
+        len(events), key, run_id, [event.type for event in events],
+        [wire.dumps(event) for event in events])
     if row is None:
         return None
-    pk, session_id, last = int(row[0]), str(row[1]), int(row[2])
-    await conn.execute(
-        "INSERT INTO events (session_pk, seq, run_id, type, body) "
-        "SELECT $1, $2 + n, $3, kind, body "
-        "FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS e(kind, body, n)",
-        pk, last - len(events), run_id, [event.type for event in events],
-        [wire.dumps(event) for event in events])
-    # A run that logs an event is looked at by the next prune again. The run of another
-    # session, or one not stored yet (``_runs.admit`` logs first), is left alone.
-    await conn.execute(
-        "UPDATE runs SET last_seq = $1, deltas_pruned = false WHERE id = $2 AND session_pk = $3",
-        last, run_id, pk)
+    session_id, last = str(row[1]), int(row[2])
     tx.events(session_id, last)
     return last
 

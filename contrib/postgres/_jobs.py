@@ -120,18 +120,26 @@ async def session_pk(tx: Tx, session_id: str) -> int:
 
 
 async def append(tx: Tx, session_id: str, messages: Sequence[Message]) -> int:
-    """Append ``messages`` to the history. :returns: the message count afterwards."""
-    row = await tx.conn.fetchrow(
-        f"SELECT pk, {MESSAGE_COUNT} FROM sessions WHERE id = $1", session_id)
-    if row is None:
+    """Append ``messages`` to the history (numbered on from its count, in one statement).
+
+    :returns: the message count afterwards.
+    """
+    if not messages:
+        row = await tx.conn.fetchrow(
+            f"SELECT {MESSAGE_COUNT} FROM sessions WHERE id = $1", session_id)
+        if row is None:
+            raise NotFoundError(f"session {session_id!r} not found")
+        return int(row[0])
+    # (The count is read once for the statement: its own rows are not seen by it.)
+    last = await tx.conn.fetchval(
+        "WITH m AS (INSERT INTO messages (session_pk, seq, body) "
+        f"SELECT pk, {MESSAGE_COUNT} + n - 1, text "
+        "FROM sessions, unnest($2::text[]) WITH ORDINALITY AS m(text, n) WHERE id = $1 "
+        "RETURNING seq) SELECT max(seq) FROM m",
+        session_id, [wire.dumps(m) for m in messages])
+    if last is None:
         raise NotFoundError(f"session {session_id!r} not found")
-    pk, start = int(row[0]), int(row[1])
-    if messages:
-        await tx.conn.execute(
-            "INSERT INTO messages (session_pk, seq, body) "
-            "SELECT $1, $2 + n - 1, body FROM unnest($3::text[]) WITH ORDINALITY AS m(body, n)",
-            pk, start, [wire.dumps(m) for m in messages])
-    return start + len(messages)
+    return int(last) + 1
 
 
 async def last_message(tx: Tx, pk: int) -> Message | None:
