@@ -82,7 +82,7 @@ async def _append(
     if row is None:
         return None
     session_id, last = str(row[1]), int(row[2])
-    tx.events(session_id, last)
+    tx.events(session_id)
     return last
 
 

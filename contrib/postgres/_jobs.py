@@ -1,13 +1,13 @@
 """What the store's calls run inside their transactions: one function per operation (the
 claims are in ``_leases``, the runs in ``_runs``, the event log in ``_events``).
 
-A write job runs while its transaction holds the store's write lock; it raises to undo
-itself. Effects on in-memory state wait for the commit (``tx.effects``).
+A write job runs in a transaction that holds, from its start, the lock of the session it
+changes (``PostgresStore._write``); it raises to undo itself. Effects on in-memory state wait
+for the commit (``tx.effects``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,21 +24,12 @@ from wingspan import (
     wire,
 )
 from wingspan.plugins._stores.history import HistoryCache
+from wingspan.plugins._stores.sql import MESSAGE_COUNT, SESSION_COLUMNS, session
 
 from ._tx import Tx
 
-#: The message count of the session row ``sessions.pk`` (the next sequence number).
-MESSAGE_COUNT = "(SELECT coalesce(max(seq) + 1, 0) FROM messages WHERE session_pk = sessions.pk)"
-#: What :func:`session` makes a record of.
-SESSION_COLUMNS = f"body, {MESSAGE_COUNT}, last_seq"
 #: Tables whose records are looked up by ``id`` (never from user input).
 TABLES = frozenset({"agents", "sessions"})
-
-
-def session(body: str, count: int, last_seq: int) -> SessionRecord:
-    return wire.structure(
-        {**json.loads(body), "message_count": count, "last_seq": last_seq}, SessionRecord
-    )
 
 
 async def insert(tx: Tx, table: str, kind: str, record_id: str, body: str) -> None:
@@ -94,7 +85,7 @@ async def delete_session(tx: Tx, session_id: str) -> None:
     """Delete a session with all that is its (the foreign keys cascade), waking whoever
     waits on its log or its claim (they find it gone)."""
     await delete(tx, "sessions", "session", session_id)
-    tx.events(session_id, 0)
+    tx.events(session_id)
     tx.claims(session_id)
 
 

@@ -24,10 +24,10 @@ from wingspan import (
     RunRecord,
     RunStarted,
 )
+from wingspan.plugins._stores.sql import MESSAGE_COUNT
 
 from ._events import UNFINISHED, end_run, log
 from ._jobs import (
-    MESSAGE_COUNT,
     RUN_COLUMNS,
     append,
     get_run,

@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -19,7 +19,6 @@ import wingspan
 from wingspan import (
     Admission,
     AgentRecord,
-    ConfigError,
     Credential,
     IfBusy,
     LogEvent,
@@ -35,7 +34,7 @@ from wingspan import (
     StoreError,
     wire,
 )
-from wingspan.plugins._stores import checks
+from wingspan.plugins._stores import checks, sql
 from wingspan.plugins._stores.claims import Unreleased
 from wingspan.plugins._stores.history import HistoryCache, decode_messages
 from wingspan.plugins._stores.secrets import Cipher, key_columns, stored_credential
@@ -70,6 +69,42 @@ PRUNE = "\0prune"
 #: Seconds between two looks for instances that died holding claims (one read of the claims'
 #: owners against the locks held; their sessions are recovered when there are some).
 PEER_POLL = 1.0
+#: What the driver raises when the database cannot be reached or fails a statement.
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class Waiters:
+    """The calls of this instance waiting to hear of something (a session's events, a
+    session's claim, a run's record), by key; a notice wakes those of its key."""
+
+    def __init__(self) -> None:
+        self._futures: dict[str, set[asyncio.Future[None]]] = {}
+
+    @contextlib.contextmanager
+    def watching(self, key: str) -> Iterator[asyncio.Future[None]]:
+        """A future done once ``key`` is woken: enter before looking at the database, so
+        that a wake-up between the look and the wait is never missed."""
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futures.setdefault(key, set()).add(woken)
+        try:
+            yield woken
+        finally:
+            self._futures.get(key, set()).discard(woken)
+
+    def wake(self, key: str) -> None:
+        for future in self._futures.pop(key, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def wake_all(self) -> None:
+        for key in list(self._futures):
+            self.wake(key)
+
+
+async def woken_or_after(woken: asyncio.Future[None], timeout: float) -> None:
+    """Wait until ``woken`` is done, or ``timeout`` seconds pass."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(woken, timeout)
 
 
 class PostgresStore:
@@ -89,9 +124,9 @@ class PostgresStore:
         self._listener: asyncpg.Connection | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._peers: asyncio.Task[None] | None = None
-        self._event_waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self._claim_waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self._run_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._events = Waiters()  # by session id: its log grew (or it was deleted)
+        self._claims = Waiters()  # by session id: its claim was freed or handed on
+        self._runs = Waiters()  # by run id: its record changed
         self._closed = False
 
     def __repr__(self) -> str:
@@ -114,12 +149,10 @@ class PostgresStore:
                 reset=_reset, **self._connect_args())
             async with self._pool.acquire() as conn:
                 await migrate(conn, self.options.schema, self.where)
-
             await self._listen()
         except BaseException as exc:
             await self._close_connections()
-            if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
-                                TimeoutError)):
+            if isinstance(exc, DRIVER_ERRORS):
                 raise self._error(exc) from None
             raise
         if self._cipher is not None:
@@ -153,20 +186,14 @@ class PostgresStore:
     def _apply(self, notices: Sequence[str]) -> None:
         """Wake the waiters the notices concern."""
         for notice in notices:
-            kind, _, rest = notice.partition(" ")
-            subject = rest.partition(" ")[2]
-            if kind == EVENTS:
-                self._wake(self._event_waiters, subject)
-            elif kind == CLAIMS:
-                self._wake(self._claim_waiters, subject)
-            elif kind == RUN:
-                self._wake(self._run_waiters, subject)
+            kind, _, subject = notice.partition(" ")
+            waiters = {EVENTS: self._events, CLAIMS: self._claims, RUN: self._runs}.get(kind)
+            if waiters is not None:
+                waiters.wake(subject)
 
-    @staticmethod
-    def _wake(waiters: dict[str, set[asyncio.Future[None]]], key: str) -> None:
-        for future in waiters.pop(key, ()):
-            if not future.done():
-                future.set_result(None)
+    def _wake_all(self) -> None:
+        for waiters in (self._events, self._claims, self._runs):
+            waiters.wake_all()
 
     def _error(self, exc: BaseException) -> StoreError:
         if isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError,
@@ -187,7 +214,7 @@ class PostgresStore:
         try:
             async with self._pool.acquire() as conn:
                 yield conn
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except DRIVER_ERRORS as exc:
             raise self._error(exc) from None
 
     def _lock_key(self, session_id: str) -> int:
@@ -291,8 +318,8 @@ class PostgresStore:
     ) -> Page[SessionRecord]:
         checks.limit(limit)
         rows, next_cursor = await self._read(
-            jobs.page, "sessions", jobs.SESSION_COLUMNS, limit, cursor)
-        return Page(items=tuple(jobs.session(*row) for row in rows), next_cursor=next_cursor)
+            jobs.page, "sessions", sql.SESSION_COLUMNS, limit, cursor)
+        return Page(items=tuple(sql.session(*row) for row in rows), next_cursor=next_cursor)
 
     # --- history ------------------------------------------------------------------------------
 
@@ -329,10 +356,7 @@ class PostgresStore:
         deadline = None if timeout is None else loop.time() + timeout
         try:
             while True:
-                # Be ready for a wake-up before looking, so that none is missed.
-                woken: asyncio.Future[None] = loop.create_future()
-                self._claim_waiters.setdefault(session_id, set()).add(woken)
-                try:
+                with self._claims.watching(session_id) as woken:
                     state, expires_at, now = await self._read(
                         _claim_state, session_id, ticket, self._me)
                     if state == "granted":
@@ -354,13 +378,10 @@ class PostgresStore:
                         delay = min(delay, deadline - loop.time())
                         if delay <= 0:
                             raise TimeoutError
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(woken, delay)
+                    await woken_or_after(woken, delay)
                     if self._closed:
                         raise StoreError(f"the PostgreSQL store {self.where} was closed "
                                          "while waiting for a claim")
-                finally:
-                    self._claim_waiters.get(session_id, set()).discard(woken)
         except TimeoutError:
             return await asyncio.shield(
                 self._write(leases.abandon, session_id, ticket, False, self._me,
@@ -394,17 +415,13 @@ class PostgresStore:
                     await self._listen()
                     log.warning("listening again on %s after its connection was lost",
                                 self.where)
-                    for waiters in (self._event_waiters, self._claim_waiters,
-                                    self._run_waiters):
-                        for key in list(waiters):
-                            self._wake(waiters, key)
+                    self._wake_all()  # each looks again: notices may have been missed
                 for session_id in sorted({claim[0] for claim in self._unreleased.snapshot()}):
                     await self._write(leases.release_unreleased, self._unreleased, self._me,
                                       session_id, lock=session_id)
                 await self._write(leases.renew, self._me, self._unreleased.snapshot().keys(),
                                   lock=None)  # (its own rows' times only)
-            except (wingspan.WingspanError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                    OSError, TimeoutError) as exc:
+            except (wingspan.WingspanError, *DRIVER_ERRORS) as exc:
                 log.warning("renewing the claims of %s failed: %s", self.where, exc)
 
     async def _recover_dead_peers(self) -> None:
@@ -415,8 +432,7 @@ class PostgresStore:
             await asyncio.sleep(PEER_POLL)
             try:
                 await self._sweep()
-            except (wingspan.WingspanError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                    OSError, TimeoutError) as exc:
+            except (wingspan.WingspanError, *DRIVER_ERRORS) as exc:
                 log.debug("looking for instances that died failed: %s", exc)
 
     async def _sweep(self) -> None:
@@ -432,13 +448,8 @@ class PostgresStore:
         """Return when run ``run_id``'s record may have changed (a write of it by any
         instance: an abort asked for, say), or after ``timeout`` seconds (what
         :func:`wingspan.runs.watch_for_abort` waits on instead of polling)."""
-        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._run_waiters.setdefault(run_id, set()).add(woken)
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken, timeout)
-        finally:
-            self._run_waiters.get(run_id, set()).discard(woken)
+        with self._runs.watching(run_id) as woken:
+            await woken_or_after(woken, timeout)
 
     async def save_run(self, run: RunRecord) -> None:
         await self._write(jobs.save_run, run, lock=run.session_id)
@@ -529,8 +540,7 @@ class PostgresStore:
     async def read_events(
         self, session_id: str, *, after: int = 0, limit: int = 1000, run_id: str | None = None
     ) -> list[LoggedEvent]:
-        if type(limit) is not int or limit < 1:
-            raise ConfigError(f"limit must be an integer of 1 or more, got {limit!r}")
+        checks.read_limit(limit)
         return await self._read(eventlog.read_events, session_id, after, limit, run_id,
                                 snapshot=True)
 
@@ -538,21 +548,15 @@ class PostgresStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            # Be ready for a wake-up before looking, so that none is missed.
-            woken: asyncio.Future[None] = loop.create_future()
-            self._event_waiters.setdefault(session_id, set()).add(woken)
-            try:
+            with self._events.watching(session_id) as woken:
                 _, last = await self._read(eventlog.last_seq, session_id)
                 left = deadline - loop.time()
                 if last > after or left <= 0:
                     return last
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken, min(left, SAFETY_POLL))
-                if self._closed:
-                    raise StoreError(
-                        f"the PostgreSQL store {self.where} was closed while waiting for events")
-            finally:
-                self._event_waiters.get(session_id, set()).discard(woken)
+                await woken_or_after(woken, min(left, SAFETY_POLL))
+            if self._closed:
+                raise StoreError(
+                    f"the PostgreSQL store {self.where} was closed while waiting for events")
 
     async def prune_events(self, *, before: datetime) -> int:
         """Drop the deltas and pings of the runs that finished before ``before``, some runs
@@ -605,9 +609,7 @@ class PostgresStore:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        for waiters in (self._event_waiters, self._claim_waiters, self._run_waiters):
-            for key in list(waiters):
-                self._wake(waiters, key)
+        self._wake_all()
         await self._close_connections()
 
     async def _give_up(self) -> None:

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import asyncpg
 
-#: What a notice says (the first word of its payload).
+#: What a notice is of (the first word of its payload; the second is its session or run).
 EVENTS, CLAIMS, RUN = "e", "c", "r"
 
 
 class Tx:
     """One job's transaction.
 
-    - ``conn``: the connection, inside the transaction (writes hold the store's write lock).
+    - ``conn``: the connection, inside the transaction (a write's holds its session's lock).
     - ``effects``: callables run once the transaction commits (this store's waiters woken).
     - ``notices``: payloads of ``NOTIFY`` on the store's channel, sent in the transaction so
       that other instances see them when, and only if, it commits (:meth:`events`,
@@ -39,14 +39,14 @@ class Tx:
                 "SELECT extract(epoch FROM clock_timestamp())"))
         return self._now
 
-    def events(self, session_id: str, last_seq: int) -> None:
-        """The session's log grew to ``last_seq`` (or it was deleted: ``0``)."""
-        self.notices.append(f"{EVENTS} {last_seq} {session_id}")
+    def events(self, session_id: str) -> None:
+        """The session's log grew (or the session was deleted): its waiters look again."""
+        self.notices.append(f"{EVENTS} {session_id}")
 
     def claims(self, session_id: str) -> None:
         """The session's claim was given up or handed on: its waiters look again."""
-        self.notices.append(f"{CLAIMS} 0 {session_id}")
+        self.notices.append(f"{CLAIMS} {session_id}")
 
     def run(self, run_id: str) -> None:
         """A run's record changed (an abort was asked for, say)."""
-        self.notices.append(f"{RUN} 0 {run_id}")
+        self.notices.append(f"{RUN} {run_id}")

@@ -44,6 +44,12 @@ def limit(value: int) -> None:
         raise ConfigError(f"limit must be an integer from 1 to {MAX_PAGE}, got {value!r}")
 
 
+def read_limit(value: int) -> None:
+    """What :meth:`Store.read_events` takes for ``limit``: any count of 1 or more."""
+    if type(value) is not int or value < 1:
+        raise ConfigError(f"limit must be an integer of 1 or more, got {value!r}")
+
+
 def cutoff(before: datetime) -> str:
     """``before`` as stored timestamps are written (to the millisecond), rounded up: a
     stored time is earlier than it exactly when it is earlier than ``before``."""

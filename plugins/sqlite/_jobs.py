@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import sqlite3
 import threading
 import time
@@ -22,20 +21,16 @@ from wingspan import (
     ConflictError,
     Message,
     NotFoundError,
-    SessionRecord,
     StoreError,
     wire,
 )
 
 from .._stores.history import HistoryCache, decode_messages
+from .._stores.sql import MESSAGE_COUNT, SESSION_COLUMNS
 from ._worker import Tx
 
 _CHUNK = 64  # messages converted between two chances for the event loop to run
 T = TypeVar("T")
-#: The message count of the session row ``sessions.pk`` (the next sequence number).
-MESSAGE_COUNT = "(SELECT coalesce(max(seq) + 1, 0) FROM messages WHERE session_pk = sessions.pk)"
-#: What :func:`session` makes a record of.
-SESSION_COLUMNS = f"body, {MESSAGE_COUNT}, last_seq"
 
 
 def returning(cursor: sqlite3.Cursor) -> Any:
@@ -53,12 +48,6 @@ def yielding(items: Sequence[T]) -> Iterator[T]:
         if start:
             time.sleep(0)
         yield from items[start : start + _CHUNK]
-
-
-def session(body: str, count: int, last_seq: int) -> SessionRecord:
-    return wire.structure(
-        {**json.loads(body), "message_count": count, "last_seq": last_seq}, SessionRecord
-    )
 
 
 def insert(tx: Tx, table: str, kind: str, record_id: str, body: str) -> int:

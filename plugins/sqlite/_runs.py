@@ -26,8 +26,9 @@ from wingspan import (
 )
 
 from .._stores.history import HistoryCache
+from .._stores.sql import MESSAGE_COUNT
 from ._events import RUN_BODY, UNFINISHED, end_run, log, write_run
-from ._jobs import MESSAGE_COUNT, append, session_pk
+from ._jobs import append, session_pk
 from ._leases import Claimant, abort_parked, join_queue, take_if_free
 from ._worker import Tx
 

@@ -20,7 +20,6 @@ import wingspan
 from wingspan import (
     Admission,
     AgentRecord,
-    ConfigError,
     Credential,
     IfBusy,
     LogEvent,
@@ -39,7 +38,7 @@ from wingspan import (
     wire,
 )
 
-from .._stores import checks
+from .._stores import checks, sql
 from .._stores.claims import Unreleased
 from .._stores.history import HistoryCache
 from .._stores.secrets import Cipher, key_columns, stored_credential
@@ -194,7 +193,7 @@ class SqliteStore:
 
     async def get_session(self, session_id: str) -> SessionRecord:
         row = await self._read(jobs.select_session, session_id)
-        return jobs.session(*row)
+        return sql.session(*row)
 
     async def update_session(self, session: SessionRecord) -> SessionRecord:
         body = wire.dumps(attrs.evolve(session, message_count=0, last_seq=0))
@@ -217,9 +216,9 @@ class SqliteStore:
     ) -> Page[SessionRecord]:
         checks.limit(limit)
         rows, next_cursor = await self._read(
-            jobs.page, "sessions", jobs.SESSION_COLUMNS, limit, cursor
+            jobs.page, "sessions", sql.SESSION_COLUMNS, limit, cursor
         )
-        return Page(items=tuple(jobs.session(*row) for row in rows), next_cursor=next_cursor)
+        return Page(items=tuple(sql.session(*row) for row in rows), next_cursor=next_cursor)
 
     # --- history ----------------------------------------------------------------------------
 
@@ -436,8 +435,7 @@ class SqliteStore:
     async def read_events(
         self, session_id: str, *, after: int = 0, limit: int = 1000, run_id: str | None = None
     ) -> list[LoggedEvent]:
-        if type(limit) is not int or limit < 1:
-            raise ConfigError(f"limit must be an integer of 1 or more, got {limit!r}")
+        checks.read_limit(limit)
         return await self._read(eventlog.read_events, session_id, after, limit, run_id)
 
     async def wait_events(self, session_id: str, *, after: int, timeout: float) -> int:
