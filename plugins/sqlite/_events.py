@@ -154,10 +154,14 @@ def append_events(
         raise NotFoundError(f"session {session_id!r} not found")
     pk, last = row
     _insert(tx, pk, last - len(rows), run_id, rows)
-    conn.execute(  # an executing run's last_seq is read from the log (RUN_BODY)
-        "UPDATE runs SET body = json_set(body, '$.last_seq', ?), deltas_pruned = 0 "
-        f"WHERE id = ? AND session_pk = ? AND NOT {EXECUTING}",
-        (last, run_id, pk),
+    # An executing run's last_seq is read from the log after the one its record says
+    # (RUN_BODY), so its record is left alone — unless that record says a seq the log had
+    # not reached (a saved record can say anything): then these events would not count.
+    conn.execute(
+        "UPDATE runs SET body = json_set(body, '$.last_seq', ?1), deltas_pruned = 0 "
+        f"WHERE id = ?2 AND session_pk = ?3 AND (NOT {EXECUTING} "
+        "OR json_extract(body, '$.last_seq') > ?1 - ?4)",
+        (last, run_id, pk, len(rows)),
     )
     tx.effects.append(lambda: watch.appended(session_id, pk, last))
     return int(last)
